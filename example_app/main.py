@@ -1,0 +1,52 @@
+"""The example checkout service.
+
+Run it with `uvicorn example_app.main:app`, or behind a real Dapr sidecar with
+`dapr run --app-id checkout --app-port 8000 -- uvicorn example_app.main:app`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, HTTPException
+
+from fastapi_dapr import DROP, CloudEvent, Dapr
+
+from . import billing
+from .models import Order
+from .store import store
+
+log = logging.getLogger("example_app")
+
+app = FastAPI(title="checkout")
+dapr = Dapr(app, app_id="checkout")
+app.include_router(billing.router)
+
+MAX_QUANTITY = 100
+
+
+@dapr.subscribe(pubsub="pubsub", topic="orders", dead_letter_topic="orders-dead")
+async def on_order(event: CloudEvent[Order]):  # type: ignore[no-untyped-def]
+    """A new order. Orders too large to fill are dropped to the dead-letter topic."""
+    order = event.data
+    if order.quantity > MAX_QUANTITY:
+        log.warning("order %s asks for %d items: dropped", order.id, order.quantity)
+        return DROP
+    store.add(order.id, item=order.item, quantity=order.quantity, status="accepted")
+    return None
+
+
+@dapr.subscribe(pubsub="pubsub", topic="orders-dead")
+async def on_dead_order(event: CloudEvent) -> None:
+    """Orders that could not be processed: kept for a person to look at."""
+    data = event.data if isinstance(event.data, dict) else {}
+    order_id = str(data.get("id", event.id))
+    store.add(order_id, status="rejected", original=event.data)
+
+
+@app.get("/orders/{order_id}")
+async def get_order(order_id: str) -> dict[str, object]:
+    order = store.get(order_id)
+    if order is None:
+        raise HTTPException(status_code=404, detail=f"no order {order_id}")
+    return order

@@ -1,0 +1,26 @@
+"""Dapr's app-facing programming model for FastAPI, with or without a Dapr sidecar."""
+
+from ._cloudevent import BulkEntry, CloudEvent
+from ._dapr import Dapr
+from ._exceptions import DaprError, HandlerSignatureError, SubscriptionError
+from ._routing import DaprRouter
+from ._status import DROP, RETRY, SUCCESS, Status
+from ._subscription import BulkSubscribe, TopicSubscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DROP",
+    "RETRY",
+    "SUCCESS",
+    "BulkEntry",
+    "BulkSubscribe",
+    "CloudEvent",
+    "Dapr",
+    "DaprError",
+    "DaprRouter",
+    "HandlerSignatureError",
+    "Status",
+    "SubscriptionError",
+    "TopicSubscription",
+]

@@ -1,0 +1,80 @@
+"""The HTTP binding: a delivery request (body and headers) to a CloudEvent.
+
+daprd always posts `application/cloudevents+json` (reference 3.2), so the
+structured mode is the hot path. Binary mode (`ce-*` headers) and plain bodies
+serve other senders and direct calls. The binding is written here rather than
+taken from the `cloudevents` package, whose HTTP bindings invent a `time`
+attribute that was never sent and, in 2.x, turn binary data into text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from ._cloudevent import CloudEvent
+
+__all__: list[str] = []  # internal: the public names are in fastapi_dapr.__all__
+
+T = TypeVar("T")
+
+_CE_PREFIX = "ce-"
+
+
+def is_json_content_type(content_type: str) -> bool:
+    """`application/json`, `+json` suffixes and `text/json`, parameters ignored."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")
+
+
+def _is_text_content_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith("text/") or media in ("application/xml",)
+
+
+def _decode_body(body: bytes, content_type: str) -> Any:
+    if is_json_content_type(content_type):
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body.decode("utf-8", errors="replace")
+    if _is_text_content_type(content_type):
+        return body.decode("utf-8", errors="replace")
+    return body
+
+
+def event_dict_from_http(body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The CloudEvent attributes and data carried by a delivery request.
+
+    Raises `ValueError` for a structured-mode body that is not JSON.
+    """
+    content_type = headers.get("content-type", "")
+    if _CE_PREFIX + "specversion" in headers:
+        attributes: dict[str, Any] = {}
+        for name, value in headers.items():
+            if name.startswith(_CE_PREFIX):
+                attributes[name[len(_CE_PREFIX) :]] = unquote(value)
+        if content_type:
+            attributes["datacontenttype"] = content_type
+        attributes["data"] = _decode_body(body, content_type) if body else None
+        return attributes
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/cloudevents+json" or (is_json_content_type(media) and body):
+        parsed = json.loads(body)  # ValueError for a broken body
+        if isinstance(parsed, dict) and "specversion" in parsed:
+            return parsed
+        # JSON that is not a CloudEvent: the whole body is the data.
+        return {"data": parsed, "datacontenttype": content_type or "application/json"}
+    return {
+        "data": _decode_body(body, content_type) if body else None,
+        "datacontenttype": content_type or None,
+    }
+
+
+def parse_event(
+    model: type[CloudEvent[T]], body: bytes, headers: Mapping[str, str]
+) -> CloudEvent[T]:
+    """Validate a delivery request as `model` (raises `ValueError` when it does not fit)."""
+    return model.model_validate(event_dict_from_http(body, headers))

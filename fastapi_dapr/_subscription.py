@@ -1,0 +1,286 @@
+"""Subscriptions: what one decorator registers, and what `/dapr/subscribe` advertises.
+
+One `Subscription` is one handler. Handlers of the same pubsub and topic are
+merged into one `TopicSubscription`, whose `to_wire()` is daprd's JSON
+(reference 2.1); camelCase appears only there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from ._exceptions import SubscriptionError
+
+__all__ = ["BulkSubscribe", "TopicSubscription"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BulkSubscribe:
+    """Bulk delivery settings (`bulkSubscribe`, reference 3.6); daprd's defaults."""
+
+    max_messages_count: int = 100
+    max_await_duration_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_messages_count < 1 or self.max_await_duration_ms < 1:
+            raise ValueError("bulk max_messages_count and max_await_duration_ms must be positive")
+
+
+def _handler_name(handler: Callable[..., Any]) -> str:
+    module = getattr(handler, "__module__", None) or "?"
+    qualname = getattr(handler, "__qualname__", None) or repr(handler)
+    return f"{module}.{qualname}"
+
+
+def _wire_metadata(
+    handler: Callable[..., Any], metadata: Mapping[str, Any] | None, raw_payload: bool
+) -> Mapping[str, str]:
+    # daprd decodes `metadata` as map[string]string: one non-string value and
+    # the whole /dapr/subscribe answer is rejected (reference 2.1).
+    result: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if isinstance(value, bool):
+            result[key] = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
+            result[key] = str(value)
+        else:
+            raise SubscriptionError(
+                f"{_handler_name(handler)}: metadata {key!r} must be a string, "
+                f"a number or a bool, not {type(value).__name__}"
+            )
+    if raw_payload:
+        if result.get("rawPayload", "true").lower() != "true":
+            raise SubscriptionError(
+                f"{_handler_name(handler)}: raw_payload=True contradicts metadata rawPayload="
+                f"{result['rawPayload']!r}"
+            )
+        result["rawPayload"] = "true"
+    return MappingProxyType(result)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscription:
+    """One handler's registration, as given to `subscribe()`."""
+
+    pubsub: str
+    topic: str
+    route: str
+    handler: Callable[..., Any]
+    match: str | None = None
+    priority: int | None = None
+    dead_letter_topic: str | None = None
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    raw_payload: bool = False
+    bulk: BulkSubscribe | None = None
+
+    @classmethod
+    def create(
+        cls,
+        handler: Callable[..., Any],
+        pubsub: str,
+        topic: str,
+        *,
+        route: str | None,
+        match: str | None,
+        priority: int | None,
+        dead_letter_topic: str | None,
+        metadata: Mapping[str, Any] | None,
+        raw_payload: bool,
+        bulk: BulkSubscribe | bool | None,
+    ) -> Subscription:
+        name = _handler_name(handler)
+        if not pubsub or not topic:
+            raise SubscriptionError(f"{name}: pubsub and topic must be non-empty strings")
+        if match is not None:
+            check_match(match, name)
+        elif priority is not None:
+            raise SubscriptionError(f"{name}: priority only orders handlers that have a match")
+        if dead_letter_topic is not None and not dead_letter_topic:
+            raise SubscriptionError(f"{name}: dead_letter_topic must not be empty")
+        if bulk is True:
+            bulk = BulkSubscribe()
+        elif bulk is False:
+            bulk = None
+        if route is None:
+            route = default_route(pubsub, topic)
+        elif not route.startswith("/"):
+            route = "/" + route
+        return cls(
+            pubsub=pubsub,
+            topic=topic,
+            route=route,
+            handler=handler,
+            match=match,
+            priority=priority,
+            dead_letter_topic=dead_letter_topic,
+            metadata=_wire_metadata(handler, metadata, raw_payload),
+            raw_payload=raw_payload,
+            bulk=bulk,
+        )
+
+    @property
+    def handler_name(self) -> str:
+        return _handler_name(self.handler)
+
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        """Two handlers with the same key could never both be reached."""
+        return (self.pubsub, self.topic, self.match)
+
+    def describe(self) -> str:
+        where = f"pubsub={self.pubsub!r} topic={self.topic!r}"
+        if self.match is not None:
+            where += f" match={self.match!r}"
+        return where
+
+
+_UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._~!$&'()*+,;=:@/-]")
+
+
+def default_route(pubsub: str, topic: str) -> str:
+    """`/events/{pubsub}/{topic}`, as dapr-ext-fastapi users have it today.
+
+    Characters that a route path cannot hold literally (`{`, `}`, `%`, `?`,
+    `#`, spaces) become `_`, so the path matches itself when daprd posts to it.
+    """
+    return "/events/" + _UNSAFE_PATH_CHARS.sub("_", f"{pubsub}/{topic}")
+
+
+def check_match(expression: str, handler_name: str) -> None:
+    """Compile a CEL match once at registration, as daprd does at load time.
+
+    daprd refuses the whole subscription list when one expression does not
+    compile (reference 2.1), so a typo must stop the app, not every subscription.
+    """
+    import celpy  # Imported here: only apps with routing rules pay for it.
+
+    if not expression.strip():
+        return  # daprd: an empty match always matches.
+    try:
+        celpy.Environment().compile(expression)
+    except Exception as exc:  # celpy raises its own parse error types.
+        raise SubscriptionError(
+            f"{handler_name}: match {expression!r} is not a valid CEL expression: {exc}"
+        ) from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutedHandler:
+    """A registered handler and the path it is served at, prefixes applied."""
+
+    subscription: Subscription
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSubscription:
+    """Every handler of one pubsub and topic, merged into daprd's one subscription."""
+
+    pubsub: str
+    topic: str
+    rules: tuple[tuple[str, str], ...]  # (match, path), in evaluation order
+    default: str | None
+    dead_letter_topic: str | None
+    metadata: Mapping[str, str]
+    bulk: BulkSubscribe | None
+    handlers: tuple[RoutedHandler, ...]
+
+    @property
+    def raw_payload(self) -> bool:
+        return self.metadata.get("rawPayload", "").lower() == "true"
+
+    def to_wire(self) -> dict[str, Any]:
+        """One item of daprd's `GET /dapr/subscribe` answer (reference 2.1)."""
+        item: dict[str, Any] = {"pubsubname": self.pubsub, "topic": self.topic}
+        if self.rules:
+            routes: dict[str, Any] = {
+                "rules": [{"match": match, "path": path} for match, path in self.rules]
+            }
+            if self.default is not None:
+                routes["default"] = self.default
+            item["routes"] = routes
+        elif self.default is not None:
+            item["route"] = self.default
+        if self.dead_letter_topic is not None:
+            item["deadLetterTopic"] = self.dead_letter_topic
+        if self.metadata:
+            item["metadata"] = dict(self.metadata)
+        if self.bulk is not None:
+            item["bulkSubscribe"] = {
+                "enabled": True,
+                "maxMessagesCount": self.bulk.max_messages_count,
+                "maxAwaitDurationMs": self.bulk.max_await_duration_ms,
+            }
+        return item
+
+
+def _agree(handlers: Sequence[RoutedHandler], field: str, default: Any) -> Any:
+    """The one value of an option that all handlers of a topic must share."""
+    chosen: RoutedHandler | None = None
+    for routed in handlers:
+        value = getattr(routed.subscription, field)
+        if value == default:
+            continue
+        if chosen is None:
+            chosen = routed
+        elif getattr(chosen.subscription, field) != value:
+            first = chosen.subscription
+            raise SubscriptionError(
+                f"{first.handler_name} and {routed.subscription.handler_name} subscribe to "
+                f"pubsub={first.pubsub!r} topic={first.topic!r} with different {field} "
+                f"({getattr(first, field)!r} and {value!r}); daprd keeps one per topic"
+            )
+    return default if chosen is None else getattr(chosen.subscription, field)
+
+
+def merge_subscriptions(handlers: Iterable[RoutedHandler]) -> list[TopicSubscription]:
+    """Group handlers by pubsub and topic, in registration order.
+
+    Raises `SubscriptionError` naming both handlers when two share pubsub,
+    topic and match, or disagree on a per-topic option.
+    """
+    groups: dict[tuple[str, str], list[RoutedHandler]] = {}
+    seen: dict[tuple[str, str, str | None], RoutedHandler] = {}
+    for routed in handlers:
+        sub = routed.subscription
+        other = seen.get(sub.key)
+        if other is not None:
+            raise SubscriptionError(
+                f"duplicate subscription ({sub.describe()}): {other.subscription.handler_name} "
+                f"at {other.path} and {sub.handler_name} at {routed.path}; "
+                "only one of them could ever be reached"
+            )
+        seen[sub.key] = routed
+        groups.setdefault((sub.pubsub, sub.topic), []).append(routed)
+
+    result = []
+    for (pubsub, topic), members in groups.items():
+        matched = [
+            (index, r) for index, r in enumerate(members) if r.subscription.match is not None
+        ]
+        # Lower priority first; without a priority, after those, in registration order.
+        matched.sort(
+            key=lambda pair: (
+                pair[1].subscription.priority is None,
+                pair[1].subscription.priority or 0,
+                pair[0],
+            )
+        )
+        defaults = [r.path for r in members if r.subscription.match is None]
+        result.append(
+            TopicSubscription(
+                pubsub=pubsub,
+                topic=topic,
+                rules=tuple((r.subscription.match or "", r.path) for _, r in matched),
+                default=defaults[0] if defaults else None,
+                dead_letter_topic=_agree(members, "dead_letter_topic", None),
+                metadata=_agree(members, "metadata", MappingProxyType({})),
+                bulk=_agree(members, "bulk", None),
+                handlers=tuple(members),
+            )
+        )
+    return result
