@@ -64,7 +64,7 @@ def _is_fastapi_parameter(annotation: Any, default: Any) -> bool:
     return _is_class(annotation, _FASTAPI_TYPES)
 
 
-def _is_class(annotation: Any, base: type) -> bool:
+def _is_class(annotation: Any, base: type | tuple[type, ...]) -> bool:
     # list[X] passes isinstance(..., type) on Python 3.10, and then fails issubclass.
     return (
         inspect.isclass(annotation)
