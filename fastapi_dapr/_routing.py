@@ -41,34 +41,14 @@ def _unique_route(router: APIRouter, subscription: Subscription, explicit: bool)
     return candidate
 
 
-def subscribe_on(
-    router: APIRouter,
-    pubsub: str,
-    topic: str,
-    *,
-    route: str | None,
-    match: str | None,
-    priority: int | None,
-    dead_letter_topic: str | None,
-    metadata: Mapping[str, Any] | None,
-    raw_payload: bool,
-    bulk: BulkSubscribe | bool | None,
-) -> Callable[[F], F]:
-    """The decorator behind `Dapr.subscribe` and `DaprRouter.subscribe`."""
+def subscribe_on(router: APIRouter, pubsub: str, topic: str, **options: Any) -> Callable[[F], F]:
+    """The decorator behind `Dapr.subscribe` and `DaprRouter.subscribe`.
+
+    `options` are `subscribe()`'s keyword arguments, checked by `Subscription.create`.
+    """
 
     def decorator(func: F) -> F:
-        subscription = Subscription.create(
-            func,
-            pubsub,
-            topic,
-            route=route,
-            match=match,
-            priority=priority,
-            dead_letter_topic=dead_letter_topic,
-            metadata=metadata,
-            raw_payload=raw_payload,
-            bulk=bulk,
-        )
+        subscription = Subscription.create(func, pubsub, topic, **options)
         for existing in router.routes:
             other = _subscription_of(getattr(existing, "endpoint", None))
             if other is not None and other.key == subscription.key:
@@ -77,7 +57,7 @@ def subscribe_on(
                     f"{other.handler_name} and {subscription.handler_name}; "
                     "only one of them could ever be reached"
                 )
-        path = _unique_route(router, subscription, explicit=route is not None)
+        path = _unique_route(router, subscription, explicit=options["route"] is not None)
         if path != subscription.route:
             subscription = dataclasses.replace(subscription, route=path)
         router.add_api_route(
