@@ -2,7 +2,14 @@
 
 from ._cloudevent import BulkEntry, CloudEvent
 from ._dapr import Dapr
-from ._exceptions import DaprError, HandlerSignatureError, SubscriptionError
+from ._exceptions import (
+    DaprAPIError,
+    DaprError,
+    HandlerSignatureError,
+    ResourceError,
+    SubscriptionError,
+)
+from ._retry import RetryPolicy
 from ._routing import DaprRouter
 from ._status import DROP, RETRY, SUCCESS, Status
 from ._subscription import BulkSubscribe, TopicSubscription
@@ -17,9 +24,12 @@ __all__ = [
     "BulkSubscribe",
     "CloudEvent",
     "Dapr",
+    "DaprAPIError",
     "DaprError",
     "DaprRouter",
     "HandlerSignatureError",
+    "ResourceError",
+    "RetryPolicy",
     "Status",
     "SubscriptionError",
     "TopicSubscription",

@@ -73,8 +73,6 @@ def event_dict_from_http(body: bytes, headers: Mapping[str, str]) -> dict[str, A
     }
 
 
-def parse_event(
-    model: type[CloudEvent[T]], body: bytes, headers: Mapping[str, str]
-) -> CloudEvent[T]:
+def parse_event(model: type[CloudEvent[T]], body: bytes, headers: Mapping[str, str]) -> CloudEvent[T]:
     """Validate a delivery request as `model` (raises `ValueError` when it does not fit)."""
     return model.model_validate(event_dict_from_http(body, headers))

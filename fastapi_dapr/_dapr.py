@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ._exceptions import DaprAPIError
 from ._handler import token_error
+from ._retry import Clock, RetryPolicy
 from ._routing import collect_handlers, subscribe_on
 from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
+
+if TYPE_CHECKING:
+    from ._client import RemoteSidecar
+    from ._runtime import Runtime
+    from ._sidecar import SidecarAPI
 
 __all__ = ["Dapr"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+Mode = Literal["embedded", "remote"]
 
 
 class Dapr:
@@ -28,9 +36,24 @@ class Dapr:
     checks them when the app starts, so that a duplicate or conflicting
     subscription stops the app instead of never being reached.
 
-    `app_id` defaults to `APP_ID` (set by `dapr run`), and `app_api_token` to
-    `APP_API_TOKEN`: when set, deliveries and `/dapr/subscribe` are refused
-    with 401 unless they carry it in `dapr-api-token`, as daprd sends it.
+    Modes:
+
+    - `"embedded"` (the default): the app is its own sidecar. Dapr's HTTP API
+      is served on the app's port at daprd's paths (`/v1.0/publish/...`), the
+      pub/sub components of `resources_path` run in the process (with none, an
+      in-memory component named `pubsub`), and messages are delivered to the
+      app's subscriptions in process.
+    - `"remote"`: the app runs under a real daprd (chosen automatically when
+      `DAPR_HTTP_PORT` is set, as `dapr run` sets it). Nothing of the sidecar
+      side starts; `publish()` posts to daprd.
+
+    `app_id` defaults to `APP_ID` (set by `dapr run`). `app_api_token`
+    (default `APP_API_TOKEN`) is what deliveries must carry in
+    `dapr-api-token`. `api_token` (default `DAPR_API_TOKEN`) protects the
+    embedded sidecar's API; without it the API answers only local clients.
+    `retry` is the delivery retry policy used where no Resiliency applies.
+    `serve_api=False` leaves the sidecar API unmounted: mount `dapr.sidecar`
+    where you want it.
     """
 
     def __init__(
@@ -39,6 +62,13 @@ class Dapr:
         *,
         app_id: str | None = None,
         app_api_token: str | None = None,
+        resources_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        mode: Mode | None = None,
+        dapr_http_endpoint: str | None = None,
+        api_token: str | None = None,
+        retry: RetryPolicy | None = None,
+        serve_api: bool = True,
+        max_body_size: int = 4 * 1024 * 1024,
     ) -> None:
         existing = getattr(app.state, "fastapi_dapr", None)
         if existing is not None:
@@ -51,6 +81,36 @@ class Dapr:
         self.app_api_token: str | None = (
             app_api_token if app_api_token is not None else os.environ.get("APP_API_TOKEN")
         ) or None
+        if mode is None:
+            mode = "remote" if os.environ.get("DAPR_HTTP_PORT") else "embedded"
+        if mode not in ("embedded", "remote"):
+            raise ValueError(f"mode must be 'embedded' or 'remote', not {mode!r}")
+        self.mode: Mode = mode
+        if resources_path is None:
+            self.resources_paths: list[str | os.PathLike[str]] = []
+        elif isinstance(resources_path, (str, os.PathLike)):
+            self.resources_paths = [resources_path]
+        else:
+            self.resources_paths = list(resources_path)
+        self.retry = retry
+        self._clock: Clock | None = None
+        self._runtime: Runtime | None = None
+        self._remote: RemoteSidecar | None = None
+        if mode == "remote":
+            port = os.environ.get("DAPR_HTTP_PORT", "3500")
+            self.dapr_http_endpoint = (
+                dapr_http_endpoint or os.environ.get("DAPR_HTTP_ENDPOINT") or f"http://127.0.0.1:{port}"
+            )
+        self.sidecar: SidecarAPI | None = None
+        if mode == "embedded":
+            from ._sidecar import SidecarAPI, SidecarRoute
+
+            token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
+            self.sidecar = SidecarAPI(lambda: self._runtime, api_token=token, max_body_size=max_body_size)
+            if serve_api:
+                # First, so that daprd's paths reach the sidecar whatever the app adds later.
+                app.router.routes.insert(0, SidecarRoute(self.sidecar))
+        self._api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
         app.state.fastapi_dapr = self
         app.add_api_route(
             "/dapr/subscribe",
@@ -62,7 +122,7 @@ class Dapr:
         self._wrap_lifespan()
 
     def __repr__(self) -> str:
-        return f"Dapr(app_id={self.app_id!r})"
+        return f"Dapr(app_id={self.app_id!r}, mode={self.mode!r})"
 
     def subscribe(
         self,
@@ -98,6 +158,52 @@ class Dapr:
         """Every subscription of the app, one per pubsub and topic, checked."""
         return merge_subscriptions(collect_handlers(self.app.routes))
 
+    async def publish(
+        self,
+        pubsub: str,
+        topic: str,
+        data: Any,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish `data` to `topic` on `pubsub`, as `POST /v1.0/publish` does.
+
+        `bytes` are sent as they are (`application/octet-stream` unless
+        `content_type` says otherwise), `str` as `text/plain`, and anything else
+        as JSON (pydantic models included). `metadata` are the `metadata.*`
+        parameters of the HTTP API: `rawPayload`, `ttlInSeconds`,
+        `cloudevent.*` overrides, or anything the subscriber should get as a
+        header. Raises `DaprAPIError` with daprd's status and error code.
+        """
+        from ._client import encode_data
+
+        body, media_type = encode_data(data, content_type)
+        if self.mode == "remote":
+            await self._remote_sidecar().publish(pubsub, topic, body, media_type, dict(metadata or {}))
+            return
+        from ._envelope import PublishRequest
+
+        runtime = self._running()
+        await runtime.publish(PublishRequest(pubsub, topic, body, media_type, dict(metadata or {})))
+
+    def _running(self) -> Runtime:
+        if self._runtime is None:
+            raise DaprAPIError(
+                503,
+                "ERR_SIDECAR_NOT_STARTED",
+                "the embedded sidecar runs inside the app's lifespan and has not started "
+                "(in tests: `with TestClient(app)`, or fastapi_dapr.testing)",
+            )
+        return self._runtime
+
+    def _remote_sidecar(self) -> RemoteSidecar:
+        if self._remote is None:
+            from ._client import RemoteSidecar
+
+            self._remote = RemoteSidecar(self.dapr_http_endpoint, api_token=self._api_token)
+        return self._remote
+
     async def _subscribe_endpoint(self, request: Request) -> Response:
         refused = token_error(request)
         if refused is not None:
@@ -110,8 +216,45 @@ class Dapr:
 
         @asynccontextmanager
         async def lifespan(app: Any) -> AsyncIterator[Any]:
-            self.subscriptions()  # raises SubscriptionError before serving anything
-            async with inner(app) as state:
-                yield state
+            subscriptions = self.subscriptions()  # raises before serving anything
+            if self.mode == "remote":
+                try:
+                    async with inner(app) as state:
+                        yield state
+                finally:
+                    if self._remote is not None:
+                        await self._remote.close()
+                return
+            runtime = self._create_runtime()
+            await runtime.start_components()  # publishing works from here on
+            self._runtime = runtime
+            try:
+                async with inner(app) as state:
+                    runtime.lifespan_state = state
+                    # Deliveries start once the app's own start-up is done.
+                    await runtime.start_subscriptions(subscriptions)
+                    try:
+                        yield state
+                    finally:
+                        await runtime.stop_subscriptions()
+            finally:
+                self._runtime = None
+                await runtime.close()
 
         router.lifespan_context = lifespan
+
+    def _create_runtime(self) -> Runtime:
+        from ._resources import Resources, load_resources
+        from ._runtime import Runtime
+
+        resources = (
+            load_resources(self.resources_paths, app_id=self.app_id) if self.resources_paths else Resources()
+        )
+        return Runtime(
+            app=self.app,
+            app_id=self.app_id,
+            app_api_token=self.app_api_token,
+            resources=resources,
+            retry=self.retry,
+            clock=self._clock,
+        )

@@ -98,9 +98,7 @@ def _event_model(name: str, annotation: Any, handler: str) -> _EventParameter:
             bulk_model = item if item.__pydantic_generic_metadata__["args"] else BulkEntry[Any]
             return _EventParameter(name, "bulk", bulk_model)
     if _is_class(annotation, BulkEntry):
-        raise HandlerSignatureError(
-            f"{handler}: parameter {name!r}: a bulk handler takes list[BulkEntry[T]]"
-        )
+        raise HandlerSignatureError(f"{handler}: parameter {name!r}: a bulk handler takes list[BulkEntry[T]]")
     if _is_class(annotation, CloudEvent):
         model = annotation if annotation.__pydantic_generic_metadata__["args"] else CloudEvent[Any]
         return _EventParameter(name, "event", model)
@@ -163,9 +161,7 @@ def token_error(request: Request) -> Response | None:
     given = request.headers.get("dapr-api-token", "")
     if hmac.compare_digest(given.encode(), expected.encode()):
         return None
-    return JSONResponse(
-        {"errorCode": "ERR_UNAUTHORIZED", "message": "invalid api token"}, status_code=401
-    )
+    return JSONResponse({"errorCode": "ERR_UNAUTHORIZED", "message": "invalid api token"}, status_code=401)
 
 
 def _event_id_for_log(body: bytes, headers: Mapping[str, str]) -> str:
@@ -308,20 +304,14 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
     deliver = bulk if subscription.bulk is not None else single
 
     # FastAPI fills one Request parameter per endpoint: share the handler's if it has one.
-    request_name = next(
-        (p.name for p in fastapi_params if _is_request_annotation(p.annotation)), None
-    )
+    request_name = next((p.name for p in fastapi_params if _is_request_annotation(p.annotation)), None)
     own_request = None
     if request_name is None:
         request_name = _REQUEST_PARAM
-        own_request = inspect.Parameter(
-            _REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Request
-        )
+        own_request = inspect.Parameter(_REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Request)
 
     async def endpoint(**kwargs: Any) -> Response:
-        request: Request = (
-            kwargs.pop(_REQUEST_PARAM) if own_request is not None else kwargs[request_name]
-        )
+        request: Request = kwargs.pop(_REQUEST_PARAM) if own_request is not None else kwargs[request_name]
         refused = token_error(request)
         if refused is not None:
             return refused
@@ -346,10 +336,7 @@ def _bulk_entry(raw: Any, envelope: Mapping[str, Any]) -> dict[str, Any]:
     data = raw.get("event")
     if isinstance(data, dict) and "specversion" in data:
         event: Any = data
-    elif (
-        isinstance(data, str)
-        and content_type.split(";")[0].strip() != "application/cloudevents+json"
-    ):
+    elif isinstance(data, str) and content_type.split(";")[0].strip() != "application/cloudevents+json":
         # A raw payload entry: daprd sends the bytes as a base64 string (reference 3.6).
         event = {
             "data_base64": data,

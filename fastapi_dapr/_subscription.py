@@ -197,9 +197,7 @@ class TopicSubscription:
         """One item of daprd's `GET /dapr/subscribe` answer (reference 2.1)."""
         item: dict[str, Any] = {"pubsubname": self.pubsub, "topic": self.topic}
         if self.rules:
-            routes: dict[str, Any] = {
-                "rules": [{"match": match, "path": path} for match, path in self.rules]
-            }
+            routes: dict[str, Any] = {"rules": [{"match": match, "path": path} for match, path in self.rules]}
             if self.default is not None:
                 routes["default"] = self.default
             item["routes"] = routes
@@ -259,9 +257,7 @@ def merge_subscriptions(handlers: Iterable[RoutedHandler]) -> list[TopicSubscrip
 
     result = []
     for (pubsub, topic), members in groups.items():
-        matched = [
-            (index, r) for index, r in enumerate(members) if r.subscription.match is not None
-        ]
+        matched = [(index, r) for index, r in enumerate(members) if r.subscription.match is not None]
         # Lower priority first; without a priority, after those, in registration order.
         matched.sort(
             key=lambda pair: (

@@ -1,0 +1,642 @@
+"""The delivery engine: from a broker message to the app's route, as daprd delivers (reference 3).
+
+One `Worker` per subscription reads its consumer, runs a bounded number of
+messages at once, and settles each one exactly once: ack after SUCCESS, DROP
+or a successful dead-letter publish; nack when retries are exhausted and there
+is no dead-letter topic, or when the engine stops before it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import posixpath
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from starlette.types import ASGIApp
+
+from ._asgi import AppResponse, AppUnreachable, call_app
+from ._cel import RoutingError, Rules
+from ._envelope import has_expired, raw_payload_event
+from ._json import go_dumps
+from ._retry import Clock, RetryPolicy
+from ._status import Status
+from ._subscription import BulkSubscribe
+from .brokers import Consumer, Delivery, Message
+
+__all__: list[str] = []  # Attempt and DeliveryReport are public in fastapi_dapr.testing
+
+logger = logging.getLogger("fastapi_dapr")
+
+ZERO_TRACEPARENT = "00-00000000000000000000000000000000-0000000000000000-00"
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+
+Outcome = Literal[
+    "delivered", "dropped", "dead-lettered", "expired", "unmatched", "invalid", "failed", "returned"
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One POST to the app: the status it meant, and why."""
+
+    status: Status | None  # None: an error daprd retries like RETRY
+    http_status: int | None = None
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryReport:
+    """What became of one message on one subscription."""
+
+    pubsub: str
+    topic: str
+    message_id: str
+    event_id: str | None
+    path: str | None
+    outcome: Outcome
+    attempts: tuple[Attempt, ...] = ()
+    reason: str = ""
+
+    @property
+    def status(self) -> Status | None:
+        """The status of the last attempt, if the app was called."""
+        return self.attempts[-1].status if self.attempts else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A subscription as the engine runs it."""
+
+    pubsub: str
+    topic: str
+    rules: Rules
+    dead_letter_topic: str | None
+    raw_payload: bool
+    bulk: BulkSubscribe | None
+    kind: Literal["PROGRAMMATIC", "DECLARATIVE"]
+    metadata: Mapping[str, str]
+
+    def describe(self) -> str:
+        return f"pubsub={self.pubsub!r} topic={self.topic!r}"
+
+
+def clean_path(path: str) -> str:
+    """daprd posts to `path.Clean(path)` with a leading `/` (reference 3.2)."""
+    if not path:
+        return "/"
+    cleaned = posixpath.normpath("/" + path.lstrip("/"))
+    return "/" + cleaned.lstrip("/")
+
+
+def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """Message metadata as delivery headers (reference 3.2)."""
+    headers = []
+    for key, value in metadata.items():
+        name = key.lower()
+        if (
+            name in ("content-type", "content-length", "traceparent", "tracestate")
+            or name.endswith("-bin")
+            or name in _HOP_BY_HOP
+        ):
+            continue
+        if name.startswith("grpc-"):
+            name = "dapr-" + name
+        headers.append((name.encode("latin-1", errors="replace"), value.encode()))
+    return headers
+
+
+def classify(response: AppResponse) -> Attempt:
+    """Read the app's answer to a single delivery as daprd does (reference 3.3)."""
+    code = response.status
+    if code == 404:
+        return Attempt(Status.DROP, code, "404: the app has no such route")
+    if not 200 <= code < 300:
+        return Attempt(None, code, f"HTTP {code}")
+    if not response.body.strip():
+        return Attempt(Status.SUCCESS, code)
+    try:
+        parsed = json.JSONDecoder().raw_decode(response.body.decode("utf-8", errors="replace").strip())[0]
+    except ValueError:
+        return Attempt(Status.SUCCESS, code, "the body is not JSON: read as SUCCESS")
+    if parsed is None:
+        return Attempt(Status.SUCCESS, code)
+    if not isinstance(parsed, dict):
+        return Attempt(Status.SUCCESS, code, "the body is not an object: read as SUCCESS")
+    value: Any = parsed.get("status")
+    if "status" not in parsed:  # Go matches field names case-insensitively
+        value = next((v for k, v in parsed.items() if k.lower() == "status"), None)
+    if value is None or value == "":
+        return Attempt(Status.SUCCESS, code)
+    if not isinstance(value, str):
+        return Attempt(Status.SUCCESS, code, "status is not a string: read as SUCCESS")
+    if value in ("SUCCESS", "RETRY", "DROP"):
+        return Attempt(Status(value), None if value == "RETRY" else code)
+    return Attempt(None, None, f"unknown status {value!r}")
+
+
+def _bulk_statuses(response: AppResponse, entry_ids: Sequence[str]) -> dict[str, Attempt]:
+    """Read the app's answer to a bulk delivery (reference 3.6)."""
+    code = response.status
+    if code == 404:
+        return {e: Attempt(Status.DROP, code, "404: the app has no such route") for e in entry_ids}
+    if not 200 <= code < 300:
+        return {e: Attempt(None, code, f"HTTP {code}") for e in entry_ids}
+    failed = {e: Attempt(None, code, "no status for this entry") for e in entry_ids}
+    try:
+        parsed = json.loads(response.body)
+        items = parsed["statuses"]
+        if not isinstance(items, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        # A 2xx without a readable answer fails every entry, unlike single delivery.
+        return {e: Attempt(None, code, "the answer has no statuses") for e in entry_ids}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        entry_id, status = item.get("entryId"), item.get("status")
+        if entry_id in failed and status in ("SUCCESS", "DROP"):
+            failed[entry_id] = Attempt(Status(status), code)
+        elif entry_id in failed and status == "RETRY":
+            failed[entry_id] = Attempt(Status.RETRY, None)
+        elif entry_id in failed:
+            failed[entry_id] = Attempt(None, None, f"unknown status {status!r}")
+    return failed
+
+
+DeadLetter = Callable[[Route, Message, Mapping[str, str]], Awaitable[bool]]
+Reporter = Callable[[DeliveryReport], None]
+
+
+class Engine:
+    """What every worker shares: the app, the policy, the clock and the reporters."""
+
+    def __init__(
+        self,
+        *,
+        app: ASGIApp,
+        app_api_token: str | None,
+        retry: RetryPolicy,
+        clock: Clock,
+        dead_letter: DeadLetter,
+        report: Reporter,
+        lifespan_state: Callable[[], Mapping[str, Any] | None],
+        stopping: asyncio.Event,
+    ) -> None:
+        self.app = app
+        self.app_api_token = app_api_token
+        self.retry = retry
+        self.clock = clock
+        self.dead_letter = dead_letter
+        self.report = report
+        self.lifespan_state = lifespan_state
+        self.stopping = stopping
+
+    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> AppResponse:
+        return await call_app(self.app, "POST", path, headers, body, state=self.lifespan_state())
+
+    def base_headers(self, content_type: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        if self.app_api_token:
+            headers.append((b"dapr-api-token", self.app_api_token.encode()))
+        return headers
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait before a retry; False if the engine is stopping meanwhile."""
+        if self.stopping.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            for task in (sleeper, stopper):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return not self.stopping.is_set()
+
+
+class _Prepared:
+    """A message made ready for its POST: event, body, path and headers."""
+
+    __slots__ = ("body", "event", "event_id", "headers", "metadata", "path")
+
+    def __init__(self) -> None:
+        self.event: dict[str, Any] = {}
+        self.event_id: str | None = None
+        self.body = b""
+        self.metadata: dict[str, str] = {}
+        self.path: str | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+
+
+class Worker:
+    """Consumes one subscription and delivers its messages."""
+
+    def __init__(self, engine: Engine, route: Route, consumer: Consumer, concurrency: int) -> None:
+        self.engine = engine
+        self.route = route
+        self.consumer = consumer
+        self.concurrency = max(1, concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._reader: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        loop = self._read_bulk() if self.route.bulk is not None else self._read()
+        self._reader = asyncio.create_task(loop, name=f"fastapi-dapr {self.route.describe()}")
+
+    async def stop(self, grace: float) -> None:
+        """Stop reading; let in-flight messages finish for `grace` seconds, then return them."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.consumer.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        self.idle.clear()
+        task.add_done_callback(self._finished)
+        if len(self._tasks) >= self.concurrency:
+            self._room.clear()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.set()
+        if not self._tasks:
+            self.idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("delivery task failed on %s", self.route.describe(), exc_info=task.exception())
+
+    async def _read(self) -> None:
+        while True:
+            while len(self._tasks) >= self.concurrency:
+                await self._room.wait()
+            batch = await self.consumer.receive(self.concurrency - len(self._tasks))
+            for delivery in batch:
+                self._spawn(self._guarded(delivery))
+
+    async def _guarded(self, delivery: Delivery) -> None:
+        try:
+            await self._deliver(delivery)
+        except asyncio.CancelledError:
+            await delivery.nack(redeliver=True)
+            self._report(delivery, None, None, "returned", (), "the engine stopped first")
+            raise
+
+    # -- one message ---------------------------------------------------------
+
+    def _report(
+        self,
+        delivery: Delivery,
+        event_id: str | None,
+        path: str | None,
+        outcome: Outcome,
+        attempts: Sequence[Attempt],
+        reason: str = "",
+    ) -> None:
+        self.engine.report(
+            DeliveryReport(
+                pubsub=self.route.pubsub,
+                topic=self.route.topic,
+                message_id=delivery.message.id,
+                event_id=event_id,
+                path=path,
+                outcome=outcome,
+                attempts=tuple(attempts),
+                reason=reason,
+            )
+        )
+
+    async def _settle_undeliverable(
+        self,
+        delivery: Delivery,
+        prepared: _Prepared | None,
+        outcome: Outcome,
+        reason: str,
+        attempts: Sequence[Attempt] = (),
+    ) -> None:
+        """A message the app will not get: dead-letter it if possible, log it, settle it."""
+        event_id = prepared.event_id if prepared else None
+        path = prepared.path if prepared else None
+        metadata = prepared.metadata if prepared else dict(delivery.message.metadata)
+        if self.route.dead_letter_topic:
+            if await self.engine.dead_letter(self.route, delivery.message, metadata):
+                logger.warning(
+                    "event %s on %s sent to dead-letter topic %s: %s",
+                    event_id or "<no id>",
+                    self.route.describe(),
+                    self.route.dead_letter_topic,
+                    reason,
+                )
+                await delivery.ack()
+                self._report(delivery, event_id, path, "dead-lettered", attempts, reason)
+                return
+            reason += f"; and the dead-letter publish to {self.route.dead_letter_topic} failed"
+            logger.error(
+                "event %s on %s not settled: %s",
+                event_id or "<no id>",
+                self.route.describe(),
+                reason,
+            )
+            await delivery.nack(redeliver=False)
+            self._report(delivery, event_id, path, "failed", attempts, reason)
+            return
+        if outcome == "failed":
+            logger.error(
+                "event %s on %s given up: %s; no dead-letter topic",
+                event_id or "<no id>",
+                self.route.describe(),
+                reason,
+            )
+            await delivery.nack(redeliver=False)
+        else:
+            logger.warning(
+                "event %s on %s dropped: %s; no dead-letter topic",
+                event_id or "<no id>",
+                self.route.describe(),
+                reason,
+            )
+            await delivery.ack()
+        self._report(delivery, event_id, path, outcome, attempts, reason)
+
+    def _prepare(self, message: Message) -> tuple[_Prepared, str | None, Outcome | None]:
+        """Build the event, route it; on failure, the outcome and why."""
+        prepared = _Prepared()
+        metadata = dict(message.metadata)
+        metadata["pubsubName"] = self.route.pubsub
+        prepared.metadata = metadata
+        if self.route.raw_payload:
+            event = raw_payload_event(message.data, self.route.topic, self.route.pubsub)
+            for key in ("traceid", "traceparent", "tracestate"):
+                if metadata.get(key):
+                    event[key] = metadata[key]
+            if metadata.get("traceparent"):
+                event["traceid"] = metadata["traceparent"]
+            prepared.body = go_dumps(event)
+        else:
+            try:
+                event = json.loads(message.data)
+                if not isinstance(event, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                return prepared, f"the message is not a JSON CloudEvent ({exc})", "invalid"
+            for key in ("traceid", "traceparent", "tracestate"):
+                if key not in event and key in metadata:
+                    event[key] = metadata[key]
+            prepared.body = message.data
+        prepared.event = event
+        event_id = event.get("id")
+        prepared.event_id = str(event_id) if event_id is not None else None
+        if has_expired(event):
+            return prepared, f"expired at {event.get('expiration')}", "expired"
+        try:
+            path = self.route.rules.route(event)
+        except RoutingError as exc:
+            return prepared, f"routing failed: {exc}", "invalid"
+        if path is None:
+            return prepared, "no routing rule matches and there is no default route", "unmatched"
+        prepared.path = clean_path(path)
+        return prepared, None, None
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        prepared, problem, outcome = self._prepare(delivery.message)
+        if problem is not None and outcome is not None:
+            await self._settle_undeliverable(delivery, prepared, outcome, problem)
+            return
+        assert prepared.path is not None
+        event = prepared.event
+        headers = self.engine.base_headers(b"application/cloudevents+json", prepared.body)
+        headers.extend(message_headers(prepared.metadata))
+        traceparent = event.get("traceparent") or event.get("traceid") or ZERO_TRACEPARENT
+        headers.append((b"traceparent", str(traceparent).encode()))
+        if event.get("tracestate"):
+            headers.append((b"tracestate", str(event["tracestate"]).encode()))
+        attempts: list[Attempt] = []
+        started = self.engine.clock.monotonic()
+        while True:
+            try:
+                response = await self.engine.post(prepared.path, headers, prepared.body)
+                attempt = classify(response)
+            except AppUnreachable as exc:
+                attempt = Attempt(None, None, str(exc))
+            attempts.append(attempt)
+            if attempt.status is Status.SUCCESS:
+                await delivery.ack()
+                self._report(delivery, prepared.event_id, prepared.path, "delivered", attempts)
+                return
+            if attempt.status is Status.DROP:
+                await self._settle_undeliverable(
+                    delivery,
+                    prepared,
+                    "dropped",
+                    f"the app answered DROP ({attempt.detail or 'DROP'})",
+                    attempts,
+                )
+                return
+            policy = self.engine.retry
+            delay = (
+                policy.delay(len(attempts), self.engine.clock.monotonic() - started)
+                if policy.retries_status(attempt.http_status)
+                else None
+            )
+            if delay is None:
+                reason = f"{len(attempts)} attempts failed, the last with {attempt.detail or 'RETRY'}"
+                await self._settle_undeliverable(delivery, prepared, "failed", reason, attempts)
+                return
+            if not await self.engine.wait(delay):
+                await delivery.nack(redeliver=True)
+                self._report(
+                    delivery,
+                    prepared.event_id,
+                    prepared.path,
+                    "returned",
+                    attempts,
+                    "the engine stopped before the next retry",
+                )
+                return
+
+    # -- bulk ------------------------------------------------------------------
+
+    async def _read_bulk(self) -> None:
+        assert self.route.bulk is not None
+        size = self.route.bulk.max_messages_count
+        wait = self.route.bulk.max_await_duration_ms / 1000
+        loop = asyncio.get_running_loop()
+        while True:
+            while len(self._tasks) >= self.concurrency:
+                await self._room.wait()
+            batch = list(await self.consumer.receive(size))
+            deadline = loop.time() + wait
+            while len(batch) < size:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    more = await asyncio.wait_for(self.consumer.receive(size - len(batch)), remaining)
+                except asyncio.TimeoutError:
+                    break
+                batch.extend(more)
+            self._spawn(self._guarded_bulk(batch))
+
+    async def _guarded_bulk(self, batch: list[Delivery]) -> None:
+        settled: set[int] = set()
+        try:
+            await self._deliver_bulk(batch, settled)
+        except asyncio.CancelledError:
+            for index, delivery in enumerate(batch):
+                if index not in settled:
+                    await delivery.nack(redeliver=True)
+                    self._report(delivery, None, None, "returned", (), "the engine stopped first")
+            raise
+
+    async def _deliver_bulk(self, batch: list[Delivery], settled: set[int]) -> None:
+        by_path: dict[str, list[tuple[int, str, _Prepared]]] = {}
+        for index, delivery in enumerate(batch):
+            prepared, problem, outcome = self._prepare(delivery.message)
+            if problem is not None and outcome is not None:
+                settled.add(index)
+                await self._settle_undeliverable(delivery, prepared, outcome, problem)
+                continue
+            assert prepared.path is not None
+            by_path.setdefault(prepared.path, []).append((index, str(uuid.uuid4()), prepared))
+        for path, entries in by_path.items():
+            await self._post_bulk(path, batch, entries, settled)
+
+    def _bulk_body(self, entries: Sequence[tuple[int, str, _Prepared]]) -> bytes:
+        items = []
+        for _, entry_id, prepared in entries:
+            if self.route.raw_payload:
+                event: Any = prepared.event.get("data_base64", "")
+                content_type = prepared.metadata.get("content-type", "application/octet-stream")
+            else:
+                event = prepared.event
+                content_type = prepared.metadata.get("content-type", "application/cloudevents+json")
+            items.append(
+                {
+                    "entryId": entry_id,
+                    "event": event,
+                    "metadata": prepared.metadata,
+                    "contentType": content_type,
+                }
+            )
+        return go_dumps(
+            {
+                "id": str(uuid.uuid4()),
+                "type": "com.dapr.event.sent.bulk",
+                "topic": self.route.topic,
+                "pubsubname": self.route.pubsub,
+                "metadata": {"pubsubName": self.route.pubsub},
+                "entries": items,
+            }
+        )
+
+    async def _post_bulk(
+        self,
+        path: str,
+        batch: list[Delivery],
+        entries: list[tuple[int, str, _Prepared]],
+        settled: set[int],
+    ) -> None:
+        history: dict[str, list[Attempt]] = {entry_id: [] for _, entry_id, _ in entries}
+        pending = entries
+        started = self.engine.clock.monotonic()
+        retry = 0
+        while True:
+            body = self._bulk_body(pending)
+            headers = self.engine.base_headers(b"application/json", body)
+            headers.append((b"pubsubname", self.route.pubsub.encode()))
+            try:
+                response = await self.engine.post(path, headers, body)
+                results = _bulk_statuses(response, [entry_id for _, entry_id, _ in pending])
+            except AppUnreachable as exc:
+                results = {entry_id: Attempt(None, None, str(exc)) for _, entry_id, _ in pending}
+            failed = []
+            for index, entry_id, prepared in pending:
+                attempt = results[entry_id]
+                history[entry_id].append(attempt)
+                delivery = batch[index]
+                if attempt.status is Status.SUCCESS:
+                    settled.add(index)
+                    await delivery.ack()
+                    self._report(delivery, prepared.event_id, path, "delivered", history[entry_id])
+                elif attempt.status is Status.DROP:
+                    settled.add(index)
+                    # daprd acks a bulk 404 without dead-lettering; here it is dead-lettered
+                    # like any DROP, so that nothing disappears unseen.
+                    await self._settle_undeliverable(
+                        delivery,
+                        prepared,
+                        "dropped",
+                        f"the app answered DROP ({attempt.detail or 'DROP'})",
+                        history[entry_id],
+                    )
+                else:
+                    failed.append((index, entry_id, prepared))
+            if not failed:
+                return
+            retry += 1
+            worth = all(self.engine.retry.retries_status(results[e].http_status) for _, e, _ in failed)
+            delay = self.engine.retry.delay(retry, self.engine.clock.monotonic() - started) if worth else None
+            if delay is None:
+                for index, entry_id, prepared in failed:
+                    settled.add(index)
+                    last = history[entry_id][-1]
+                    reason = (
+                        f"{len(history[entry_id])} attempts failed, the last with {last.detail or 'RETRY'}"
+                    )
+                    await self._settle_undeliverable(
+                        batch[index], prepared, "failed", reason, history[entry_id]
+                    )
+                return
+            if not await self.engine.wait(delay):
+                for index, entry_id, prepared in failed:
+                    settled.add(index)
+                    await batch[index].nack(redeliver=True)
+                    self._report(
+                        batch[index],
+                        prepared.event_id,
+                        path,
+                        "returned",
+                        history[entry_id],
+                        "the engine stopped before the next retry",
+                    )
+                return
+            pending = failed

@@ -1,0 +1,235 @@
+"""The CloudEvent envelope daprd wraps around a published message (reference 1.4-1.7).
+
+Pure functions from a publish request to the bytes handed to the broker, and
+from a broker message back to the event map the delivery engine routes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ._durations import parse_go_duration
+from ._json import decode_first, go_dumps
+
+__all__: list[str] = []
+
+DEFAULT_SOURCE = "Dapr"
+DEFAULT_TYPE = "com.dapr.event.sent"
+DEFAULT_DATA_CONTENT_TYPE = "text/plain"
+_OVERRIDES = ("id", "source", "type", "traceid", "tracestate", "traceparent", "subject")
+_MAX_TIME = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
+
+
+class EnvelopeError(ValueError):
+    """A publish request that cannot become a message."""
+
+
+class BadMetadata(EnvelopeError):
+    """A `metadata.*` value daprd cannot use (`rawPayload`, `ttlInSeconds`)."""
+
+
+class BadCloudEvent(EnvelopeError):
+    """An `application/cloudevents+json` body that is not a JSON object."""
+
+
+def is_content_type(content_type: str, expected: str) -> bool:
+    """components-contrib's exact test: the whole value, or what comes before `;`."""
+    lower = content_type.lower()
+    return lower == expected or lower.split(";", 1)[0] == expected
+
+
+def parse_go_bool(text: str) -> bool:
+    """Go's `strconv.ParseBool`."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(text)
+
+
+def is_raw_payload(metadata: Mapping[str, str]) -> bool:
+    """`metadata.rawPayload`, case-sensitive key, Go booleans (reference 1.2 step 3)."""
+    value = metadata.get("rawPayload")
+    if value is None or value == "":
+        return False
+    try:
+        return parse_go_bool(value)
+    except ValueError:
+        raise BadMetadata(f"rawPayload value must be a valid boolean: actual is '{value}'") from None
+
+
+def _lookup(metadata: Mapping[str, str], *keys: str) -> str:
+    lowered = {key.lower() for key in keys}
+    for key, value in metadata.items():
+        if key.lower() in lowered:
+            return value
+    return ""
+
+
+def ttl_seconds(metadata: Mapping[str, str]) -> float | None:
+    """The message TTL from `ttl` or `ttlInSeconds` (reference 1.6), or None.
+
+    Raises `BadMetadata` for a value daprd would silently ignore.
+    """
+    value = _lookup(metadata, "ttl", "ttlInSeconds")
+    if not value:
+        return None
+    try:
+        return max(parse_go_duration(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise BadMetadata(f"ttlInSeconds value must be a valid integer: actual is '{value}'") from None
+    if seconds <= 0:
+        raise BadMetadata(f"ttlInSeconds value must be higher than zero: actual is '{seconds}'")
+    return float(seconds)
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    """Go's `time.RFC3339`: second precision, `Z` for UTC."""
+    text = moment.isoformat(timespec="seconds")
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def now_local() -> datetime.datetime:
+    return datetime.datetime.now().astimezone()
+
+
+def expiration_after(seconds: float, now: datetime.datetime | None = None) -> str:
+    start = (now or datetime.datetime.now(datetime.timezone.utc)).astimezone(datetime.timezone.utc)
+    try:
+        moment = start + datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        moment = _MAX_TIME
+    return rfc3339(min(moment, _MAX_TIME))
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishRequest:
+    """What a publisher sent, before it becomes a message."""
+
+    pubsub: str
+    topic: str
+    data: bytes
+    content_type: str = ""
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    traceparent: str = ""
+    tracestate: str = ""
+
+
+def _user_cloudevent(request: PublishRequest) -> dict[str, Any]:
+    # Case A of reference 1.4: the publisher sent its own CloudEvent.
+    try:
+        event = decode_first(request.data)
+    except ValueError as exc:
+        raise BadCloudEvent(f"the body is not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise BadCloudEvent("the body is not a JSON object")
+    event.setdefault("time", rfc3339(now_local()))
+    if "traceid" not in event:
+        event["traceid"] = request.traceparent
+        event["traceparent"] = request.traceparent
+    event.setdefault("tracestate", request.tracestate)
+    event["topic"] = request.topic
+    event["pubsubname"] = request.pubsub
+    for key, default in (
+        ("source", DEFAULT_SOURCE),
+        ("type", DEFAULT_TYPE),
+        ("specversion", "1.0"),
+    ):
+        if event.get(key) is None:
+            event[key] = default
+    return event
+
+
+def _new_cloudevent(request: PublishRequest, app_id: str) -> dict[str, Any]:
+    # Case B of reference 1.4: daprd wraps the body.
+    overrides: dict[str, str] = {}
+    for key, value in request.metadata.items():
+        lower = key.lower()
+        if lower.startswith("cloudevent.") and lower[len("cloudevent.") :] in _OVERRIDES:
+            overrides[lower[len("cloudevent.") :]] = value
+    traceparent = overrides.get("traceparent") or overrides.get("traceid") or request.traceparent
+    content_type = request.content_type or DEFAULT_DATA_CONTENT_TYPE
+    event: dict[str, Any] = {
+        "id": overrides.get("id") or str(uuid.uuid4()),
+        "specversion": "1.0",
+        "datacontenttype": content_type,
+        "source": overrides.get("source") or app_id or DEFAULT_SOURCE,
+        "type": overrides.get("type") or DEFAULT_TYPE,
+        "topic": request.topic,
+        "pubsubname": request.pubsub,
+        "traceid": traceparent,
+        "traceparent": traceparent,
+        "tracestate": overrides.get("tracestate") or request.tracestate,
+        "time": rfc3339(now_local()),
+    }
+    if is_content_type(content_type, "application/json"):
+        try:
+            event["data"] = decode_first(request.data)
+        except ValueError:
+            event["data"] = request.data.decode("utf-8", errors="replace")
+    elif is_content_type(content_type, "application/octet-stream") or is_content_type(
+        content_type, "application/cloudevents+protobuf"
+    ):
+        event["data_base64"] = base64.b64encode(request.data).decode()
+    else:
+        event["data"] = request.data.decode("utf-8", errors="replace")
+    if overrides.get("subject"):
+        event["subject"] = overrides["subject"]
+    return event
+
+
+def build_cloudevent(request: PublishRequest, app_id: str) -> dict[str, Any]:
+    """The envelope daprd would build for `request`, TTL applied (reference 1.4, 1.6)."""
+    if is_content_type(request.content_type, "application/cloudevents+json"):
+        event = _user_cloudevent(request)
+    else:
+        event = _new_cloudevent(request, app_id)
+    ttl = ttl_seconds(request.metadata)
+    if ttl is not None:
+        event["expiration"] = expiration_after(ttl)
+    return event
+
+
+def message_data(request: PublishRequest, app_id: str) -> bytes:
+    """The bytes the broker stores: the envelope, or the body itself for raw payloads."""
+    if is_raw_payload(request.metadata):
+        ttl_seconds(request.metadata)  # refused here too, for one rule on every path
+        return request.data
+    return go_dumps(build_cloudevent(request, app_id))
+
+
+def raw_payload_event(data: bytes, topic: str, pubsub: str) -> dict[str, Any]:
+    """The CloudEvent daprd makes up for a raw message on delivery (reference 3.1 step 4)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "specversion": "1.0",
+        "datacontenttype": "application/octet-stream",
+        "source": DEFAULT_SOURCE,
+        "type": DEFAULT_TYPE,
+        "topic": topic,
+        "pubsubname": pubsub,
+        "data_base64": base64.b64encode(data).decode(),
+    }
+
+
+def has_expired(event: Mapping[str, Any], now: datetime.datetime | None = None) -> bool:
+    """daprd's `HasExpired`: an RFC 3339 `expiration` in the past; anything else is not."""
+    value = event.get("expiration")
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if moment.tzinfo is None:
+        return False
+    return moment < (now or datetime.datetime.now(datetime.timezone.utc))

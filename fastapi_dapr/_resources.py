@@ -1,0 +1,343 @@
+"""Dapr's YAML resources, read from the same folders daprd reads (reference 7).
+
+Each loaded resource is a frozen dataclass; camelCase stays in this module.
+Unlike daprd, which logs a warning and goes on, a file that cannot be used
+stops the start-up with one `ResourceError` naming the file, the kind, the
+resource's name and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from ._durations import parse_duration
+from ._exceptions import ResourceError, SubscriptionError
+from ._subscription import BulkSubscribe, check_match
+
+__all__: list[str] = []
+
+logger = logging.getLogger("fastapi_dapr")
+
+_KINDS = {
+    ("dapr.io/v1alpha1", "Component"),
+    ("dapr.io/v1alpha1", "Subscription"),
+    ("dapr.io/v2alpha1", "Subscription"),
+}
+_DENIED_ENV = ("APP_API_TOKEN",)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataItem:
+    """One `spec.metadata` entry: a value, a secret reference or an environment variable."""
+
+    name: str
+    value: str | None = None
+    secret_name: str | None = None
+    secret_key: str | None = None
+    env_ref: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    name: str
+    type: str
+    version: str
+    metadata: tuple[MetadataItem, ...]
+    source: str
+    ignore_errors: bool = False
+    init_timeout: float = 5.0
+    secret_store: str | None = None
+    scopes: tuple[str, ...] = ()
+
+    def values(self) -> dict[str, str]:
+        """The metadata that is known without a secret store."""
+        return {item.name: item.value for item in self.metadata if item.value is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeclarativeSubscription:
+    """A `Subscription` resource, v1alpha1 converted to v2alpha1 (reference 2.2)."""
+
+    name: str
+    pubsub: str
+    topic: str
+    rules: tuple[tuple[str, str], ...]
+    default: str | None
+    metadata: Mapping[str, str]
+    dead_letter_topic: str | None
+    bulk: BulkSubscribe | None
+    source: str
+    scopes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    components: tuple[Component, ...] = ()
+    subscriptions: tuple[DeclarativeSubscription, ...] = ()
+
+
+class _Document:
+    """One YAML document, with the context every error message needs."""
+
+    def __init__(self, source: str, kind: str, name: str, raw: Mapping[str, Any]) -> None:
+        self.source = source
+        self.kind = kind
+        self.name = name
+        self.raw = raw
+
+    def error(self, field: str, problem: str) -> ResourceError:
+        return ResourceError(f"{self.source}: {self.kind} {self.name!r}: {field}: {problem}")
+
+    def get(
+        self,
+        mapping: Mapping[str, Any],
+        key: str,
+        field: str,
+        kind: type | tuple[type, ...],
+        default: Any = None,
+        required: bool = False,
+    ) -> Any:
+        if key not in mapping or mapping[key] is None:
+            if required:
+                raise self.error(field, "is required")
+            return default
+        value = mapping[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.error(field, f"must be {_article(expected)}, not {type(value).__name__}")
+        return value
+
+    def mapping(self, mapping: Mapping[str, Any], key: str, field: str) -> Mapping[str, Any]:
+        result: Mapping[str, Any] = self.get(mapping, key, field, dict, default={})
+        return result
+
+    def string_map(self, mapping: Mapping[str, Any], key: str, field: str) -> dict[str, str]:
+        result = {}
+        for name, value in self.mapping(mapping, key, field).items():
+            result[str(name)] = _dynamic_value(value)
+        return result
+
+
+def _article(noun: str) -> str:
+    names = {
+        "str": "a string",
+        "int": "an integer",
+        "bool": "a boolean",
+        "dict": "a mapping",
+        "list": "a list",
+    }
+    return names.get(noun, noun)
+
+
+def _dynamic_value(value: Any) -> str:
+    """daprd's `DynamicValue.String()`: strings as they are, other JSON as its text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "%" not in name
+
+
+def _read_env(doc: _Document, field: str, variable: str) -> str:
+    if variable.startswith("DAPR_") or variable in _DENIED_ENV or " " in variable:
+        raise doc.error(
+            field,
+            f"envRef {variable!r} is not allowed (DAPR_* and APP_API_TOKEN are the sidecar's own secrets)",
+        )
+    return os.environ.get(variable, "")
+
+
+def _metadata_items(doc: _Document, spec: Mapping[str, Any]) -> tuple[MetadataItem, ...]:
+    items = doc.get(spec, "metadata", "spec.metadata", list, default=[])
+    result = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        field = f"spec.metadata[{index}]"
+        if not isinstance(item, dict):
+            raise doc.error(field, "must be a mapping with name and value")
+        name = doc.get(item, "name", f"{field}.name", str, required=True)
+        if name in seen:
+            raise doc.error(f"{field}.name", f"{name!r} is given twice")
+        seen.add(name)
+        if "secretKeyRef" in item and item["secretKeyRef"] is not None:
+            ref = doc.get(item, "secretKeyRef", f"{field}.secretKeyRef", dict)
+            secret = doc.get(ref, "name", f"{field}.secretKeyRef.name", str, required=True)
+            key = doc.get(ref, "key", f"{field}.secretKeyRef.key", str) or secret
+            result.append(MetadataItem(name, secret_name=secret, secret_key=key))
+        elif "value" in item:
+            result.append(MetadataItem(name, value=_dynamic_value(item["value"])))
+        elif item.get("envRef") is not None:
+            variable = doc.get(item, "envRef", f"{field}.envRef", str)
+            result.append(
+                MetadataItem(name, value=_read_env(doc, f"{field}.envRef", variable), env_ref=variable)
+            )
+        else:
+            result.append(MetadataItem(name, value=""))
+    return tuple(result)
+
+
+def _scopes(doc: _Document) -> tuple[str, ...]:
+    scopes = doc.get(doc.raw, "scopes", "scopes", list, default=[])
+    for index, scope in enumerate(scopes):
+        if not isinstance(scope, str):
+            raise doc.error(f"scopes[{index}]", "must be an app id string")
+    return tuple(scopes)
+
+
+def _component(doc: _Document) -> Component:
+    spec = doc.mapping(doc.raw, "spec", "spec")
+    type_name = doc.get(spec, "type", "spec.type", str, required=True)
+    init_timeout = 5.0
+    timeout_text = doc.get(spec, "initTimeout", "spec.initTimeout", (str, int))
+    if timeout_text is not None:
+        try:
+            init_timeout = parse_duration(str(timeout_text), integer_unit=1e-3)
+        except ValueError:
+            raise doc.error("spec.initTimeout", f"{timeout_text!r} is not a duration") from None
+    auth = doc.mapping(doc.raw, "auth", "auth")
+    return Component(
+        name=doc.name,
+        type=type_name,
+        version=str(doc.get(spec, "version", "spec.version", (str, int), default="v1")),
+        metadata=_metadata_items(doc, spec),
+        source=doc.source,
+        ignore_errors=doc.get(spec, "ignoreErrors", "spec.ignoreErrors", bool, default=False),
+        init_timeout=init_timeout,
+        secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
+        scopes=_scopes(doc),
+    )
+
+
+def _bulk(doc: _Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
+    raw = doc.mapping(spec, "bulkSubscribe", "spec.bulkSubscribe")
+    if not raw or not doc.get(raw, "enabled", "spec.bulkSubscribe.enabled", bool, default=False):
+        return None
+    count = doc.get(raw, "maxMessagesCount", "spec.bulkSubscribe.maxMessagesCount", int) or 100
+    wait = doc.get(raw, "maxAwaitDurationMs", "spec.bulkSubscribe.maxAwaitDurationMs", int) or 1000
+    try:
+        return BulkSubscribe(max_messages_count=count, max_await_duration_ms=wait)
+    except ValueError as exc:
+        raise doc.error("spec.bulkSubscribe", str(exc)) from None
+
+
+def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
+    spec = doc.mapping(doc.raw, "spec", "spec")
+    rules: list[tuple[str, str]] = []
+    default: str | None
+    if api_version == "dapr.io/v1alpha1":
+        default = doc.get(spec, "route", "spec.route", str) or None
+    else:
+        routes = doc.mapping(spec, "routes", "spec.routes")
+        for index, rule in enumerate(doc.get(routes, "rules", "spec.routes.rules", list, default=[])):
+            field = f"spec.routes.rules[{index}]"
+            if not isinstance(rule, dict):
+                raise doc.error(field, "must be a mapping with match and path")
+            match = doc.get(rule, "match", f"{field}.match", str, default="")
+            path = doc.get(rule, "path", f"{field}.path", str, required=True)
+            try:
+                check_match(match, f"{doc.source}: Subscription {doc.name!r}")
+            except SubscriptionError as exc:
+                raise doc.error(f"{field}.match", str(exc.__cause__ or exc)) from None
+            rules.append((match, path))
+        default = doc.get(routes, "default", "spec.routes.default", str) or None
+    return DeclarativeSubscription(
+        name=doc.name,
+        pubsub=doc.get(spec, "pubsubname", "spec.pubsubname", str, required=True),
+        topic=doc.get(spec, "topic", "spec.topic", str, required=True),
+        rules=tuple(rules),
+        default=default,
+        metadata=MappingProxyType(doc.string_map(spec, "metadata", "spec.metadata")),
+        dead_letter_topic=doc.get(spec, "deadLetterTopic", "spec.deadLetterTopic", str) or None,
+        bulk=_bulk(doc, spec),
+        source=doc.source,
+        scopes=_scopes(doc),
+    )
+
+
+def _documents(path: Path) -> Iterable[tuple[int, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResourceError(f"{path}: cannot be read: {exc}") from None
+    try:
+        yield from enumerate(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ResourceError(f"{path}: is not valid YAML: {exc}") from None
+
+
+def _files(paths: Sequence[str | os.PathLike[str]]) -> Iterable[Path]:
+    for entry in paths:
+        folder = Path(entry)
+        if not folder.is_dir():
+            raise ResourceError(f"{folder}: the resources path is not a folder")
+        # daprd: the top level only, in name order, *.yaml and *.yml (reference 7.2).
+        for path in sorted(folder.iterdir(), key=lambda p: p.name):
+            if path.is_file() and path.suffix in (".yaml", ".yml"):
+                yield path
+            elif path.is_file():
+                logger.debug("%s: not a .yaml or .yml file, ignored", path)
+
+
+def load_resources(
+    paths: Sequence[str | os.PathLike[str]], *, app_id: str, namespace: str | None = None
+) -> Resources:
+    """Read every resource under `paths` that applies to `app_id`."""
+    if namespace is None:
+        namespace = os.environ.get("NAMESPACE") or None
+    components: list[Component] = []
+    subscriptions: list[DeclarativeSubscription] = []
+    names: dict[tuple[str, str], str] = {}
+    for path in _files(paths):
+        for index, raw in enumerate_documents(path):
+            api_version = raw.get("apiVersion")
+            kind = raw.get("kind")
+            if (api_version, kind) not in _KINDS:
+                logger.debug("%s: document %d (%s %s) is not read here", path, index, api_version, kind)
+                continue
+            meta = raw.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            doc = _Document(str(path), str(kind), str(name), raw)
+            if not isinstance(name, str) or not _valid_name(name):
+                raise doc.error("metadata.name", "must be a name without '/' or '%' (not '.' or '..')")
+            doc_namespace = meta.get("namespace") if isinstance(meta, dict) else None
+            if namespace and doc_namespace and doc_namespace != namespace:
+                continue
+            resource: Component | DeclarativeSubscription
+            resource = _component(doc) if kind == "Component" else _subscription(doc, str(api_version))
+            if resource.scopes and app_id not in resource.scopes:
+                logger.debug("%s: %s %r is scoped to other apps", path, kind, name)
+                continue
+            if (str(kind), name) in names:
+                first = names[(str(kind), name)]
+                raise doc.error("metadata.name", f"a {kind} of this name is also in {first}")
+            names[(str(kind), name)] = str(path)
+            if isinstance(resource, Component):
+                components.append(resource)
+            else:
+                subscriptions.append(resource)
+    return Resources(components=tuple(components), subscriptions=tuple(subscriptions))
+
+
+def enumerate_documents(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    for index, raw in _documents(path):
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise ResourceError(f"{path}: document {index + 1} is not a mapping")
+        yield index, raw

@@ -1,0 +1,295 @@
+"""The embedded sidecar's runtime: components, subscriptions, publishing and delivery.
+
+Created when the app starts (inside its lifespan) in embedded mode, and by the
+standalone sidecar. It owns every background task it starts, and stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from starlette.types import ASGIApp
+
+from ._cel import Rules
+from ._delivery import DeliveryReport, Engine, Route, Worker
+from ._envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
+from ._errors import PubSubErrors
+from ._exceptions import DaprAPIError, ResourceError
+from ._resources import Component, Resources
+from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
+from ._subscription import TopicSubscription
+from .brokers import Broker, BrokerError, Message, load_broker_class
+
+__all__: list[str] = []
+
+logger = logging.getLogger("fastapi_dapr")
+
+DEFAULT_PUBSUB = Component(
+    name="pubsub", type="pubsub.in-memory", version="v1", metadata=(), source="<built-in default>"
+)
+RUNTIME_VERSION = "fastapi-dapr"
+
+
+class Runtime:
+    """Everything the embedded sidecar runs, for one app."""
+
+    def __init__(
+        self,
+        *,
+        app: ASGIApp,
+        app_id: str,
+        app_api_token: str | None,
+        resources: Resources,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        concurrency: int = 64,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.app = app
+        self.app_id = app_id
+        self.app_api_token = app_api_token
+        self.resources = resources
+        self.retry = retry or DEFAULT_DELIVERY_RETRY
+        self.clock = clock or Clock()
+        self.concurrency = concurrency
+        self.shutdown_grace = shutdown_grace
+        self.brokers: dict[str, Broker] = {}
+        self.routes: list[Route] = []
+        self.workers: list[Worker] = []
+        self.lifespan_state: Mapping[str, Any] | None = None
+        self._observers: list[Callable[[DeliveryReport], None]] = []
+        self._stopping = asyncio.Event()
+        self.ready = False
+
+    # -- components ----------------------------------------------------------
+
+    def _pubsub_components(self) -> list[Component]:
+        components = [c for c in self.resources.components if c.type.startswith("pubsub.")]
+        return components or [DEFAULT_PUBSUB]
+
+    async def start_components(self) -> None:
+        for component in self._pubsub_components():
+            try:
+                broker_class = load_broker_class(component.type)
+                broker = broker_class(component.name, component.values(), app_id=self.app_id)
+                await asyncio.wait_for(broker.start(), component.init_timeout)
+            except (LookupError, ImportError, ValueError, BrokerError, asyncio.TimeoutError) as exc:
+                problem = str(exc) or type(exc).__name__
+                if component.ignore_errors:
+                    logger.warning(
+                        "%s: Component %r not started (ignoreErrors): %s",
+                        component.source,
+                        component.name,
+                        problem,
+                    )
+                    continue
+                raise ResourceError(
+                    f"{component.source}: Component {component.name!r}: spec: {problem}"
+                ) from exc
+            self.brokers[component.name] = broker
+        for component in self.resources.components:
+            if not component.type.startswith("pubsub."):
+                logger.info(
+                    "%s: Component %r of type %s is not used by the embedded sidecar",
+                    component.source,
+                    component.name,
+                    component.type,
+                )
+
+    async def close(self) -> None:
+        for broker in self.brokers.values():
+            try:
+                await broker.close()
+            except Exception:
+                logger.exception("pubsub %s did not close cleanly", broker.name)
+        self.brokers.clear()
+        self.ready = False
+
+    # -- subscriptions -------------------------------------------------------
+
+    def plan_routes(self, programmatic: Sequence[TopicSubscription]) -> list[Route]:
+        """Programmatic subscriptions, then declarative ones for other topics (reference 2.2)."""
+        routes: list[Route] = []
+        taken: set[tuple[str, str]] = set()
+        for sub in programmatic:
+            taken.add((sub.pubsub, sub.topic))
+            routes.append(
+                Route(
+                    pubsub=sub.pubsub,
+                    topic=sub.topic,
+                    rules=Rules(sub.rules, sub.default),
+                    dead_letter_topic=sub.dead_letter_topic,
+                    raw_payload=sub.raw_payload,
+                    bulk=sub.bulk,
+                    kind="PROGRAMMATIC",
+                    metadata=sub.metadata,
+                )
+            )
+        for declared in self.resources.subscriptions:
+            key = (declared.pubsub, declared.topic)
+            if key in taken:
+                logger.info(
+                    "%s: Subscription %r replaced by the app's own subscription to %s",
+                    declared.source,
+                    declared.name,
+                    declared.topic,
+                )
+                continue
+            taken.add(key)
+            routes.append(
+                Route(
+                    pubsub=declared.pubsub,
+                    topic=declared.topic,
+                    rules=Rules(declared.rules, declared.default),
+                    dead_letter_topic=declared.dead_letter_topic,
+                    raw_payload=declared.metadata.get("rawPayload", "").lower() == "true",
+                    bulk=declared.bulk,
+                    kind="DECLARATIVE",
+                    metadata=declared.metadata,
+                )
+            )
+        return routes
+
+    async def start_subscriptions(self, programmatic: Sequence[TopicSubscription]) -> None:
+        self._stopping.clear()
+        engine = Engine(
+            app=self.app,
+            app_api_token=self.app_api_token,
+            retry=self.retry,
+            clock=self.clock,
+            dead_letter=self._dead_letter,
+            report=self._report,
+            lifespan_state=lambda: self.lifespan_state,
+            stopping=self._stopping,
+        )
+        self.routes = self.plan_routes(programmatic)
+        for route in self.routes:
+            broker = self.brokers.get(route.pubsub)
+            if broker is None:
+                logger.error(
+                    "subscription to %s on pubsub %s not started: no such pubsub component",
+                    route.topic,
+                    route.pubsub,
+                )
+                continue
+            consumer = await broker.subscribe(route.topic)
+            worker = Worker(engine, route, consumer, self.concurrency)
+            worker.start()
+            self.workers.append(worker)
+        self.ready = True
+
+    async def stop_subscriptions(self) -> None:
+        self._stopping.set()
+        workers, self.workers = self.workers, []
+        await asyncio.gather(*(worker.stop(self.shutdown_grace) for worker in workers))
+
+    # -- publishing ----------------------------------------------------------
+
+    def check_pubsub(self, pubsub: str, topic: str, metadata: Mapping[str, str]) -> Broker:
+        """The component for `pubsub`; daprd's errors when there is none or no topic."""
+        if not self.brokers:
+            raise PubSubErrors.not_configured(pubsub, metadata)
+        broker = self.brokers.get(pubsub)
+        if broker is None:
+            raise PubSubErrors.not_found(pubsub, metadata)
+        if not topic:
+            raise PubSubErrors.topic_empty(pubsub, metadata)
+        return broker
+
+    async def publish(self, request: PublishRequest) -> str:
+        """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`."""
+        broker = self.check_pubsub(request.pubsub, request.topic, request.metadata)
+        try:
+            data = message_data(request, self.app_id)
+        except BadMetadata as exc:
+            raise PubSubErrors.bad_metadata(request.pubsub, request.metadata, str(exc)) from None
+        except EnvelopeError as exc:
+            raise PubSubErrors.cloud_event_creation(request.pubsub, self.app_id, str(exc)) from None
+        return await self._publish_message(broker, request.topic, data, request.metadata)
+
+    async def _publish_message(
+        self, broker: Broker, topic: str, data: bytes, metadata: Mapping[str, str]
+    ) -> str:
+        try:
+            return await broker.publish(topic, data, metadata)
+        except BrokerError as exc:
+            raise PubSubErrors.publish_failed(broker.name, topic, str(exc)) from exc
+        except Exception as exc:
+            logger.exception("pubsub %s failed to publish to %s", broker.name, topic)
+            raise PubSubErrors.publish_failed(broker.name, topic, f"{type(exc).__name__}: {exc}") from exc
+
+    async def _dead_letter(self, route: Route, message: Message, metadata: Mapping[str, str]) -> bool:
+        # daprd republishes the broker's bytes unchanged, with the message's
+        # metadata, to the same component (reference 3.4).
+        assert route.dead_letter_topic is not None
+        broker = self.brokers.get(route.pubsub)
+        if broker is None:
+            return False
+        try:
+            await self._publish_message(broker, route.dead_letter_topic, message.data, metadata)
+        except DaprAPIError as exc:
+            logger.error("dead-letter publish to %s failed: %s", route.dead_letter_topic, exc.message)
+            return False
+        return True
+
+    # -- observation ---------------------------------------------------------
+
+    def add_observer(self, observer: Callable[[DeliveryReport], None]) -> Callable[[], None]:
+        """Call `observer` with every delivery report; returns the function that removes it."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    def _report(self, report: DeliveryReport) -> None:
+        for observer in list(self._observers):
+            observer(report)
+
+    def in_flight(self) -> int:
+        return sum(worker.in_flight for worker in self.workers)
+
+    def status(self) -> Literal["ready", "starting"]:
+        return "ready" if self.ready else "starting"
+
+    def metadata(self, *, channel_port: int | None = None) -> dict[str, Any]:
+        """`GET /v1.0/metadata` in daprd's shape."""
+        body: dict[str, Any] = {
+            "id": self.app_id,
+            "runtimeVersion": RUNTIME_VERSION,
+            "enabledFeatures": [],
+            "components": [
+                {
+                    "name": broker.name,
+                    "type": broker.type_name or "pubsub",
+                    "version": "v1",
+                    "capabilities": [],
+                }
+                for broker in self.brokers.values()
+            ],
+            "extended": {"appCommand": "", "runtime": "fastapi-dapr embedded"},
+            "subscriptions": [
+                {
+                    "pubsubname": route.pubsub,
+                    "topic": route.topic,
+                    "metadata": dict(route.metadata),
+                    "rules": [{"match": m, "path": p} for m, p in _rules_of(route)],
+                    "deadLetterTopic": route.dead_letter_topic or "",
+                    "type": route.kind,
+                }
+                for route in self.routes
+            ],
+            "httpEndpoints": [],
+            "appConnectionProperties": {"protocol": "http", "channelAddress": "in-process"},
+            "actorRuntime": {"runtimeStatus": "DISABLED", "hostReady": False},
+        }
+        if channel_port:
+            body["appConnectionProperties"]["port"] = channel_port
+        return body
+
+
+def _rules_of(route: Route) -> list[tuple[str, str]]:
+    rules = route.rules.rules()
+    if route.rules.default is not None:
+        rules.append(("", route.rules.default))
+    return rules

@@ -1,0 +1,415 @@
+"""Dapr's HTTP API as an ASGI application: the embedded sidecar's front door.
+
+The same application is mounted on the app's own port by `Dapr(app)` (its
+paths are daprd's: `/v1.0/publish/...`), can be mounted elsewhere by the user,
+and is served on a port of its own by the standalone sidecar. Paths are read
+as daprd reads them: the escaped path cleaned (`path.Clean`), then each
+parameter unescaped with Go's `url.QueryUnescape` (reference 1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import ipaddress
+import json
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote_plus
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
+
+from ._envelope import PublishRequest, is_content_type
+from ._errors import direct_invoke_error, error_response, kit_error
+from ._exceptions import DaprAPIError
+from ._json import go_dumps
+from ._runtime import Runtime
+
+__all__: list[str] = []
+
+API_PREFIXES = ("/v1.0/", "/v1.0-alpha1/")
+HEALTH_PATHS = ("/v1.0/healthz", "/v1.0/healthz/outbound")
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # daprd's --max-body-size default
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+_NO_APP_ID = "failed getting app id either from the URL path or the header dapr-app-id"
+
+
+class _BadParameter(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the mount point, as Starlette computes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def _escaped_path(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    root = scope.get("root_path", "")
+    if isinstance(raw, bytes):
+        text = raw.decode("latin-1")
+        encoded_root = quote(root)
+        if root and text.startswith(encoded_root):
+            text = text[len(encoded_root) :]
+        return text or "/"
+    return quote(route_path(scope))
+
+
+def go_clean(path: str) -> str:
+    """Go's `path.Clean` of an absolute path."""
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned
+
+
+def query_unescape(value: str) -> str:
+    """Go's `url.QueryUnescape`: `%XX` decoded and `+` as a space; a bad escape is an error."""
+    if _BAD_ESCAPE.search(value):
+        raise _BadParameter(value)
+    return unquote_plus(value, errors="replace")
+
+
+def _is_local_client(scope: Scope, headers: Headers) -> bool:
+    if any(name in headers for name in _FORWARDING_HEADERS):
+        return False  # it came through a proxy: the socket's address says nothing
+    client = scope.get("client")
+    if not client:
+        return False
+    host = client[0]
+    if host == "testclient":  # Starlette's TestClient: in process, no network at all
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _metadata(query_string: bytes) -> dict[str, str]:
+    """`?metadata.key=value` parameters, first value of each (reference 1.1)."""
+    result: dict[str, str] = {}
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key.startswith("metadata.") and key[len("metadata.") :] not in result:
+            result[key[len("metadata.") :]] = value
+    return result
+
+
+async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+class SidecarAPI:
+    """The Dapr HTTP API of one runtime.
+
+    `runtime` returns the running `Runtime`, or None before the app started.
+    With `api_token` set every call but the health checks needs it in the
+    `dapr-api-token` header; without one only loopback clients are answered.
+    """
+
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime | None],
+        *,
+        api_token: str | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self._runtime = runtime
+        self.api_token = api_token or None
+        self.max_body_size = max_body_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan_noop(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = await self._handle(scope, receive)
+        await response(scope, receive, send)
+
+    def _refusal(self, scope: Scope, headers: Headers, path: str) -> Response | None:
+        if path in HEALTH_PATHS and scope["method"] in ("GET", "HEAD"):
+            return None
+        if self.api_token:
+            given = headers.get("dapr-api-token", "")
+            if hmac.compare_digest(given.encode(), self.api_token.encode()):
+                return None
+            # daprd's exact answer (reference 6.6).
+            return PlainTextResponse("invalid api token\n", status_code=401)
+        if _is_local_client(scope, headers):
+            return None
+        return JSONResponse(
+            {
+                "errorCode": "ERR_FORBIDDEN",
+                "message": "the Dapr API on this port answers only local clients; to allow others, "
+                "set DAPR_API_TOKEN and send it in the dapr-api-token header",
+            },
+            status_code=403,
+        )
+
+    async def _handle(self, scope: Scope, receive: Receive) -> Response:
+        headers = Headers(scope=scope)
+        path = go_clean(_escaped_path(scope))
+        refused = self._refusal(scope, headers, path)
+        if refused is not None:
+            return refused
+        method = scope["method"]
+        runtime = self._runtime()
+        try:
+            if path in HEALTH_PATHS and method in ("GET", "HEAD"):
+                if runtime is None or (path == "/v1.0/healthz" and not runtime.ready):
+                    return JSONResponse(
+                        {"errorCode": "ERR_HEALTH_NOT_READY", "message": "dapr is not ready"},
+                        status_code=500,
+                    )
+                return Response(status_code=204)
+            if runtime is None:
+                return JSONResponse(
+                    {
+                        "errorCode": "ERR_SIDECAR_NOT_STARTED",
+                        "message": "the embedded sidecar runs inside the app's lifespan and has not "
+                        "started (in tests: `with TestClient(app) as client`)",
+                    },
+                    status_code=503,
+                )
+            if path == "/v1.0/metadata" and method == "GET":
+                return Response(go_dumps(runtime.metadata()), media_type="application/json")
+            if method in ("POST", "PUT"):
+                for prefix in ("/v1.0/publish/bulk/", "/v1.0-alpha1/publish/bulk/"):
+                    if path.startswith(prefix):
+                        return await self._bulk_publish(runtime, scope, receive, headers, path[len(prefix) :])
+                if path.startswith("/v1.0/publish/"):
+                    return await self._publish(
+                        runtime, scope, receive, headers, path[len("/v1.0/publish/") :]
+                    )
+            return error_response(direct_invoke_error(404, _NO_APP_ID))
+        except _BadParameter as exc:
+            return PlainTextResponse(f'failed to unescape request parameter "{exc}"\n', status_code=400)
+        except _TooLarge:
+            return error_response(
+                DaprAPIError(
+                    413,
+                    "ERR_PUBSUB_PUBLISH_MESSAGE",
+                    f"the request body is larger than the limit of {self.max_body_size} bytes",
+                )
+            )
+        except DaprAPIError as exc:
+            return error_response(exc)
+
+    @staticmethod
+    def _split(rest: str) -> tuple[str, str] | None:
+        pubsub, slash, topic = rest.partition("/")
+        if not slash or not pubsub:
+            return None  # daprd: no route matches, the invocation fallback answers
+        return query_unescape(pubsub), query_unescape(topic)
+
+    async def _publish(
+        self, runtime: Runtime, scope: Scope, receive: Receive, headers: Headers, rest: str
+    ) -> Response:
+        names = self._split(rest)
+        if names is None:
+            return error_response(direct_invoke_error(404, _NO_APP_ID))
+        pubsub, topic = names
+        metadata = _metadata(scope.get("query_string", b""))
+        runtime.check_pubsub(pubsub, topic, metadata)  # daprd validates before reading the body
+        body = await read_body(receive, headers, self.max_body_size)
+        await runtime.publish(
+            PublishRequest(
+                pubsub=pubsub,
+                topic=topic,
+                data=body,
+                content_type=headers.get("content-type", ""),
+                metadata=metadata,
+                traceparent=headers.get("traceparent", ""),
+                tracestate=headers.get("tracestate", ""),
+            )
+        )
+        return Response(status_code=204)
+
+    async def _bulk_publish(
+        self, runtime: Runtime, scope: Scope, receive: Receive, headers: Headers, rest: str
+    ) -> Response:
+        names = self._split(rest)
+        if names is None:
+            return error_response(direct_invoke_error(404, _NO_APP_ID))
+        pubsub, topic = names
+        metadata = _metadata(scope.get("query_string", b""))
+        runtime.check_pubsub(pubsub, topic, metadata)
+        body = await read_body(receive, headers, self.max_body_size)
+        requests = bulk_requests(
+            runtime.app_id,
+            pubsub,
+            topic,
+            body,
+            metadata,
+            headers.get("traceparent", ""),
+            headers.get("tracestate", ""),
+        )
+        results = await asyncio.gather(
+            *(runtime.publish(request) for _, request in requests), return_exceptions=True
+        )
+        failed = []
+        for (entry_id, _), result in zip(requests, results, strict=True):
+            if isinstance(result, DaprAPIError):
+                failed.append({"entryId": entry_id, "error": result.message})
+            elif isinstance(result, BaseException):
+                failed.append({"entryId": entry_id, "error": f"{type(result).__name__}: {result}"})
+        if not failed:
+            return Response(status_code=204)
+        # Not the kit error format: daprd's own shape for bulk results (reference 1.8).
+        return Response(
+            go_dumps({"failedEntries": failed, "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE"}),
+            status_code=500,
+            media_type="application/json",
+        )
+
+
+def _entry_bytes(event: Any, content_type: str) -> bytes:
+    """daprd's `ConvertEventToBytes` (reference 1.8)."""
+    if is_content_type(content_type, "application/octet-stream"):
+        if not isinstance(event, str):
+            raise ValueError("error: mismatch between contentType and event")
+        return base64.b64decode(event)
+    if content_type.lower().startswith("text/") or is_content_type(content_type, "application/xml"):
+        if not isinstance(event, str):
+            raise ValueError("error: mismatch between contentType and event")
+        return event.encode()
+    if is_content_type(content_type, "application/json") or is_content_type(
+        content_type, "application/cloudevents+json"
+    ):
+        return go_dumps(event)
+    raise ValueError("error: mismatch between contentType and event")
+
+
+def bulk_requests(
+    app_id: str,
+    pubsub: str,
+    topic: str,
+    body: bytes,
+    metadata: Mapping[str, str],
+    traceparent: str,
+    tracestate: str,
+) -> list[tuple[str, PublishRequest]]:
+    """The entries of a bulk publish, checked as daprd checks them; raises `DaprAPIError`."""
+    try:
+        entries = json.loads(body)
+        if not isinstance(entries, list):
+            raise ValueError("the body is not a JSON array")
+    except ValueError as exc:
+        raise _bulk_error(
+            400,
+            "DAPR_PUBSUB_UNMARSHAL_EVENTS",
+            f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: {exc}",
+            {"appID": app_id},
+            pubsub,
+        ) from None
+    seen: set[str] = set()
+    requests = []
+    for entry in entries:
+        entry_id = entry.get("entryId", entry.get("entryID")) if isinstance(entry, dict) else None
+        if not isinstance(entry_id, str) or not entry_id or entry_id in seen:
+            problem = "entryId is duplicated or not present for entry"
+            raise _bulk_error(
+                400,
+                "DAPR_PUBSUB_MARSHAL_EVENTS",
+                f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}",
+                {"appID": app_id, "error": problem},
+                pubsub,
+            )
+        seen.add(entry_id)
+        assert isinstance(entry, dict)
+        content_type = entry.get("contentType") or ""
+        try:
+            data = _entry_bytes(entry.get("event"), str(content_type))
+        except (ValueError, TypeError) as exc:
+            raise _bulk_error(
+                400,
+                "DAPR_PUBSUB_MARSHAL_ENVELOPE",
+                f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: {exc}",
+                {"appID": app_id, "error": str(exc)},
+                pubsub,
+            ) from None
+        entry_metadata = entry.get("metadata")
+        if isinstance(entry_metadata, dict):
+            # Request-level metadata reaches only entries that have their own (reference 1.8).
+            merged = {**metadata, **{str(k): str(v) for k, v in entry_metadata.items()}}
+        else:
+            merged = {"rawPayload": metadata["rawPayload"]} if "rawPayload" in metadata else {}
+        requests.append(
+            (
+                entry_id,
+                PublishRequest(pubsub, topic, data, str(content_type), merged, traceparent, tracestate),
+            )
+        )
+    return requests
+
+
+def _bulk_error(
+    status: int, reason: str, message: str, metadata: Mapping[str, str], pubsub: str
+) -> DaprAPIError:
+    return kit_error(status, "ERR_PUBSUB_EVENTS_SER", reason, message, metadata, pubsub)
+
+
+async def _lifespan_noop(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class SidecarRoute(BaseRoute):
+    """Routes daprd's API paths of the app's port to the sidecar, ahead of the app's routes."""
+
+    def __init__(self, api: SidecarAPI) -> None:
+        self.api = api
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http":
+            path = route_path(scope)
+            if path.startswith(API_PREFIXES) or path in ("/v1.0", "/v1.0-alpha1"):
+                return Match.FULL, {}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        from starlette.routing import NoMatchFound
+
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.api(scope, receive, send)

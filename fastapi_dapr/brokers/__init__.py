@@ -1,0 +1,127 @@
+"""Pub/sub brokers: the family of interchangeable parts behind a `pubsub.*` Component.
+
+A broker stores messages by topic and hands them to consumer groups; what to do
+with them (routing, retries, dead letters) is the delivery engine's business.
+Each Component `spec.type` names its class by import string, imported only
+when a resource asks for it, so a broker's client library is needed only by the
+apps that use that broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "BROKER_TYPES",
+    "Broker",
+    "BrokerError",
+    "Consumer",
+    "Delivery",
+    "Message",
+    "load_broker_class",
+]
+
+BROKER_TYPES: dict[str, tuple[str, str | None]] = {
+    # spec.type: (import string, the extra that installs its client)
+    "pubsub.in-memory": ("fastapi_dapr.brokers.memory:MemoryBroker", None),
+}
+
+
+class BrokerError(Exception):
+    """The broker could not do what was asked (not connected, full, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One message as a broker stores it (reference 5.1: `data` and `metadata`)."""
+
+    topic: str
+    data: bytes
+    metadata: Mapping[str, str]
+    id: str = ""
+
+
+class Delivery:
+    """A message handed to a consumer, to settle exactly once."""
+
+    __slots__ = ("_consumer", "message")
+
+    def __init__(self, consumer: Consumer, message: Message) -> None:
+        self._consumer = consumer
+        self.message = message
+
+    async def ack(self) -> None:
+        """Processed (delivered, dropped or dead-lettered): never deliver it again."""
+        await self._consumer.ack([self])
+
+    async def nack(self, *, redeliver: bool) -> None:
+        """Not processed. `redeliver=True` when it should be tried again (shutdown);
+        `False` when retries are exhausted and there is no dead-letter topic."""
+        await self._consumer.nack(self, redeliver=redeliver)
+
+
+class Consumer:
+    """A consumer group's view of one topic."""
+
+    async def receive(self, max_count: int) -> Sequence[Delivery]:
+        """Wait for at least one message; return at most `max_count`."""
+        raise NotImplementedError
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        raise NotImplementedError
+
+    async def nack(self, delivery: Delivery, *, redeliver: bool) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class Broker:
+    """A pub/sub component instance."""
+
+    type_name: str = ""
+
+    def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
+        self.name = name
+        self.metadata = dict(metadata)
+        self.app_id = app_id
+
+    async def start(self) -> None:
+        """Connect; raise `BrokerError` if the broker cannot be used."""
+
+    async def close(self) -> None:
+        """Disconnect and release everything."""
+
+    async def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> str:
+        """Store one message; return its id. Raise `BrokerError` when it is not taken."""
+        raise NotImplementedError
+
+    @property
+    def consumer_group(self) -> str:
+        """`consumerID` from the metadata, else the app id (reference 4.3, 5.2)."""
+        return self.metadata.get("consumerID", "").strip() or self.app_id
+
+    async def subscribe(self, topic: str) -> Consumer:
+        """Join this component's consumer group on `topic`."""
+        raise NotImplementedError
+
+
+def load_broker_class(type_name: str) -> type[Broker]:
+    """The broker class for a Component `spec.type`; `LookupError` or `ImportError` if none."""
+    try:
+        target, extra = BROKER_TYPES[type_name]
+    except KeyError:
+        raise LookupError(
+            f"unsupported pub/sub type {type_name!r}; supported: {', '.join(sorted(BROKER_TYPES))}"
+        ) from None
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f": pip install 'fastapi-dapr[{extra}]'" if extra else ""
+        raise ImportError(f"{type_name} needs a library that is not installed{hint}") from exc
+    broker_class: type[Broker] = getattr(module, attribute)
+    return broker_class

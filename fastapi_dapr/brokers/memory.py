@@ -1,0 +1,140 @@
+"""`pubsub.in-memory`: the embedded default broker, and the test double, in one.
+
+Each consumer group of a topic has its own bounded queue; a publish lands in
+every group's queue (fan-out across groups, competing consumers within one).
+A full queue makes publishers wait up to `publishTimeout`, then fail, so a
+slow subscriber pushes back instead of growing memory without limit. Messages
+live as long as the process: published to a topic nobody subscribes to, they
+are discarded, as daprd's in-memory component does (reference 5.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+
+from .._durations import parse_duration
+from . import Broker, BrokerError, Consumer, Delivery, Message
+
+__all__ = ["MemoryBroker"]
+
+logger = logging.getLogger("fastapi_dapr")
+
+
+class _Queue(Consumer):
+    def __init__(self, broker: MemoryBroker, topic: str, group: str, capacity: int) -> None:
+        self._broker = broker
+        self.topic = topic
+        self.group = group
+        self.capacity = capacity
+        self.items: collections.deque[Message] = collections.deque()
+        self._not_empty = asyncio.Event()
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+        self.closed = False
+
+    def put(self, message: Message) -> None:
+        self.items.append(message)
+        self._not_empty.set()
+        if len(self.items) >= self.capacity:
+            self._not_full.clear()
+
+    async def wait_not_full(self) -> None:
+        await self._not_full.wait()
+
+    async def receive(self, max_count: int) -> Sequence[Delivery]:
+        while not self.items:
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        count = min(max_count, len(self.items))
+        batch = [Delivery(self, self.items.popleft()) for _ in range(count)]
+        if len(self.items) < self.capacity:
+            self._not_full.set()
+        return batch
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        return None  # nothing to remember: the message left the queue when received
+
+    async def nack(self, delivery: Delivery, *, redeliver: bool) -> None:
+        if redeliver and not self.closed:
+            self.items.appendleft(delivery.message)
+            self._not_empty.set()
+
+    async def close(self) -> None:
+        self.closed = True
+        self._broker._remove(self)
+
+
+class MemoryBroker(Broker):
+    """In-process pub/sub with bounded queues.
+
+    Metadata: `maxQueueLength` (messages per consumer group, default 10000) and
+    `publishTimeout` (how long a publisher waits for room, default 5s).
+    """
+
+    type_name = "pubsub.in-memory"
+
+    def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
+        super().__init__(name, metadata, app_id=app_id)
+        capacity = self.metadata.get("maxQueueLength", "10000")
+        try:
+            self.capacity = int(capacity)
+            if self.capacity < 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"maxQueueLength must be a positive integer, not {capacity!r}") from None
+        timeout = self.metadata.get("publishTimeout", "5s")
+        try:
+            self.publish_timeout = parse_duration(timeout, integer_unit=1e-3)
+        except ValueError:
+            raise ValueError(f"publishTimeout is not a duration: {timeout!r}") from None
+        self._queues: dict[str, dict[str, _Queue]] = {}
+        self._ids = itertools.count(1)
+
+    async def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> str:
+        queues = list(self._queues.get(topic, {}).values())
+        message_id = str(next(self._ids))
+        if not queues:
+            logger.debug("in-memory pubsub %s: no subscriber on %s, message discarded", self.name, topic)
+            return message_id
+        if any(len(queue.items) >= queue.capacity for queue in queues):
+            try:
+                await asyncio.wait_for(self._room_in(queues), self.publish_timeout)
+            except asyncio.TimeoutError:
+                raise BrokerError(
+                    f"the queue of topic {topic} is full ({queues[0].capacity} messages) "
+                    f"and stayed full for {self.publish_timeout:g}s"
+                ) from None
+        message = Message(topic=topic, data=data, metadata=dict(metadata), id=message_id)
+        for queue in queues:
+            queue.put(message)
+        return message_id
+
+    @staticmethod
+    async def _room_in(queues: list[_Queue]) -> None:
+        while True:
+            full = [queue for queue in queues if len(queue.items) >= queue.capacity]
+            if not full:
+                return
+            await full[0].wait_not_full()
+
+    async def subscribe(self, topic: str) -> Consumer:
+        group = self.consumer_group
+        groups = self._queues.setdefault(topic, {})
+        if group in groups:
+            return groups[group]
+        queue = _Queue(self, topic, group, self.capacity)
+        groups[group] = queue
+        return queue
+
+    def _remove(self, queue: _Queue) -> None:
+        groups = self._queues.get(queue.topic, {})
+        if groups.get(queue.group) is queue:
+            del groups[queue.group]
+
+    def queued(self) -> int:
+        """Messages waiting in every queue (for tests and benchmarks)."""
+        return sum(len(q.items) for groups in self._queues.values() for q in groups.values())
