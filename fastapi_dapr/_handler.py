@@ -296,6 +296,8 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
                 result = RETRY
             if isinstance(result, Response):
                 return result
+            if isinstance(result, Mapping) and "statuses" in result:
+                return JSONResponse(jsonable_encoder(result))  # already daprd's answer
             statuses.update(_bulk_statuses(result, entries, name))
         return JSONResponse(
             {"statuses": [{"entryId": e, "status": statuses.get(e, RETRY).value} for e in order]}

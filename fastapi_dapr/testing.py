@@ -116,16 +116,9 @@ class _Probe:
     def __init__(self, dapr: Dapr) -> None:
         self.dapr = dapr
         self.recorder = _Recorder()
-        self._detach: Callable[[], None] | None = None
 
     def attach(self) -> None:
-        runtime = self.dapr._running()
-        self._detach = runtime.add_observer(self.recorder)
-
-    def detach(self) -> None:
-        if self._detach is not None:
-            self._detach()
-            self._detach = None
+        self.dapr._running().add_observer(self.recorder)
 
     async def publish_and_wait(
         self,
@@ -182,8 +175,7 @@ class DaprTest:
 
     async def __aenter__(self) -> DaprTest:
         await self._stack.enter_async_context(_lifespan(self.app))
-        self._probe.attach()
-        self._stack.callback(self._probe.detach)
+        self._probe.attach()  # the runtime, and its observers, end with the lifespan
         import httpx
 
         transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 50000))
@@ -242,8 +234,7 @@ class DaprTestClient(TestClient):
         return self
 
     def __exit__(self, *args: Any) -> None:
-        self._probe.detach()
-        super().__exit__(*args)
+        super().__exit__(*args)  # reports made while stopping are still recorded
 
     def _portal(self) -> BlockingPortal:
         if self.portal is None:

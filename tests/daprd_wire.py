@@ -52,9 +52,7 @@ def envelope(
     return event
 
 
-def raw_envelope(
-    payload: bytes, *, topic: str = "orders", pubsub: str = "pubsub"
-) -> dict[str, Any]:
+def raw_envelope(payload: bytes, *, topic: str = "orders", pubsub: str = "pubsub") -> dict[str, Any]:
     """What daprd posts for a `rawPayload` subscription (reference 3.1, step 4)."""
     return {
         "id": str(uuid.uuid4()),

@@ -77,9 +77,9 @@ def test_one_status_for_the_whole_batch(app: FastAPI, dapr: Dapr, outcome: Any) 
     async def on_orders(entries: list[BulkEntry[Order]]) -> Any:
         return outcome
 
-    assert set(
-        statuses(post_bulk(app, "/events/pubsub/orders", bulk_body(orders(2)))).values()
-    ) == {outcome.value}
+    assert set(statuses(post_bulk(app, "/events/pubsub/orders", bulk_body(orders(2)))).values()) == {
+        outcome.value
+    }
 
 
 def test_status_per_entry_and_missing_entries_are_retried(app: FastAPI, dapr: Dapr) -> None:

@@ -100,16 +100,12 @@ def test_plain_model_parameter_gets_the_data(app: FastAPI, dapr: Dapr) -> None:
     def on_order(order: Order) -> None:  # a sync handler runs in the thread pool
         received.append(order)
 
-    answer = deliver(
-        TestClient(app), "/events/pubsub/orders", envelope({"order_id": "a", "quantity": 1})
-    )
+    answer = deliver(TestClient(app), "/events/pubsub/orders", envelope({"order_id": "a", "quantity": 1}))
     assert answer.json() == {"status": "SUCCESS"}
     assert received == [Order(order_id="a", quantity=1)]
 
 
-def test_model_fields_named_like_envelope_attributes_validate_against_data(
-    app: FastAPI, dapr: Dapr
-) -> None:
+def test_model_fields_named_like_envelope_attributes_validate_against_data(app: FastAPI, dapr: Dapr) -> None:
     received: list[Any] = []
 
     @dapr.subscribe("pubsub", "collide")
@@ -122,12 +118,8 @@ def test_model_fields_named_like_envelope_attributes_validate_against_data(
 
     client = TestClient(app)
     payload = {"id": 7, "type": "widget", "source": ["factory"]}
-    assert deliver(client, "/events/pubsub/collide", envelope(payload)).json() == {
-        "status": "SUCCESS"
-    }
-    assert deliver(client, "/events/pubsub/collide-plain", envelope(payload)).json() == {
-        "status": "SUCCESS"
-    }
+    assert deliver(client, "/events/pubsub/collide", envelope(payload)).json() == {"status": "SUCCESS"}
+    assert deliver(client, "/events/pubsub/collide-plain", envelope(payload)).json() == {"status": "SUCCESS"}
     event, data = received
     assert event.data == Collision(id=7, type="widget", source=["factory"])
     assert event.type == "com.dapr.event.sent"  # the envelope's, not the payload's
@@ -160,9 +152,7 @@ def test_payload_that_does_not_validate_is_dropped_with_a_log_line(
     assert "on_order" in record.getMessage()
 
 
-def test_body_that_is_not_json_is_dropped(
-    app: FastAPI, dapr: Dapr, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_body_that_is_not_json_is_dropped(app: FastAPI, dapr: Dapr, caplog: pytest.LogCaptureFixture) -> None:
     @dapr.subscribe("pubsub", "orders")
     async def on_order(order: Order) -> None: ...
 
@@ -313,15 +303,11 @@ def test_handler_without_event_parameter(app: FastAPI, dapr: Dapr) -> None:
     async def ping() -> None:
         calls.append(1)
 
-    assert deliver(TestClient(app), "/events/pubsub/ping", envelope(None)).json() == {
-        "status": "SUCCESS"
-    }
+    assert deliver(TestClient(app), "/events/pubsub/ping", envelope(None)).json() == {"status": "SUCCESS"}
     assert calls == [1]
 
 
-def test_untyped_cloudevent_and_unannotated_parameter_take_any_data(
-    app: FastAPI, dapr: Dapr
-) -> None:
+def test_untyped_cloudevent_and_unannotated_parameter_take_any_data(app: FastAPI, dapr: Dapr) -> None:
     seen: list[Any] = []
 
     @dapr.subscribe("pubsub", "a")
@@ -351,9 +337,7 @@ def test_raw_payload_subscription_gets_decoded_bytes(app: FastAPI, dapr: Dapr) -
 
     client = TestClient(app)
     payload = b"\x00\xffbinary"
-    assert deliver(client, "/events/pubsub/raw", raw_envelope(payload)).json() == {
-        "status": "SUCCESS"
-    }
+    assert deliver(client, "/events/pubsub/raw", raw_envelope(payload)).json() == {"status": "SUCCESS"}
     assert deliver(
         client, "/events/pubsub/raw-json", raw_envelope(b'{"order_id":"r","quantity":3}')
     ).json() == {"status": "SUCCESS"}
@@ -387,9 +371,7 @@ def test_text_data_as_bytes_is_utf8(app: FastAPI, dapr: Dapr) -> None:
     assert seen == ["héllo".encode()]
 
 
-def test_json_data_that_travelled_as_a_string_is_parsed_for_a_model(
-    app: FastAPI, dapr: Dapr
-) -> None:
+def test_json_data_that_travelled_as_a_string_is_parsed_for_a_model(app: FastAPI, dapr: Dapr) -> None:
     # daprd keeps an unparseable application/json body as a string, and text
     # publishers put JSON in strings: a model handler still gets its model.
     seen: list[Order] = []
@@ -511,9 +493,7 @@ def test_app_api_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
     client = TestClient(app)
     assert deliver(client, "/events/pubsub/orders", envelope(1)).status_code == 401
-    assert (
-        deliver(client, "/events/pubsub/orders", envelope(1), token="from-env").status_code == 200
-    )
+    assert deliver(client, "/events/pubsub/orders", envelope(1), token="from-env").status_code == 200
 
 
 def test_router_without_dapr_instance_reads_token_from_environment(

@@ -26,9 +26,7 @@ def test_plain_subscription_uses_dapr_ext_fastapi_route() -> None:
     @dapr.subscribe(pubsub="pubsub", topic="orders")
     async def on_order(event: CloudEvent) -> None: ...
 
-    assert listing(app) == [
-        {"pubsubname": "pubsub", "topic": "orders", "route": "/events/pubsub/orders"}
-    ]
+    assert listing(app) == [{"pubsubname": "pubsub", "topic": "orders", "route": "/events/pubsub/orders"}]
 
 
 def test_every_option_in_daprd_format() -> None:
@@ -121,9 +119,7 @@ def test_rules_without_default_have_no_default_key() -> None:
     async def big() -> None: ...
 
     (item,) = listing(app)
-    assert item["routes"] == {
-        "rules": [{"match": "event.data.big", "path": "/events/pubsub/widgets"}]
-    }
+    assert item["routes"] == {"rules": [{"match": "event.data.big", "path": "/events/pubsub/widgets"}]}
     assert "route" not in item
 
 
@@ -180,12 +176,8 @@ def test_advertised_paths_are_served() -> None:
 
     app.include_router(router)
     client = TestClient(app)
-    paths = [
-        rule["path"] for item in listing(app) for rule in item.get("routes", {}).get("rules", [])
-    ]
-    paths += [
-        item["routes"]["default"] if "routes" in item else item["route"] for item in listing(app)
-    ]
+    paths = [rule["path"] for item in listing(app) for rule in item.get("routes", {}).get("rules", [])]
+    paths += [item["routes"]["default"] if "routes" in item else item["route"] for item in listing(app)]
     assert len(paths) == 3
     for path in paths:
         answer = client.post(path, json={"specversion": "1.0", "id": "1", "data": None})

@@ -1,0 +1,1 @@
+"""Apps served or built by the benchmarks in bench/."""
