@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi_dapr import DROP, CloudEvent, Dapr
 
 from . import billing
-from .models import Order
+from .models import Order, Payment, PaymentIn
 from .store import store
 
 log = logging.getLogger("example_app")
@@ -42,6 +42,26 @@ async def on_dead_order(event: CloudEvent) -> None:
     data = event.data if isinstance(event.data, dict) else {}
     order_id = str(data.get("id", event.id))
     store.add(order_id, status="rejected", original=event.data)
+
+
+@app.post("/orders", status_code=202)
+async def place_order(order: Order) -> dict[str, str]:
+    """Take an order: publish it, and let the `orders` subscription process it."""
+    await dapr.publish("pubsub", "orders", order)
+    return {"accepted": order.id}
+
+
+@app.post("/orders/{order_id}/payments", status_code=202)
+async def pay(order_id: str, payment: PaymentIn) -> dict[str, str]:
+    """Record a payment (or a refund): the event type routes it in billing.py."""
+    event_type = "payment.refunded" if payment.refund else "payment.made"
+    await dapr.publish(
+        "pubsub",
+        "payments",
+        Payment(order_id=order_id, amount=payment.amount),
+        metadata={"cloudevent.type": event_type},
+    )
+    return {"published": event_type}
 
 
 @app.get("/orders/{order_id}")

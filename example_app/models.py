@@ -16,3 +16,10 @@ class Payment(BaseModel):
 
     order_id: str
     amount: float
+
+
+class PaymentIn(BaseModel):
+    """The body of POST /orders/{id}/payments."""
+
+    amount: float
+    refund: bool = False

@@ -37,9 +37,7 @@ def client() -> Iterator[TestClient]:
 
 
 def post(client: TestClient, path: str, body: bytes) -> str:
-    answer = client.post(
-        path, content=body, headers={"content-type": "application/cloudevents+json"}
-    )
+    answer = client.post(path, content=body, headers={"content-type": "application/cloudevents+json"})
     assert answer.status_code == 200
     status: str = answer.json()["status"]
     return status
@@ -102,3 +100,28 @@ def test_dead_letter_handler_records_the_rejection(client: TestClient) -> None:
     dead = {"id": "o-2", "item": "pallet", "quantity": 1000}
     assert post(client, "/events/pubsub/orders-dead", cloudevent("orders", dead)) == "SUCCESS"
     assert client.get("/orders/o-2").json() == {"id": "o-2", "status": "rejected", "original": dead}
+
+
+def test_the_full_flow_through_the_embedded_sidecar() -> None:
+    from fastapi_dapr.testing import DaprTestClient
+
+    store.clear()
+    with DaprTestClient(app) as client:
+        assert client.post("/orders", json={"id": "o-9", "item": "lamp", "quantity": 1}).status_code == 202
+        assert client.wait_for_delivery(topic="orders").outcome == "delivered"
+        assert client.get("/orders/o-9").json()["status"] == "accepted"
+
+        client.post("/orders/o-9/payments", json={"amount": 30})
+        report = client.wait_for_delivery(topic="payments")
+        assert report.path == "/billing/events/pubsub/payments/on_payment"
+        assert client.get("/orders/o-9").json()["status"] == "paid"
+
+        client.post("/orders/o-9/payments", json={"amount": 30, "refund": True})
+        assert client.wait_for_delivery(topic="payments").path == "/billing/events/pubsub/payments"
+        assert client.get("/orders/o-9").json()["status"] == "refunded"
+
+        # Too large: dropped by the handler, then handled on the dead-letter topic.
+        client.post("/orders", json={"id": "o-10", "item": "pallet", "quantity": 500})
+        assert client.wait_for_delivery(topic="orders").outcome == "dead-lettered"
+        assert client.wait_for_delivery(topic="orders-dead").outcome == "delivered"
+        assert client.get("/orders/o-10").json()["status"] == "rejected"
