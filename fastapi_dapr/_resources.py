@@ -254,7 +254,8 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
                 check_match(match, f"{doc.source}: Subscription {doc.name!r}")
             except SubscriptionError as exc:
                 problem = str(exc.__cause__ or exc).strip()
-                raise doc.error(f"{field}.match", f"{match!r} is not a valid CEL expression: {problem}") from None
+                problem = f"{match!r} is not a valid CEL expression: {problem}"
+                raise doc.error(f"{field}.match", problem) from None
             rules.append((match, path))
         default = doc.get(routes, "default", "spec.routes.default", str) or None
     return DeclarativeSubscription(
