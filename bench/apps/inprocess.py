@@ -38,10 +38,10 @@ class Counter:
 
 @dataclasses.dataclass
 class Gate:
-    """Holds every delivery in its handler until `release` is set.
+    """Holds every delivery in its handler while `release` is not set.
 
-    `held` is set once `expect` deliveries are in the handler, `idle` whenever
-    every delivery that entered has finished.
+    `held` is set once `expect` deliveries wait in the handler at the same
+    time, `idle` whenever every delivery that entered has finished.
     """
 
     expect: int = 1
@@ -77,7 +77,7 @@ def gated_app() -> tuple[FastAPI, Dapr, Gate]:
     async def on_bench(event: CloudEvent[Any]) -> None:
         gate.entered += 1
         gate.idle.clear()
-        if gate.entered >= gate.expect:
+        if gate.entered - gate.finished >= gate.expect:
             gate.held.set()
         await gate.release.wait()
         gate.finished += 1
