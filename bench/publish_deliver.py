@@ -282,45 +282,64 @@ def uvicorn_server(log_path: Path) -> Iterator[int]:
 
 
 def http_bench(settings: Settings, workdir: Path) -> tuple[dict[str, Any], list[str]]:
-    """Plain endpoint, then publish with end-to-end delivery, in one uvicorn process."""
+    """Plain endpoint and publish-with-delivery, alternated for `rounds` rounds in one
+    uvicorn process; the medians are kept, since one run on a shared machine varies a lot."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk")
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     log_path = workdir / "uvicorn.log"
     problems: list[str] = []
+    plains: list[WrkRun] = []
+    publishes: list[WrkRun] = []
+    rounds: list[dict[str, float]] = []
     with uvicorn_server(log_path) as port:
         base = f"http://127.0.0.1:{port}"
         run_wrk(base + PLAIN_PATH, script, settings, settings.warmup)
-        plain = run_wrk(base + PLAIN_PATH, script, settings, settings.duration)
-
         warm = run_wrk(base + PUBLISH_PATH, script, settings, settings.warmup)
-        before, _ = wait_delivered(port, warm.ok)  # nothing was published before the warm-up
-        started = time.perf_counter()
-        publish = run_wrk(base + PUBLISH_PATH, script, settings, settings.duration)
-        wrk_ended = time.perf_counter()
-        final, last_seen = wait_delivered(port, before + publish.ok)
-    delivered = final - before
-    elapsed = last_seen - started
-    for run, name in ((plain, "plain"), (publish, "publish")):
-        if run.non_2xx:
-            problems.append(f"wrk {name}: {run.non_2xx} answers were not 2xx")
-        if run.socket_errors:
-            problems.append(f"wrk {name}: socket errors: {run.socket_errors}")
-    if delivered < publish.ok:
-        problems.append(f"HTTP: {publish.ok} publishes answered 2xx but only {delivered} were delivered")
+        delivered_so_far, _ = wait_delivered(port, warm.ok)
+        for _ in range(settings.rounds):
+            plain = run_wrk(base + PLAIN_PATH, script, settings, settings.duration)
+            started = time.perf_counter()
+            publish = run_wrk(base + PUBLISH_PATH, script, settings, settings.duration)
+            wrk_ended = time.perf_counter()
+            final, last_seen = wait_delivered(port, delivered_so_far + publish.ok)
+            delivered = final - delivered_so_far
+            delivered_so_far = final
+            if delivered < publish.ok:
+                problems.append(
+                    f"HTTP: {publish.ok} publishes answered 2xx but only {delivered} were delivered"
+                )
+            end_to_end = delivered / (last_seen - started)
+            plains.append(plain)
+            publishes.append(publish)
+            rounds.append(
+                {
+                    "plain_per_s": plain.requests_per_s,
+                    "publish_per_s": publish.requests_per_s,
+                    "end_to_end_per_s": end_to_end,
+                    "ratio": end_to_end / plain.requests_per_s,
+                    "delivered": delivered,
+                    "drain_after_wrk_seconds": last_seen - wrk_ended,
+                }
+            )
+    for runs, name in ((plains, "plain"), (publishes, "publish")):
+        for run in runs:
+            if run.non_2xx:
+                problems.append(f"wrk {name}: {run.non_2xx} answers were not 2xx")
+            if run.socket_errors:
+                problems.append(f"wrk {name}: socket errors: {run.socket_errors}")
     server_log = log_path.read_text(errors="replace").strip()
     if server_log:
         problems.append("uvicorn's log:\n" + server_log)
     figures = {
-        "plain": dataclasses.asdict(plain),
-        "publish": dataclasses.asdict(publish),
-        "publish_ok": publish.ok,
-        "delivered": delivered,
-        "delivered_beyond_wrk_count": delivered - publish.ok,
-        "end_to_end_seconds": elapsed,
-        "drain_after_wrk_seconds": last_seen - wrk_ended,
-        "end_to_end_per_s": delivered / elapsed,
+        "rounds": rounds,
+        "plain_per_s": statistics.median(r["plain_per_s"] for r in rounds),
+        "publish_per_s": statistics.median(r["publish_per_s"] for r in rounds),
+        "end_to_end_per_s": statistics.median(r["end_to_end_per_s"] for r in rounds),
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+        "plain_runs": [dataclasses.asdict(run) for run in plains],
+        "publish_runs": [dataclasses.asdict(run) for run in publishes],
     }
     return figures, problems
 
@@ -535,23 +554,23 @@ def memory_bench(settings: Settings) -> tuple[dict[str, Any], list[str]]:
 def build_rows(
     settings: Settings, http: dict[str, Any], inproc: dict[str, Any], memory: dict[str, Any]
 ) -> list[Row]:
-    plain_rps = http["plain"]["requests_per_s"]
+    plain_rps = http["plain_per_s"]
     direct = statistics.median(inproc["direct_asgi_per_s"])
     traced = memory["tracemalloc"]
     rss = memory["rss"]
     n = settings.queued
     rss_growth = (rss["hwm_after_kib"] - rss["rss_before_kib"]) * 1024
     return [
-        Row("HTTP plain endpoint (POST /plain)", plain_rps, "req/s"),
+        Row("HTTP plain endpoint (POST /plain, median)", plain_rps, "req/s"),
         Row(
-            "HTTP publish (POST /v1.0/publish)",
-            http["publish"]["requests_per_s"],
+            "HTTP publish (POST /v1.0/publish, median)",
+            http["publish_per_s"],
             "req/s",
             plain_rps,
             "plain endpoint",
         ),
         Row(
-            "HTTP publish-and-deliver, end to end",
+            "HTTP publish-and-deliver, end to end (median)",
             http["end_to_end_per_s"],
             "msg/s",
             plain_rps,
@@ -626,10 +645,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         quick=quick,
         threads=pick(args.threads, 1, 1),
         connections=pick(args.connections, 32, 32),
-        duration=pick(args.duration, 10.0, 2.0),
+        duration=pick(args.duration, 5.0, 2.0),
         warmup=pick(args.warmup, 2.0, 1.0),
         messages=pick(args.messages, 20_000, 2_000),
-        rounds=pick(args.rounds, 3, 3),
+        rounds=pick(args.rounds, 3, 1),
         queued=pick(args.queued, 100_000, 10_000),
     )
 
@@ -665,10 +684,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small and short, for CI; targets not judged")
     parser.add_argument("--threads", type=int, help="wrk threads (1)")
     parser.add_argument("--connections", type=int, help="wrk connections (32)")
-    parser.add_argument("--duration", type=float, help="seconds of each measured wrk run (10; quick 2)")
+    parser.add_argument("--duration", type=float, help="seconds of each measured wrk run (5; quick 2)")
     parser.add_argument("--warmup", type=float, help="seconds of wrk warm-up before each run (2; quick 1)")
     parser.add_argument("--messages", type=int, help="N of the in-process runs (20000; quick 2000)")
-    parser.add_argument("--rounds", type=int, help="in-process rounds, the median is kept (3)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of each measurement, the median is kept (3; quick 1)"
+    )
     parser.add_argument(
         "--queued", type=int, help="messages held for the memory figure (100000; quick 10000)"
     )

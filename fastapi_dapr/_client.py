@@ -8,26 +8,27 @@ from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
-from pydantic_core import to_json
+from pydantic_core import to_json, to_jsonable_python
 
 from ._cloudevent import CloudEvent
 from ._exceptions import DaprAPIError
+from ._json import NO_VALUE
 
 __all__: list[str] = []
 
 
-def encode_data(data: Any, content_type: str | None) -> tuple[bytes, str]:
-    """The body and Content-Type of a publish of `data`."""
+def encode_data(data: Any, content_type: str | None) -> tuple[bytes, str, Any]:
+    """The body and Content-Type of a publish of `data`, and the JSON value the
+    body encodes when it is JSON (`NO_VALUE` otherwise)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data), content_type or "application/octet-stream"
+        return bytes(data), content_type or "application/octet-stream", NO_VALUE
     if isinstance(data, str):
-        return data.encode(), content_type or "text/plain"
+        return data.encode(), content_type or "text/plain", NO_VALUE
     if isinstance(data, CloudEvent):
         body = data.model_dump_json(exclude_none=True).encode()
-        return body, content_type or "application/cloudevents+json"
-    if isinstance(data, BaseModel):
-        return data.model_dump_json().encode(), content_type or "application/json"
-    return to_json(data), content_type or "application/json"
+        return body, content_type or "application/cloudevents+json", NO_VALUE
+    value = data.model_dump(mode="json") if isinstance(data, BaseModel) else to_jsonable_python(data)
+    return to_json(value), content_type or "application/json", value
 
 
 class RemoteSidecar:

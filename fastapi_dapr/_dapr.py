@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
 
 if TYPE_CHECKING:
     from ._client import RemoteSidecar
+    from ._envelope import PublishRequest
     from ._runtime import Runtime
     from ._sidecar import SidecarAPI
 
@@ -26,6 +28,20 @@ __all__ = ["Dapr"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Mode = Literal["embedded", "remote"]
+
+
+@functools.cache
+def _encode_data() -> Callable[[Any, str | None], tuple[bytes, str, Any]]:
+    from ._client import encode_data  # imported on first use, then kept
+
+    return encode_data
+
+
+@functools.cache
+def _publish_request() -> type[PublishRequest]:
+    from ._envelope import PublishRequest  # embedded mode only
+
+    return PublishRequest
 
 
 class Dapr:
@@ -103,13 +119,12 @@ class Dapr:
             )
         self.sidecar: SidecarAPI | None = None
         if mode == "embedded":
-            from ._sidecar import SidecarAPI, SidecarRoute
+            from ._sidecar import SidecarAPI
 
             token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
             self.sidecar = SidecarAPI(lambda: self._runtime, api_token=token, max_body_size=max_body_size)
             if serve_api:
-                # First, so that daprd's paths reach the sidecar whatever the app adds later.
-                app.router.routes.insert(0, SidecarRoute(self.sidecar))
+                self._serve_sidecar_api(app, self.sidecar)
         self._api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
         app.state.fastapi_dapr = self
         app.add_api_route(
@@ -120,6 +135,20 @@ class Dapr:
             name="dapr:subscribe",
         )
         self._wrap_lifespan()
+
+    @staticmethod
+    def _serve_sidecar_api(app: FastAPI, api: SidecarAPI) -> None:
+        """Put the sidecar in front of the app's middleware stack, built when the app starts."""
+        from ._sidecar import SidecarDispatch
+
+        if app.middleware_stack is not None:
+            raise RuntimeError("Dapr(app) must be created before the app starts serving")
+        build = app.build_middleware_stack
+
+        def build_with_sidecar() -> Any:
+            return SidecarDispatch(api, build())
+
+        app.build_middleware_stack = build_with_sidecar  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"Dapr(app_id={self.app_id!r}, mode={self.mode!r})"
@@ -176,16 +205,17 @@ class Dapr:
         `cloudevent.*` overrides, or anything the subscriber should get as a
         header. Raises `DaprAPIError` with daprd's status and error code.
         """
-        from ._client import encode_data
-
-        body, media_type = encode_data(data, content_type)
+        body, media_type, value = _encode_data()(data, content_type)
         if self.mode == "remote":
             await self._remote_sidecar().publish(pubsub, topic, body, media_type, dict(metadata or {}))
             return
-        from ._envelope import PublishRequest
-
-        runtime = self._running()
-        await runtime.publish(PublishRequest(pubsub, topic, body, media_type, dict(metadata or {})))
+        request = _publish_request()(
+            pubsub, topic, body, media_type, dict(metadata or {}) if metadata else {}, value=value
+        )
+        runtime = self._runtime
+        if runtime is None:
+            runtime = self._running()  # raises the "not started" error
+        await runtime.publish(request)
 
     def _running(self) -> Runtime:
         if self._runtime is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import posixpath
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp
 
-from ._asgi import AppResponse, AppUnreachable, call_app
+from ._asgi import AppCaller, AppResponse, AppUnreachable
 from ._cel import RoutingError, Rules
 from ._envelope import has_expired, raw_payload_event
 from ._json import go_dumps
@@ -99,6 +100,7 @@ class Route:
         return f"pubsub={self.pubsub!r} topic={self.topic!r}"
 
 
+@functools.lru_cache(maxsize=1024)
 def clean_path(path: str) -> str:
     """daprd posts to `path.Clean(path)` with a leading `/` (reference 3.2)."""
     if not path:
@@ -124,6 +126,12 @@ def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+_KNOWN_ANSWERS = {
+    (200, status.body): Attempt(status, None if status is Status.RETRY else 200) for status in Status
+}
+_DECODER = json.JSONDecoder()
+
+
 def classify(response: AppResponse) -> Attempt:
     """Read the app's answer to a single delivery as daprd does (reference 3.3)."""
     code = response.status
@@ -131,10 +139,13 @@ def classify(response: AppResponse) -> Attempt:
         return Attempt(Status.DROP, code, "404: the app has no such route")
     if not 200 <= code < 300:
         return Attempt(None, code, f"HTTP {code}")
+    known = _KNOWN_ANSWERS.get((code, response.body))
+    if known is not None:  # what fastapi-dapr's own handlers answer
+        return known
     if not response.body.strip():
         return Attempt(Status.SUCCESS, code)
     try:
-        parsed = json.JSONDecoder().raw_decode(response.body.decode("utf-8", errors="replace").strip())[0]
+        parsed = _DECODER.raw_decode(response.body.decode("utf-8", errors="replace").strip())[0]
     except ValueError:
         return Attempt(Status.SUCCESS, code, "the body is not JSON: read as SUCCESS")
     if parsed is None:
@@ -183,7 +194,7 @@ def _bulk_statuses(response: AppResponse, entry_ids: Sequence[str]) -> dict[str,
 
 
 DeadLetter = Callable[[Route, Message, Mapping[str, str]], Awaitable[bool]]
-Reporter = Callable[[DeliveryReport], None]
+Observer = Callable[[DeliveryReport], None]
 
 
 class Engine:
@@ -197,21 +208,22 @@ class Engine:
         retry: RetryPolicy,
         clock: Clock,
         dead_letter: DeadLetter,
-        report: Reporter,
+        observers: list[Observer],
         lifespan_state: Callable[[], Mapping[str, Any] | None],
         stopping: asyncio.Event,
     ) -> None:
         self.app = app
+        self.call = AppCaller(app)
         self.app_api_token = app_api_token
         self.retry = retry
         self.clock = clock
         self.dead_letter = dead_letter
-        self.report = report
+        self.observers = observers  # shared with the runtime: reports are built only if watched
         self.lifespan_state = lifespan_state
         self.stopping = stopping
 
     async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> AppResponse:
-        return await call_app(self.app, "POST", path, headers, body, state=self.lifespan_state())
+        return await self.call("POST", path, headers, body, state=self.lifespan_state())
 
     def base_headers(self, content_type: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
@@ -251,43 +263,72 @@ class _Prepared:
 
 
 class Worker:
-    """Consumes one subscription and delivers its messages."""
+    """Consumes one subscription and delivers its messages.
+
+    A plain subscription has `concurrency` runners, each taking one message
+    at a time from the consumer (so at most that many are in flight); a bulk
+    subscription has one reader that gathers batches and a task per batch.
+    """
 
     def __init__(self, engine: Engine, route: Route, consumer: Consumer, concurrency: int) -> None:
         self.engine = engine
         self.route = route
         self.consumer = consumer
         self.concurrency = max(1, concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._readers: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[Any]] = set()  # runners in the middle of a message
+        self._tasks: set[asyncio.Task[None]] = set()  # bulk batches
         self._room = asyncio.Event()
         self._room.set()
-        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
         self.idle = asyncio.Event()
         self.idle.set()
+        # What every message without metadata of its own carries (reference 3.1).
+        self._plain_metadata: dict[str, str] = {"pubsubName": route.pubsub}
+        self._pubsub_header = (b"pubsubname", route.pubsub.encode())
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        loop = self._read_bulk() if self.route.bulk is not None else self._read()
-        self._reader = asyncio.create_task(loop, name=f"fastapi-dapr {self.route.describe()}")
+        name = f"fastapi-dapr {self.route.describe()}"
+        if self.route.bulk is not None:
+            self._readers = [asyncio.create_task(self._read_bulk(), name=name)]
+        else:
+            self._readers = [asyncio.create_task(self._run(), name=name) for _ in range(self.concurrency)]
 
     async def stop(self, grace: float) -> None:
-        """Stop reading; let in-flight messages finish for `grace` seconds, then return them."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        """Stop taking messages; let in-flight ones finish for `grace` seconds, then return them."""
+        self._closing = True
+        for reader in self._readers:
+            if reader not in self._busy:
+                reader.cancel()  # waiting for a message: nothing to finish
+        working = [reader for reader in self._readers if reader in self._busy] + list(self._tasks)
+        if working:
+            _, pending = await asyncio.wait(working, timeout=grace)
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        await asyncio.gather(*self._readers, *self._tasks, return_exceptions=True)
         await self.consumer.close()
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._busy) + len(self._tasks)
+
+    async def _run(self) -> None:
+        runner = asyncio.current_task()
+        assert runner is not None
+        while not self._closing:
+            (delivery,) = await self.consumer.receive(1)
+            self._busy.add(runner)
+            self.idle.clear()
+            try:
+                await self._guarded(delivery)
+            except Exception:
+                logger.exception("delivery failed on %s", self.route.describe())
+            finally:
+                self._busy.discard(runner)
+                if not self._busy and not self._tasks:
+                    self.idle.set()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -300,18 +341,10 @@ class Worker:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._room.set()
-        if not self._tasks:
+        if not self._tasks and not self._busy:
             self.idle.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivery task failed on %s", self.route.describe(), exc_info=task.exception())
-
-    async def _read(self) -> None:
-        while True:
-            while len(self._tasks) >= self.concurrency:
-                await self._room.wait()
-            batch = await self.consumer.receive(self.concurrency - len(self._tasks))
-            for delivery in batch:
-                self._spawn(self._guarded(delivery))
 
     async def _guarded(self, delivery: Delivery) -> None:
         try:
@@ -332,18 +365,20 @@ class Worker:
         attempts: Sequence[Attempt],
         reason: str = "",
     ) -> None:
-        self.engine.report(
-            DeliveryReport(
-                pubsub=self.route.pubsub,
-                topic=self.route.topic,
-                message_id=delivery.message.id,
-                event_id=event_id,
-                path=path,
-                outcome=outcome,
-                attempts=tuple(attempts),
-                reason=reason,
-            )
+        if not self.engine.observers:
+            return  # nobody watches: no report to build
+        report = DeliveryReport(
+            pubsub=self.route.pubsub,
+            topic=self.route.topic,
+            message_id=delivery.message.id,
+            event_id=event_id,
+            path=path,
+            outcome=outcome,
+            attempts=tuple(attempts),
+            reason=reason,
         )
+        for observer in list(self.engine.observers):
+            observer(report)
 
     async def _settle_undeliverable(
         self,
@@ -400,8 +435,11 @@ class Worker:
     def _prepare(self, message: Message) -> tuple[_Prepared, str | None, Outcome | None]:
         """Build the event, route it; on failure, the outcome and why."""
         prepared = _Prepared()
-        metadata = dict(message.metadata)
-        metadata["pubsubName"] = self.route.pubsub
+        if message.metadata:
+            metadata = dict(message.metadata)
+            metadata["pubsubName"] = self.route.pubsub
+        else:
+            metadata = self._plain_metadata  # shared, read only
         prepared.metadata = metadata
         if self.route.raw_payload:
             event = raw_payload_event(message.data, self.route.topic, self.route.pubsub)
@@ -412,15 +450,20 @@ class Worker:
                 event["traceid"] = metadata["traceparent"]
             prepared.body = go_dumps(event)
         else:
-            try:
-                event = json.loads(message.data)
-                if not isinstance(event, dict):
-                    raise ValueError("not an object")
-            except ValueError as exc:
-                return prepared, f"the message is not a JSON CloudEvent ({exc})", "invalid"
-            for key in ("traceid", "traceparent", "tracestate"):
-                if key not in event and key in metadata:
-                    event[key] = metadata[key]
+            if message.decoded is not None:
+                event = message.decoded  # type: ignore[assignment]  # read-only from here on
+            else:
+                try:
+                    event = json.loads(message.data)
+                    if not isinstance(event, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    return prepared, f"the message is not a JSON CloudEvent ({exc})", "invalid"
+            missing = [
+                k for k in ("traceid", "traceparent", "tracestate") if k not in event and k in metadata
+            ]
+            if missing:
+                event = {**event, **{key: metadata[key] for key in missing}}
             prepared.body = message.data
         prepared.event = event
         event_id = event.get("id")
@@ -444,7 +487,10 @@ class Worker:
         assert prepared.path is not None
         event = prepared.event
         headers = self.engine.base_headers(b"application/cloudevents+json", prepared.body)
-        headers.extend(message_headers(prepared.metadata))
+        if prepared.metadata is self._plain_metadata:
+            headers.append(self._pubsub_header)
+        else:
+            headers.extend(message_headers(prepared.metadata))
         traceparent = event.get("traceparent") or event.get("traceid") or ZERO_TRACEPARENT
         headers.append((b"traceparent", str(traceparent).encode()))
         if event.get("tracestate"):

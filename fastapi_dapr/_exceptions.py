@@ -1,10 +1,10 @@
 """The exceptions fastapi-dapr raises.
 
-    DaprError
-    ├── SubscriptionError         a subscription that cannot work, found at registration or start-up
-    │   └── HandlerSignatureError a handler whose parameters cannot be filled from a delivery
-    ├── ResourceError             a Dapr resource file that cannot be used, found at start-up
-    └── DaprAPIError              a Dapr API call failed: daprd's status, errorCode and message
+DaprError
+├── SubscriptionError         a subscription that cannot work, found at registration or start-up
+│   └── HandlerSignatureError a handler whose parameters cannot be filled from a delivery
+├── ResourceError             a Dapr resource file that cannot be used, found at start-up
+└── DaprAPIError              a Dapr API call failed: daprd's status, errorCode and message
 """
 
 from __future__ import annotations

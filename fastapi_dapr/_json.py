@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 __all__: list[str] = []
 
+NO_VALUE: Any = object()  # "no JSON value was given", where None would be JSON null
+
 _decoder = json.JSONDecoder()
+_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _WHITESPACE = " \t\n\r"
-_GO_ESCAPES = (
-    ("<", "\\u003c"),
-    (">", "\\u003e"),
-    ("&", "\\u0026"),
-    ("\u2028", "\\u2028"),
-    ("\u2029", "\\u2029"),
-)
+_GO_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_NEEDS_ESCAPE = re.compile("[<>&\u2028\u2029]")
 
 
 def go_dumps(value: Any) -> bytes:
@@ -24,10 +29,9 @@ def go_dumps(value: Any) -> bytes:
     The escaped characters can only occur inside JSON strings, so replacing
     them after encoding is exact.
     """
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for char, escape in _GO_ESCAPES:
-        if char in text:
-            text = text.replace(char, escape)
+    text = _encoder.encode(value)
+    if _NEEDS_ESCAPE.search(text):
+        text = _NEEDS_ESCAPE.sub(lambda match: _GO_ESCAPES[match.group()], text)
     return text.encode()
 
 

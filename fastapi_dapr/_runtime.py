@@ -161,7 +161,7 @@ class Runtime:
             retry=self.retry,
             clock=self.clock,
             dead_letter=self._dead_letter,
-            report=self._report,
+            observers=self._observers,
             lifespan_state=lambda: self.lifespan_state,
             stopping=self._stopping,
         )
@@ -203,18 +203,23 @@ class Runtime:
         """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`."""
         broker = self.check_pubsub(request.pubsub, request.topic, request.metadata)
         try:
-            data = message_data(request, self.app_id)
+            data, event = message_data(request, self.app_id)
         except BadMetadata as exc:
             raise PubSubErrors.bad_metadata(request.pubsub, request.metadata, str(exc)) from None
         except EnvelopeError as exc:
             raise PubSubErrors.cloud_event_creation(request.pubsub, self.app_id, str(exc)) from None
-        return await self._publish_message(broker, request.topic, data, request.metadata)
+        return await self._publish_message(broker, request.topic, data, request.metadata, event)
 
     async def _publish_message(
-        self, broker: Broker, topic: str, data: bytes, metadata: Mapping[str, str]
+        self,
+        broker: Broker,
+        topic: str,
+        data: bytes,
+        metadata: Mapping[str, str],
+        event: Mapping[str, Any] | None = None,
     ) -> str:
         try:
-            return await broker.publish(topic, data, metadata)
+            return await broker.publish(topic, data, metadata, decoded=event)
         except BrokerError as exc:
             raise PubSubErrors.publish_failed(broker.name, topic, str(exc)) from exc
         except Exception as exc:
@@ -229,7 +234,9 @@ class Runtime:
         if broker is None:
             return False
         try:
-            await self._publish_message(broker, route.dead_letter_topic, message.data, metadata)
+            await self._publish_message(
+                broker, route.dead_letter_topic, message.data, metadata, message.decoded
+            )
         except DaprAPIError as exc:
             logger.error("dead-letter publish to %s failed: %s", route.dead_letter_topic, exc.message)
             return False
@@ -241,10 +248,6 @@ class Runtime:
         """Call `observer` with every delivery report; returns the function that removes it."""
         self._observers.append(observer)
         return lambda: self._observers.remove(observer)
-
-    def _report(self, report: DeliveryReport) -> None:
-        for observer in list(self._observers):
-            observer(report)
 
     def in_flight(self) -> int:
         return sum(worker.in_flight for worker in self.workers)

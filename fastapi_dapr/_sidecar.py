@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import ipaddress
 import json
+import logging
 import posixpath
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus
 
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._envelope import PublishRequest, is_content_type
 from ._errors import direct_invoke_error, error_response, kit_error
@@ -32,6 +32,8 @@ from ._json import go_dumps
 from ._runtime import Runtime
 
 __all__: list[str] = []
+
+logger = logging.getLogger("fastapi_dapr")
 
 API_PREFIXES = ("/v1.0/", "/v1.0-alpha1/")
 HEALTH_PATHS = ("/v1.0/healthz", "/v1.0/healthz/outbound")
@@ -70,6 +72,15 @@ def _escaped_path(scope: Scope) -> str:
     return quote(route_path(scope))
 
 
+_NO_CONTENT_START = {"type": "http.response.start", "status": 204, "headers": []}
+_EMPTY_BODY = {"type": "http.response.body", "body": b""}
+
+
+@functools.lru_cache(maxsize=4096)
+def _clean(path: str) -> str:
+    return go_clean(path)
+
+
 def go_clean(path: str) -> str:
     """Go's `path.Clean` of an absolute path."""
     cleaned = posixpath.normpath(path)
@@ -85,13 +96,17 @@ def query_unescape(value: str) -> str:
     return unquote_plus(value, errors="replace")
 
 
-def _is_local_client(scope: Scope, headers: Headers) -> bool:
+def _is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
     if any(name in headers for name in _FORWARDING_HEADERS):
         return False  # it came through a proxy: the socket's address says nothing
     client = scope.get("client")
     if not client:
         return False
-    host = client[0]
+    return _is_local_host(client[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_local_host(host: str) -> bool:
     if host == "testclient":  # Starlette's TestClient: in process, no network at all
         return True
     try:
@@ -106,13 +121,15 @@ def _is_local_client(scope: Scope, headers: Headers) -> bool:
 def _metadata(query_string: bytes) -> dict[str, str]:
     """`?metadata.key=value` parameters, first value of each (reference 1.1)."""
     result: dict[str, str] = {}
+    if not query_string:
+        return result
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if key.startswith("metadata.") and key[len("metadata.") :] not in result:
             result[key[len("metadata.") :]] = value
     return result
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
@@ -157,10 +174,22 @@ class SidecarAPI:
             return
         if scope["type"] != "http":
             return
-        response = await self._handle(scope, receive)
+        try:
+            response = await self._handle(scope, receive)
+        except Exception:
+            # No error middleware stands in front of this application.
+            logger.exception("the Dapr API failed on %s %s", scope["method"], scope["path"])
+            response = JSONResponse(
+                {"errorCode": "ERR_INTERNAL", "message": "internal error in the embedded sidecar"},
+                status_code=500,
+            )
+        if response is None:
+            await send(_NO_CONTENT_START)
+            await send(_EMPTY_BODY)
+            return
         await response(scope, receive, send)
 
-    def _refusal(self, scope: Scope, headers: Headers, path: str) -> Response | None:
+    def _refusal(self, scope: Scope, headers: Mapping[str, str], path: str) -> Response | None:
         if path in HEALTH_PATHS and scope["method"] in ("GET", "HEAD"):
             return None
         if self.api_token:
@@ -180,9 +209,11 @@ class SidecarAPI:
             status_code=403,
         )
 
-    async def _handle(self, scope: Scope, receive: Receive) -> Response:
-        headers = Headers(scope=scope)
-        path = go_clean(_escaped_path(scope))
+    async def _handle(self, scope: Scope, receive: Receive) -> Response | None:
+        """The answer; None for 204 No Content, the answer of a publish."""
+        # One pass over the raw headers; later look-ups are dictionary hits.
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        path = _clean(_escaped_path(scope))
         refused = self._refusal(scope, headers, path)
         if refused is not None:
             return refused
@@ -195,7 +226,7 @@ class SidecarAPI:
                         {"errorCode": "ERR_HEALTH_NOT_READY", "message": "dapr is not ready"},
                         status_code=500,
                     )
-                return Response(status_code=204)
+                return None
             if runtime is None:
                 return JSONResponse(
                     {
@@ -230,6 +261,7 @@ class SidecarAPI:
             return error_response(exc)
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def _split(rest: str) -> tuple[str, str] | None:
         pubsub, slash, topic = rest.partition("/")
         if not slash or not pubsub:
@@ -237,8 +269,8 @@ class SidecarAPI:
         return query_unescape(pubsub), query_unescape(topic)
 
     async def _publish(
-        self, runtime: Runtime, scope: Scope, receive: Receive, headers: Headers, rest: str
-    ) -> Response:
+        self, runtime: Runtime, scope: Scope, receive: Receive, headers: Mapping[str, str], rest: str
+    ) -> Response | None:
         names = self._split(rest)
         if names is None:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
@@ -257,11 +289,11 @@ class SidecarAPI:
                 tracestate=headers.get("tracestate", ""),
             )
         )
-        return Response(status_code=204)
+        return None
 
     async def _bulk_publish(
-        self, runtime: Runtime, scope: Scope, receive: Receive, headers: Headers, rest: str
-    ) -> Response:
+        self, runtime: Runtime, scope: Scope, receive: Receive, headers: Mapping[str, str], rest: str
+    ) -> Response | None:
         names = self._split(rest)
         if names is None:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
@@ -288,7 +320,7 @@ class SidecarAPI:
             elif isinstance(result, BaseException):
                 failed.append({"entryId": entry_id, "error": f"{type(result).__name__}: {result}"})
         if not failed:
-            return Response(status_code=204)
+            return None
         # Not the kit error format: daprd's own shape for bulk results (reference 1.8).
         return Response(
             go_dumps({"failedEntries": failed, "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE"}),
@@ -393,23 +425,22 @@ async def _lifespan_noop(receive: Receive, send: Send) -> None:
             return
 
 
-class SidecarRoute(BaseRoute):
-    """Routes daprd's API paths of the app's port to the sidecar, ahead of the app's routes."""
+class SidecarDispatch:
+    """In front of the app's whole middleware stack: daprd's API paths go to the
+    sidecar, everything else to the app.
 
-    def __init__(self, api: SidecarAPI) -> None:
+    The sidecar is another server that happens to share the app's port: the
+    app's middleware (authentication, CORS, sessions...) does not apply to it.
+    """
+
+    def __init__(self, api: SidecarAPI, app: ASGIApp) -> None:
         self.api = api
+        self.app = app
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = route_path(scope)
             if path.startswith(API_PREFIXES) or path in ("/v1.0", "/v1.0-alpha1"):
-                return Match.FULL, {}
-        return Match.NONE, {}
-
-    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
-        from starlette.routing import NoMatchFound
-
-        raise NoMatchFound(name, path_params)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.api(scope, receive, send)
+                await self.api(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -133,10 +133,10 @@ class _Probe:
         from ._client import encode_data
         from ._envelope import PublishRequest
 
-        body, media_type = encode_data(data, content_type)
+        body, media_type, value = encode_data(data, content_type)
         runtime = self.dapr._running()
         message_id = await runtime.publish(
-            PublishRequest(pubsub, topic, body, media_type, dict(metadata or {}))
+            PublishRequest(pubsub, topic, body, media_type, dict(metadata or {}), value=value)
         )
         return await self.recorder.wait(
             lambda r: r.pubsub == pubsub and r.topic == topic and r.message_id == message_id,

@@ -9,9 +9,9 @@ apps that use that broker.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 __all__ = [
     "BROKER_TYPES",
@@ -33,14 +33,19 @@ class BrokerError(Exception):
     """The broker could not do what was asked (not connected, full, ...)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """One message as a broker stores it (reference 5.1: `data` and `metadata`)."""
+class Message(NamedTuple):
+    """One message as a broker stores it (reference 5.1: `data` and `metadata`).
+
+    `decoded` is the CloudEvent `data` encodes, when the broker still has it
+    from the publisher (in process); consumers must not change it. (A named
+    tuple: immutable, and cheap to make once per message.)
+    """
 
     topic: str
     data: bytes
     metadata: Mapping[str, str]
     id: str = ""
+    decoded: Mapping[str, Any] | None = None
 
 
 class Delivery:
@@ -95,8 +100,19 @@ class Broker:
     async def close(self) -> None:
         """Disconnect and release everything."""
 
-    async def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> str:
-        """Store one message; return its id. Raise `BrokerError` when it is not taken."""
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        metadata: Mapping[str, str],
+        *,
+        decoded: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Store one message; return its id. Raise `BrokerError` when it is not taken.
+
+        `decoded` is the CloudEvent `data` encodes, if any: a broker that keeps
+        messages in memory may hand it to consumers with the message.
+        """
         raise NotImplementedError
 
     @property

@@ -15,6 +15,8 @@ import collections
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
 from .._durations import parse_duration
 from . import Broker, BrokerError, Consumer, Delivery, Message
@@ -23,22 +25,42 @@ __all__ = ["MemoryBroker"]
 
 logger = logging.getLogger("fastapi_dapr")
 
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+# A message handed to a consumer soon keeps the decoded CloudEvent, which
+# spares the consumer a JSON parse; one that waits behind this many does not,
+# which halves what a long queue holds in memory.
+_KEEP_DECODED_BELOW = 1000
+
 
 class _Queue(Consumer):
+    """One consumer group's queue of one topic.
+
+    Receivers wait in line, each on a future of its own, and a message wakes
+    exactly one of them (as `asyncio.Queue` does): many receivers cost nothing
+    while the queue is empty.
+    """
+
     def __init__(self, broker: MemoryBroker, topic: str, group: str, capacity: int) -> None:
         self._broker = broker
         self.topic = topic
         self.group = group
         self.capacity = capacity
         self.items: collections.deque[Message] = collections.deque()
-        self._not_empty = asyncio.Event()
+        self._receivers: collections.deque[asyncio.Future[None]] = collections.deque()
         self._not_full = asyncio.Event()
         self._not_full.set()
         self.closed = False
 
+    def _wake_one(self) -> None:
+        while self._receivers:
+            receiver = self._receivers.popleft()
+            if not receiver.done():
+                receiver.set_result(None)
+                return
+
     def put(self, message: Message) -> None:
         self.items.append(message)
-        self._not_empty.set()
+        self._wake_one()
         if len(self.items) >= self.capacity:
             self._not_full.clear()
 
@@ -47,10 +69,18 @@ class _Queue(Consumer):
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         while not self.items:
-            self._not_empty.clear()
-            await self._not_empty.wait()
+            receiver = asyncio.get_running_loop().create_future()
+            self._receivers.append(receiver)
+            try:
+                await receiver
+            except asyncio.CancelledError:
+                if receiver.done() and not receiver.cancelled():
+                    self._wake_one()  # it was this one's turn: pass it on
+                raise
         count = min(max_count, len(self.items))
         batch = [Delivery(self, self.items.popleft()) for _ in range(count)]
+        if self.items:
+            self._wake_one()
         if len(self.items) < self.capacity:
             self._not_full.set()
         return batch
@@ -61,7 +91,7 @@ class _Queue(Consumer):
     async def nack(self, delivery: Delivery, *, redeliver: bool) -> None:
         if redeliver and not self.closed:
             self.items.appendleft(delivery.message)
-            self._not_empty.set()
+            self._wake_one()
 
     async def close(self) -> None:
         self.closed = True
@@ -94,7 +124,14 @@ class MemoryBroker(Broker):
         self._queues: dict[str, dict[str, _Queue]] = {}
         self._ids = itertools.count(1)
 
-    async def publish(self, topic: str, data: bytes, metadata: Mapping[str, str]) -> str:
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        metadata: Mapping[str, str],
+        *,
+        decoded: Mapping[str, Any] | None = None,
+    ) -> str:
         queues = list(self._queues.get(topic, {}).values())
         message_id = str(next(self._ids))
         if not queues:
@@ -108,7 +145,9 @@ class MemoryBroker(Broker):
                     f"the queue of topic {topic} is full ({queues[0].capacity} messages) "
                     f"and stayed full for {self.publish_timeout:g}s"
                 ) from None
-        message = Message(topic=topic, data=data, metadata=dict(metadata), id=message_id)
+        if decoded is not None and any(len(queue.items) >= _KEEP_DECODED_BELOW for queue in queues):
+            decoded = None  # a long queue keeps bytes only: memory before speed
+        message = Message(topic, data, dict(metadata) if metadata else _EMPTY, message_id, decoded)
         for queue in queues:
             queue.put(message)
         return message_id
