@@ -32,7 +32,7 @@ def build(with_middleware: bool) -> tuple[FastAPI, list[Any]]:
         yield {"pool": "the lifespan's pool"}
 
     app = FastAPI(lifespan=lifespan)
-    dapr = Dapr(app)
+    Dapr(app)
 
     if with_middleware:
 
