@@ -106,17 +106,21 @@ async def test_unreachable_daprd_is_a_publish_error() -> None:
 
 def test_remote_mode_never_loads_the_sidecar_side() -> None:
     code = """
-import os, sys
+import asyncio, os, sys
 os.environ["DAPR_HTTP_PORT"] = "3500"
+import httpx
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from fastapi_dapr import Dapr, CloudEvent
 app = FastAPI()
 dapr = Dapr(app)
 @dapr.subscribe("pubsub", "t", match='event.type == "x"')
 async def h(event: CloudEvent) -> None: ...
-with TestClient(app) as client:
-    client.get("/dapr/subscribe")
+async def main() -> None:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            assert (await client.get("/dapr/subscribe")).status_code == 200
+asyncio.run(main())
 loaded = [m for m in sys.modules if m.startswith("fastapi_dapr.") and m.split(".")[1] in
           ("brokers", "_runtime", "_delivery", "_sidecar", "_envelope", "_resources", "_cel")]
 print(loaded)
