@@ -22,6 +22,7 @@ from ._resources import Component, Resources
 from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
 from ._subscription import TopicSubscription
 from .brokers import Broker, BrokerError, Message, load_broker_class
+from .secretstores import SecretStore, SecretStoreError, load_secret_store_class
 
 __all__: list[str] = []
 
@@ -57,6 +58,7 @@ class Runtime:
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
         self.brokers: dict[str, Broker] = {}
+        self.secret_stores: dict[str, SecretStore] = {}
         self.routes: list[Route] = []
         self.workers: list[Worker] = []
         self.lifespan_state: Mapping[str, Any] | None = None
@@ -70,28 +72,91 @@ class Runtime:
         components = [c for c in self.resources.components if c.type.startswith("pubsub.")]
         return components or [DEFAULT_PUBSUB]
 
+    async def _start_component(self, component: Component, make: Callable[[dict[str, str]], Any]) -> Any:
+        """Create and start one component; None if it failed and may be skipped."""
+        try:
+            values = await self.resolve_metadata(component)
+            instance = make(values)
+            await asyncio.wait_for(instance.start(), component.init_timeout)
+        except (
+            LookupError,
+            ImportError,
+            ValueError,
+            BrokerError,
+            SecretStoreError,
+            asyncio.TimeoutError,
+        ) as exc:
+            problem = str(exc) or type(exc).__name__
+            if component.ignore_errors:
+                logger.warning(
+                    "%s: Component %r not started (ignoreErrors): %s",
+                    component.source,
+                    component.name,
+                    problem,
+                )
+                return None
+            raise ResourceError(f"{component.source}: Component {component.name!r}: spec: {problem}") from exc
+        return instance
+
+    async def resolve_metadata(self, component: Component) -> dict[str, str]:
+        """The component's metadata, `secretKeyRef` values read from `auth.secretStore`."""
+        values = component.values()
+        for index, item in enumerate(component.metadata):
+            if item.secret_name is None:
+                continue
+            field = f"spec.metadata[{index}].secretKeyRef"
+            values[item.name] = await self.secret_value(
+                component.secret_store,
+                item.secret_name,
+                item.secret_key or item.secret_name,
+                where=f"{component.source}: Component {component.name!r}: {field}",
+            )
+        return values
+
+    async def secret_value(self, store_name: str | None, secret: str, key: str, *, where: str) -> str:
+        """One value of one secret, for a resource; `ResourceError` (naming `where`) if unavailable.
+
+        daprd leaves such a reference empty with a warning, or parks the resource
+        until the store appears; a reference that cannot be resolved stops the start here.
+        """
+        if not store_name:
+            raise ResourceError(f"{where}: needs auth.secretStore to name the secret store")
+        store = self.secret_stores.get(store_name)
+        if store is None:
+            raise ResourceError(f"{where}: secret store {store_name!r} is not loaded")
+        try:
+            data = await store.get_secret(secret)
+        except SecretStoreError as exc:
+            raise ResourceError(f"{where}: {exc}") from None
+        if key not in data:
+            raise ResourceError(f"{where}: secret {secret!r} has no key {key!r}")
+        return data[key]
+
+    def _secret_store_factory(self, component: Component) -> Callable[[dict[str, str]], SecretStore]:
+        def make(values: dict[str, str]) -> SecretStore:
+            return load_secret_store_class(component.type)(component.name, values)
+
+        return make
+
+    def _broker_factory(self, component: Component) -> Callable[[dict[str, str]], Broker]:
+        def make(values: dict[str, str]) -> Broker:
+            return load_broker_class(component.type)(component.name, values, app_id=self.app_id)
+
+        return make
+
     async def start_components(self) -> None:
-        for component in self._pubsub_components():
-            try:
-                broker_class = load_broker_class(component.type)
-                broker = broker_class(component.name, component.values(), app_id=self.app_id)
-                await asyncio.wait_for(broker.start(), component.init_timeout)
-            except (LookupError, ImportError, ValueError, BrokerError, asyncio.TimeoutError) as exc:
-                problem = str(exc) or type(exc).__name__
-                if component.ignore_errors:
-                    logger.warning(
-                        "%s: Component %r not started (ignoreErrors): %s",
-                        component.source,
-                        component.name,
-                        problem,
-                    )
-                    continue
-                raise ResourceError(
-                    f"{component.source}: Component {component.name!r}: spec: {problem}"
-                ) from exc
-            self.brokers[component.name] = broker
+        # Secret stores first, as daprd does: the other components may need them (reference 7.2).
         for component in self.resources.components:
-            if not component.type.startswith("pubsub."):
+            if component.type.startswith("secretstores."):
+                store = await self._start_component(component, self._secret_store_factory(component))
+                if store is not None:
+                    self.secret_stores[component.name] = store
+        for component in self._pubsub_components():
+            broker = await self._start_component(component, self._broker_factory(component))
+            if broker is not None:
+                self.brokers[component.name] = broker
+        for component in self.resources.components:
+            if not component.type.startswith(("pubsub.", "secretstores.")):
                 logger.info(
                     "%s: Component %r of type %s is not used by the embedded sidecar",
                     component.source,
@@ -100,12 +165,14 @@ class Runtime:
                 )
 
     async def close(self) -> None:
-        for broker in self.brokers.values():
+        components: list[Broker | SecretStore] = [*self.brokers.values(), *self.secret_stores.values()]
+        for component in components:
             try:
-                await broker.close()
+                await component.close()
             except Exception:
-                logger.exception("pubsub %s did not close cleanly", broker.name)
+                logger.exception("component %s did not close cleanly", component.name)
         self.brokers.clear()
+        self.secret_stores.clear()
         self.ready = False
 
     # -- subscriptions -------------------------------------------------------

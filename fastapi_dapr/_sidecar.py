@@ -30,6 +30,7 @@ from ._errors import direct_invoke_error, error_response, kit_error
 from ._exceptions import DaprAPIError
 from ._json import go_dumps
 from ._runtime import Runtime
+from .secretstores import SecretStoreError
 
 __all__: list[str] = []
 
@@ -236,6 +237,8 @@ class SidecarAPI:
                     },
                     status_code=503,
                 )
+            if path.startswith("/v1.0/secrets/") and method == "GET":
+                return await self._secrets(runtime, path[len("/v1.0/secrets/") :])
             if path == "/v1.0/metadata" and method == "GET":
                 return Response(go_dumps(runtime.metadata()), media_type="application/json")
             if method in ("POST", "PUT"):
@@ -267,6 +270,37 @@ class SidecarAPI:
         if not slash or not pubsub:
             return None  # daprd: no route matches, the invocation fallback answers
         return query_unescape(pubsub), query_unescape(topic)
+
+    @staticmethod
+    async def _secrets(runtime: Runtime, rest: str) -> Response:
+        """`GET /v1.0/secrets/{store}/{key}` and `/v1.0/secrets/{store}/bulk` (reference 7.4)."""
+        parts = rest.split("/")
+        if len(parts) != 2 or not all(parts):
+            return error_response(direct_invoke_error(404, _NO_APP_ID))
+        store_name, key = (query_unescape(part) for part in parts)
+        if not runtime.secret_stores:
+            return error_response(
+                DaprAPIError(500, "ERR_SECRET_STORES_NOT_CONFIGURED", "secret store is not configured")
+            )
+        store = runtime.secret_stores.get(store_name)
+        if store is None:
+            # daprd's status for an unknown store is 401.
+            return error_response(
+                DaprAPIError(
+                    401, "ERR_SECRET_STORE_NOT_FOUND", f"failed finding secret store with key {store_name}"
+                )
+            )
+        try:
+            if parts[1] == "bulk":
+                return Response(go_dumps(await store.bulk_get()), media_type="application/json")
+            return Response(go_dumps(await store.get_secret(key)), media_type="application/json")
+        except SecretStoreError as exc:
+            message = (
+                f"failed getting secrets from secret store {store_name}: {exc}"
+                if parts[1] == "bulk"
+                else f"failed getting secret with key {key} from secret store {store_name}: {exc}"
+            )
+            return error_response(DaprAPIError(500, "ERR_SECRET_GET", message))
 
     async def _publish(
         self, runtime: Runtime, scope: Scope, receive: Receive, headers: Mapping[str, str], rest: str
