@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -28,6 +29,7 @@ logger = logging.getLogger("fastapi_dapr")
 
 _KINDS = {
     ("dapr.io/v1alpha1", "Component"),
+    ("dapr.io/v1alpha1", "HTTPEndpoint"),
     ("dapr.io/v1alpha1", "Subscription"),
     ("dapr.io/v2alpha1", "Subscription"),
 }
@@ -79,9 +81,30 @@ class DeclarativeSubscription:
 
 
 @dataclasses.dataclass(frozen=True)
+class HTTPEndpoint:
+    """A non-Dapr HTTP service that `/v1.0/invoke/{name}/method/...` reaches (reference 6.4).
+
+    `headers` are `spec.headers` (values, `secretKeyRef` or `envRef`); the TLS
+    items are `spec.clientTLS.rootCA`, `.certificate` and `.privateKey`, each a
+    value or a `secretKeyRef`, resolved when the sidecar starts.
+    """
+
+    name: str
+    base_url: str
+    headers: tuple[MetadataItem, ...]
+    source: str
+    root_ca: MetadataItem | None = None
+    certificate: MetadataItem | None = None
+    private_key: MetadataItem | None = None
+    secret_store: str | None = None
+    scopes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Resources:
     components: tuple[Component, ...] = ()
     subscriptions: tuple[DeclarativeSubscription, ...] = ()
+    http_endpoints: tuple[HTTPEndpoint, ...] = ()
 
 
 class _Document:
@@ -163,12 +186,14 @@ def _read_env(doc: _Document, field: str, variable: str) -> str:
     return os.environ.get(variable, "")
 
 
-def _metadata_items(doc: _Document, spec: Mapping[str, Any]) -> tuple[MetadataItem, ...]:
-    items = doc.get(spec, "metadata", "spec.metadata", list, default=[])
+def _metadata_items(
+    doc: _Document, spec: Mapping[str, Any], key: str = "metadata"
+) -> tuple[MetadataItem, ...]:
+    items = doc.get(spec, key, f"spec.{key}", list, default=[])
     result = []
     seen: set[str] = set()
     for index, item in enumerate(items):
-        field = f"spec.metadata[{index}]"
+        field = f"spec.{key}[{index}]"
         if not isinstance(item, dict):
             raise doc.error(field, "must be a mapping with name and value")
         name = doc.get(item, "name", f"{field}.name", str, required=True)
@@ -219,6 +244,46 @@ def _component(doc: _Document) -> Component:
         source=doc.source,
         ignore_errors=doc.get(spec, "ignoreErrors", "spec.ignoreErrors", bool, default=False),
         init_timeout=init_timeout,
+        secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
+        scopes=_scopes(doc),
+    )
+
+
+def _tls_item(doc: _Document, tls: Mapping[str, Any], key: str) -> MetadataItem | None:
+    field = f"spec.clientTLS.{key}"
+    raw = doc.get(tls, key, field, dict)
+    if raw is None:
+        return None
+    if raw.get("secretKeyRef") is not None:
+        ref = doc.get(raw, "secretKeyRef", f"{field}.secretKeyRef", dict)
+        secret = doc.get(ref, "name", f"{field}.secretKeyRef.name", str, required=True)
+        return MetadataItem(
+            key,
+            secret_name=secret,
+            secret_key=doc.get(ref, "key", f"{field}.secretKeyRef.key", str) or secret,
+        )
+    value = doc.get(raw, "value", f"{field}.value", str)
+    if not value:
+        raise doc.error(field, "needs a value or a secretKeyRef")
+    return MetadataItem(key, value=value)
+
+
+def _http_endpoint(doc: _Document) -> HTTPEndpoint:
+    spec = doc.mapping(doc.raw, "spec", "spec")
+    base_url = doc.get(spec, "baseUrl", "spec.baseUrl", str, required=True)
+    parsed = urlsplit(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise doc.error("spec.baseUrl", f"{base_url!r} is not an http:// or https:// URL with a host")
+    tls = doc.mapping(spec, "clientTLS", "spec.clientTLS")
+    auth = doc.mapping(doc.raw, "auth", "auth")
+    return HTTPEndpoint(
+        name=doc.name,
+        base_url=base_url,
+        headers=_metadata_items(doc, spec, "headers"),
+        source=doc.source,
+        root_ca=_tls_item(doc, tls, "rootCA"),
+        certificate=_tls_item(doc, tls, "certificate"),
+        private_key=_tls_item(doc, tls, "privateKey"),
         secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
         scopes=_scopes(doc),
     )
@@ -304,6 +369,7 @@ def load_resources(
         namespace = os.environ.get("NAMESPACE") or None
     components: list[Component] = []
     subscriptions: list[DeclarativeSubscription] = []
+    endpoints: list[HTTPEndpoint] = []
     names: dict[tuple[str, str], str] = {}
     for path in _files(paths):
         for index, raw in enumerate_documents(path):
@@ -320,8 +386,13 @@ def load_resources(
             doc_namespace = meta.get("namespace") if isinstance(meta, dict) else None
             if namespace and doc_namespace and doc_namespace != namespace:
                 continue
-            resource: Component | DeclarativeSubscription
-            resource = _component(doc) if kind == "Component" else _subscription(doc, str(api_version))
+            resource: Component | DeclarativeSubscription | HTTPEndpoint
+            if kind == "Component":
+                resource = _component(doc)
+            elif kind == "HTTPEndpoint":
+                resource = _http_endpoint(doc)
+            else:
+                resource = _subscription(doc, str(api_version))
             if resource.scopes and app_id not in resource.scopes:
                 logger.debug("%s: %s %r is scoped to other apps", path, kind, name)
                 continue
@@ -331,9 +402,13 @@ def load_resources(
             names[(str(kind), name)] = str(path)
             if isinstance(resource, Component):
                 components.append(resource)
+            elif isinstance(resource, HTTPEndpoint):
+                endpoints.append(resource)
             else:
                 subscriptions.append(resource)
-    return Resources(components=tuple(components), subscriptions=tuple(subscriptions))
+    return Resources(
+        components=tuple(components), subscriptions=tuple(subscriptions), http_endpoints=tuple(endpoints)
+    )
 
 
 def enumerate_documents(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:

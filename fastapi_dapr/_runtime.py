@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from ._cel import Rules
 from ._delivery import DeliveryReport, Engine, Route, Worker
+from ._endpoints import ResolvedEndpoint, resolve_endpoint
 from ._envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
 from ._errors import PubSubErrors
 from ._exceptions import DaprAPIError, ResourceError
@@ -59,6 +60,7 @@ class Runtime:
         self.shutdown_grace = shutdown_grace
         self.brokers: dict[str, Broker] = {}
         self.secret_stores: dict[str, SecretStore] = {}
+        self.http_endpoints: dict[str, ResolvedEndpoint] = {}
         self.routes: list[Route] = []
         self.workers: list[Worker] = []
         self.lifespan_state: Mapping[str, Any] | None = None
@@ -144,6 +146,9 @@ class Runtime:
 
         return make
 
+    async def _read_secret(self, store: str | None, secret: str, key: str, where: str) -> str:
+        return await self.secret_value(store, secret, key, where=where)
+
     async def start_components(self) -> None:
         # Secret stores first, as daprd does: the other components may need them (reference 7.2).
         for component in self.resources.components:
@@ -151,6 +156,8 @@ class Runtime:
                 store = await self._start_component(component, self._secret_store_factory(component))
                 if store is not None:
                     self.secret_stores[component.name] = store
+        for endpoint in self.resources.http_endpoints:
+            self.http_endpoints[endpoint.name] = await resolve_endpoint(endpoint, self._read_secret)
         for component in self._pubsub_components():
             broker = await self._start_component(component, self._broker_factory(component))
             if broker is not None:
@@ -349,7 +356,7 @@ class Runtime:
                 }
                 for route in self.routes
             ],
-            "httpEndpoints": [],
+            "httpEndpoints": [{"name": name} for name in self.http_endpoints],
             "appConnectionProperties": {"protocol": "http", "channelAddress": "in-process"},
             "actorRuntime": {"runtimeStatus": "DISABLED", "hostReady": False},
         }
