@@ -16,7 +16,8 @@ from .certs import CertificateAuthority
 
 
 def endpoint(name: str, spec: str, extra: str = "") -> str:
-    return f"apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {{name: {name}}}\nspec:\n{spec}\n{extra}"
+    header = f"apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {{name: {name}}}\n"
+    return f"{header}spec:\n{spec}\n{extra}"
 
 
 def write(folder: Path, text: str) -> Path:
