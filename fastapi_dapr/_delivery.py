@@ -551,15 +551,22 @@ class Worker:
                 await self._room.wait()
             batch = list(await self.consumer.receive(size))
             deadline = loop.time() + wait
-            while len(batch) < size:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    more = await asyncio.wait_for(self.consumer.receive(size - len(batch)), remaining)
-                except asyncio.TimeoutError:
-                    break
-                batch.extend(more)
+            try:
+                while len(batch) < size:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        more = await asyncio.wait_for(self.consumer.receive(size - len(batch)), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                    batch.extend(more)
+            except asyncio.CancelledError:
+                # Stopped while gathering: what was taken goes back, as for in-flight messages.
+                for delivery in batch:
+                    await delivery.nack(redeliver=True)
+                    self._report(delivery, None, None, "returned", (), "the engine stopped first")
+                raise
             self._spawn(self._guarded_bulk(batch))
 
     async def _guarded_bulk(self, batch: list[Delivery]) -> None:
@@ -578,8 +585,8 @@ class Worker:
         for index, delivery in enumerate(batch):
             prepared, problem, outcome = self._prepare(delivery.message)
             if problem is not None and outcome is not None:
-                settled.add(index)
                 await self._settle_undeliverable(delivery, prepared, outcome, problem)
+                settled.add(index)  # only once settled: a cancellation before returns it
                 continue
             assert prepared.path is not None
             by_path.setdefault(prepared.path, []).append((index, str(uuid.uuid4()), prepared))
@@ -640,11 +647,10 @@ class Worker:
                 history[entry_id].append(attempt)
                 delivery = batch[index]
                 if attempt.status is Status.SUCCESS:
-                    settled.add(index)
                     await delivery.ack()
+                    settled.add(index)
                     self._report(delivery, prepared.event_id, path, "delivered", history[entry_id])
                 elif attempt.status is Status.DROP:
-                    settled.add(index)
                     # daprd acks a bulk 404 without dead-lettering; here it is dead-lettered
                     # like any DROP, so that nothing disappears unseen.
                     await self._settle_undeliverable(
@@ -654,6 +660,7 @@ class Worker:
                         f"the app answered DROP ({attempt.detail or 'DROP'})",
                         history[entry_id],
                     )
+                    settled.add(index)
                 else:
                     failed.append((index, entry_id, prepared))
             if not failed:
@@ -663,19 +670,19 @@ class Worker:
             delay = self.engine.retry.delay(retry, self.engine.clock.monotonic() - started) if worth else None
             if delay is None:
                 for index, entry_id, prepared in failed:
-                    settled.add(index)
                     last = history[entry_id][-1]
                     reason = (
                         f"{len(history[entry_id])} attempts failed, the last with {last.detail or 'RETRY'}"
                     )
+                    settled.add(index)
                     await self._settle_undeliverable(
                         batch[index], prepared, "failed", reason, history[entry_id]
                     )
                 return
             if not await self.engine.wait(delay):
                 for index, entry_id, prepared in failed:
-                    settled.add(index)
                     await batch[index].nack(redeliver=True)
+                    settled.add(index)
                     self._report(
                         batch[index],
                         prepared.event_id,

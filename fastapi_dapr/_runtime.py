@@ -21,6 +21,7 @@ from ._errors import PubSubErrors
 from ._exceptions import DaprAPIError, ResourceError
 from ._resources import Component, Resources
 from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
+from ._scopes import TopicScopes
 from ._subscription import TopicSubscription
 from .brokers import Broker, BrokerError, Message, load_broker_class
 from .secretstores import SecretStore, SecretStoreError, load_secret_store_class
@@ -60,6 +61,7 @@ class Runtime:
         self.shutdown_grace = shutdown_grace
         self.brokers: dict[str, Broker] = {}
         self.secret_stores: dict[str, SecretStore] = {}
+        self.scopes: dict[str, TopicScopes] = {}
         self.http_endpoints: dict[str, ResolvedEndpoint] = {}
         self.routes: list[Route] = []
         self.workers: list[Worker] = []
@@ -162,6 +164,7 @@ class Runtime:
             broker = await self._start_component(component, self._broker_factory(component))
             if broker is not None:
                 self.brokers[component.name] = broker
+                self.scopes[component.name] = TopicScopes.from_metadata(broker.metadata, self.app_id)
         for component in self.resources.components:
             if not component.type.startswith(("pubsub.", "secretstores.")):
                 logger.info(
@@ -249,6 +252,15 @@ class Runtime:
                     route.pubsub,
                 )
                 continue
+            if not self.scopes[broker.name].may_subscribe(route.topic):
+                logger.error(
+                    "subscription to %s on pubsub %s not started: topic %s is not allowed for app id %s",
+                    route.topic,
+                    route.pubsub,
+                    route.topic,
+                    self.app_id,
+                )
+                continue
             consumer = await broker.subscribe(route.topic)
             worker = Worker(engine, route, consumer, self.concurrency)
             worker.start()
@@ -282,6 +294,9 @@ class Runtime:
             raise PubSubErrors.bad_metadata(request.pubsub, request.metadata, str(exc)) from None
         except EnvelopeError as exc:
             raise PubSubErrors.cloud_event_creation(request.pubsub, self.app_id, str(exc)) from None
+        # After the envelope, as daprd orders it: a bad body answers before a scope does.
+        if not self.scopes[broker.name].may_publish(request.topic):
+            raise PubSubErrors.forbidden(request.pubsub, request.topic, self.app_id)
         return await self._publish_message(broker, request.topic, data, request.metadata, event)
 
     async def _publish_message(
@@ -306,6 +321,15 @@ class Runtime:
         assert route.dead_letter_topic is not None
         broker = self.brokers.get(route.pubsub)
         if broker is None:
+            return False
+        if not self.scopes[broker.name].may_publish(route.dead_letter_topic):
+            # Scopes apply to dead letters too (reference 3.4).
+            logger.error(
+                "dead-letter publish to %s refused: topic %s is not allowed for app id %s",
+                route.dead_letter_topic,
+                route.dead_letter_topic,
+                self.app_id,
+            )
             return False
         try:
             await self._publish_message(

@@ -20,7 +20,7 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -49,6 +49,10 @@ class _BadParameter(Exception):
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
     pass
 
 
@@ -98,17 +102,32 @@ def query_unescape(value: str) -> str:
 
 
 def _is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
-    if any(name in headers for name in _FORWARDING_HEADERS):
-        return False  # it came through a proxy: the socket's address says nothing
+    """Whether a request without the API token may be answered: it comes from this machine,
+    and not from a web page a browser on this machine is showing."""
     client = scope.get("client")
     if not client:
         return False
-    return _is_local_host(client[0])
+    if client[0] == "testclient":  # Starlette's TestClient: in process, no network at all
+        return True
+    if any(name in headers for name in _FORWARDING_HEADERS):
+        return False  # it came through a proxy: the socket's address says nothing
+    if not _is_loopback_host(client[0]):
+        return False
+    # A browser is a loopback client too. A cross-site page can POST (a "simple"
+    # request needs no CORS preflight), and DNS rebinding lets it read answers:
+    # refuse what only a browser sends, and a Host that is not this machine.
+    origin = headers.get("origin")
+    if origin is not None and not _is_loopback_host(urlsplit(origin).hostname or ""):
+        return False
+    if headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
+        return False
+    host = headers.get("host")
+    return host is None or _is_loopback_host(urlsplit("//" + host).hostname or "")
 
 
 @functools.lru_cache(maxsize=1024)
-def _is_local_host(host: str) -> bool:
-    if host == "testclient":  # Starlette's TestClient: in process, no network at all
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
@@ -139,7 +158,7 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise _ClientGone  # an incomplete body is never published
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -204,8 +223,9 @@ class SidecarAPI:
         return JSONResponse(
             {
                 "errorCode": "ERR_FORBIDDEN",
-                "message": "the Dapr API on this port answers only local clients; to allow others, "
-                "set DAPR_API_TOKEN and send it in the dapr-api-token header",
+                "message": "without a token the Dapr API on this port answers only local clients "
+                "(a loopback address and Host, no proxy, no cross-site browser request); to allow "
+                "others, set DAPR_API_TOKEN and send it in the dapr-api-token header",
             },
             status_code=403,
         )
@@ -252,6 +272,12 @@ class SidecarAPI:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
         except _BadParameter as exc:
             return PlainTextResponse(f'failed to unescape request parameter "{exc}"\n', status_code=400)
+        except _ClientGone:
+            return error_response(
+                DaprAPIError(
+                    500, "ERR_PUBSUB_PUBLISH_MESSAGE", "the client went away before sending the whole body"
+                )
+            )
         except _TooLarge:
             return error_response(
                 DaprAPIError(

@@ -180,7 +180,7 @@ class DaprTest:
 
         transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 50000))
         self.client = await self._stack.enter_async_context(
-            httpx.AsyncClient(transport=transport, base_url="http://app")
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
         )
         return self
 
@@ -221,7 +221,6 @@ class DaprTestClient(TestClient):
     """
 
     def __init__(self, app: FastAPI, *, clock: FakeClock | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("client", ("127.0.0.1", 50000))
         super().__init__(app, **kwargs)
         self.dapr = _dapr_of(app)
         if clock is not None:

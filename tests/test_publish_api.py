@@ -187,6 +187,34 @@ def test_queue_full_is_a_publish_error_not_growth(tmp_path: Path) -> None:
             assert client.wait_for_delivery(topic="slow").outcome == "delivered"
 
 
+async def test_waiting_publishers_do_not_overfill_the_queue(tmp_path: Path) -> None:
+    (tmp_path / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec:\n  type: pubsub.in-memory\n  version: v1\n  metadata:\n"
+        "  - {name: maxQueueLength, value: 2}\n  - {name: publishTimeout, value: 10s}\n"
+    )
+    from fastapi_dapr.testing import DaprTest
+
+    app = FastAPI()
+    dapr = Dapr(app, resources_path=tmp_path)
+    async with DaprTest(app):
+        broker: Any = dapr._running().brokers["pubsub"]
+        consumer = await broker.subscribe("direct")  # nobody else reads this topic
+        for n in range(2):
+            await dapr.publish("pubsub", "direct", n)
+        waiting = {asyncio.ensure_future(dapr.publish("pubsub", "direct", n)) for n in range(20)}
+        done, waiting = await asyncio.wait(waiting, timeout=0)
+        assert not done  # all wait for room
+        for _ in range(10):
+            await consumer.receive(1)  # one slot frees ...
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            assert broker.queued() == 2  # ... and one waiting publisher takes it, not all of them
+            assert len(done) == 1
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+
 def test_health_and_metadata(client: DaprTestClient) -> None:
     assert client.get("/v1.0/healthz").status_code == 204
     assert client.get("/v1.0/healthz/outbound").status_code == 204
@@ -225,7 +253,7 @@ def test_remote_clients_are_refused_without_a_token() -> None:
 def test_loopback_clients_are_served_without_a_token(host: str) -> None:
     app = FastAPI()
     Dapr(app, api_token="")
-    with TestClient(app, client=(host, 4000)) as local:
+    with TestClient(app, client=(host, 4000), base_url="http://127.0.0.1:8000") as local:
         assert local.post("/v1.0/publish/pubsub/orders", json={}).status_code == 204
 
 
@@ -233,9 +261,83 @@ def test_loopback_clients_are_served_without_a_token(host: str) -> None:
 def test_requests_through_a_proxy_are_not_local(header: str) -> None:
     app = FastAPI()
     Dapr(app, api_token="")
-    with TestClient(app, client=("127.0.0.1", 4000)) as local:
+    with TestClient(app, client=("127.0.0.1", 4000), base_url="http://127.0.0.1:8000") as local:
         answer = local.post("/v1.0/publish/pubsub/orders", json={}, headers={header: "127.0.0.1"})
         assert answer.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 204),
+        ({"origin": "http://localhost:8000", "sec-fetch-site": "same-origin"}, 204),
+        ({"sec-fetch-site": "none"}, 204),  # typed in the address bar
+        # a page of another site: a "simple" cross-site POST needs no CORS preflight
+        ({"origin": "https://evil.example", "sec-fetch-site": "cross-site"}, 403),
+        ({"origin": "null"}, 403),
+        ({"sec-fetch-site": "same-site"}, 403),
+        # DNS rebinding: the browser connects to 127.0.0.1 for a name the attacker controls
+        ({"host": "attacker.example:8000"}, 403),
+        ({"host": "localhost:8000"}, 204),
+        ({"host": "[::1]:8000"}, 204),
+    ],
+)
+def test_browser_requests_from_other_sites_are_refused(headers: dict[str, str], status: int) -> None:
+    app = FastAPI()
+    Dapr(app, api_token="")
+    with TestClient(app, client=("127.0.0.1", 4000), base_url="http://127.0.0.1:8000") as local:
+        answer = local.post(
+            "/v1.0/publish/pubsub/orders?metadata.rawPayload=true",
+            content=b'{"type":"order.refund"}',
+            headers={"content-type": "text/plain", **headers},
+        )
+        assert answer.status_code == status
+
+
+async def test_a_body_cut_short_is_not_published() -> None:
+    app = FastAPI()
+    dapr = Dapr(app)
+    seen: list[Any] = []
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent) -> None:
+        seen.append(event.data)
+
+    from fastapi_dapr.testing import DaprTest
+
+    async with DaprTest(app) as test:
+        messages = [
+            {"type": "http.request", "body": b'{"amount": 100', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1.0/publish/pubsub/orders",
+            "raw_path": b"/v1.0/publish/pubsub/orders",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+        }
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert sent[0]["status"] == 500
+        assert dapr._running().brokers["pubsub"].queued() == 0  # type: ignore[attr-defined]
+        # a whole one goes through, and is the only delivery
+        report = await test.publish_and_wait("pubsub", "orders", {"amount": 1})
+    assert report.outcome == "delivered"
+    assert seen == [{"amount": 1}]
 
 
 def test_api_token_is_required_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
