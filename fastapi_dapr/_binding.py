@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
-from ._cloudevent import CloudEvent
-
 __all__: list[str] = []  # internal: the public names are in fastapi_dapr.__all__
-
-T = TypeVar("T")
 
 _CE_PREFIX = "ce-"
 
@@ -71,8 +67,3 @@ def event_dict_from_http(body: bytes, headers: Mapping[str, str]) -> dict[str, A
         "data": _decode_body(body, content_type) if body else None,
         "datacontenttype": content_type or None,
     }
-
-
-def parse_event(model: type[CloudEvent[T]], body: bytes, headers: Mapping[str, str]) -> CloudEvent[T]:
-    """Validate a delivery request as `model` (raises `ValueError` when it does not fit)."""
-    return model.model_validate(event_dict_from_http(body, headers))

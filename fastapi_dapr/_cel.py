@@ -43,11 +43,6 @@ class Rules:
             self._rules.append((match, program, path))
         self.default = default
 
-    @property
-    def needs_event(self) -> bool:
-        """False when no rule has to look at the event."""
-        return any(program is not None for _, program, _ in self._rules)
-
     def rules(self) -> list[tuple[str, str]]:
         """(match, path) pairs, in evaluation order, without the default."""
         return [(match, path) for match, _, path in self._rules]

@@ -117,15 +117,16 @@ class Dapr:
             self.dapr_http_endpoint = (
                 dapr_http_endpoint or os.environ.get("DAPR_HTTP_ENDPOINT") or f"http://127.0.0.1:{port}"
             )
+        self._api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
         self.sidecar: SidecarAPI | None = None
         if mode == "embedded":
             from ._sidecar import SidecarAPI
 
-            token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
-            self.sidecar = SidecarAPI(lambda: self._runtime, api_token=token, max_body_size=max_body_size)
+            self.sidecar = SidecarAPI(
+                lambda: self._runtime, api_token=self._api_token, max_body_size=max_body_size
+            )
             if serve_api:
                 self._serve_sidecar_api(app, self.sidecar)
-        self._api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
         app.state.fastapi_dapr = self
         app.add_api_route(
             "/dapr/subscribe",
@@ -256,14 +257,14 @@ class Dapr:
                         await self._remote.close()
                 return
             runtime = self._create_runtime()
-            await runtime.start_components()  # publishing works from here on
-            self._runtime = runtime
             try:
+                await runtime.start_components()  # publishing works from here on
+                self._runtime = runtime
                 async with inner(app) as state:
                     runtime.lifespan_state = state
-                    # Deliveries start once the app's own start-up is done.
-                    await runtime.start_subscriptions(subscriptions)
                     try:
+                        # Deliveries start once the app's own start-up is done.
+                        await runtime.start_subscriptions(subscriptions)
                         yield state
                     finally:
                         await runtime.stop_subscriptions()

@@ -281,8 +281,6 @@ class Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
-        self.idle = asyncio.Event()
-        self.idle.set()
         # What every message without metadata of its own carries (reference 3.1).
         self._plain_metadata: dict[str, str] = {"pubsubName": route.pubsub}
         self._pubsub_header = (b"pubsubname", route.pubsub.encode())
@@ -320,20 +318,16 @@ class Worker:
         while not self._closing:
             (delivery,) = await self.consumer.receive(1)
             self._busy.add(runner)
-            self.idle.clear()
             try:
                 await self._guarded(delivery)
             except Exception:
                 logger.exception("delivery failed on %s", self.route.describe())
             finally:
                 self._busy.discard(runner)
-                if not self._busy and not self._tasks:
-                    self.idle.set()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
-        self.idle.clear()
         task.add_done_callback(self._finished)
         if len(self._tasks) >= self.concurrency:
             self._room.clear()
@@ -341,8 +335,6 @@ class Worker:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._room.set()
-        if not self._tasks and not self._busy:
-            self.idle.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivery task failed on %s", self.route.describe(), exc_info=task.exception())
 

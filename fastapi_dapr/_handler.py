@@ -320,7 +320,15 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
             if isinstance(result, Response):
                 return result
             if isinstance(result, Mapping) and "statuses" in result:
-                return JSONResponse(jsonable_encoder(result))  # already daprd's answer
+                # Already daprd's answer: add the entries dropped before the handler ran.
+                answer = jsonable_encoder(result)
+                listed = {item.get("entryId") for item in answer["statuses"] if isinstance(item, dict)}
+                answer["statuses"] += [
+                    {"entryId": entry_id, "status": status.value}
+                    for entry_id, status in statuses.items()
+                    if entry_id not in listed
+                ]
+                return JSONResponse(answer)
             statuses.update(_bulk_statuses(result, entries, name))
         return JSONResponse(
             {"statuses": [{"entryId": e, "status": statuses.get(e, RETRY).value} for e in order]}

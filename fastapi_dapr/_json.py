@@ -10,7 +10,19 @@ __all__: list[str] = []
 
 NO_VALUE: Any = object()  # "no JSON value was given", where None would be JSON null
 
-_decoder = json.JSONDecoder()
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} does not fit a float")  # never write Infinity, which is not JSON
+    return number
+
+
+_decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 _encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _WHITESPACE = " \t\n\r"
 _GO_ESCAPES = {
@@ -21,6 +33,7 @@ _GO_ESCAPES = {
     "\u2029": "\\u2029",
 }
 _NEEDS_ESCAPE = re.compile("[<>&\u2028\u2029]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def go_dumps(value: Any) -> bytes:
@@ -32,7 +45,10 @@ def go_dumps(value: Any) -> bytes:
     text = _encoder.encode(value)
     if _NEEDS_ESCAPE.search(text):
         text = _NEEDS_ESCAPE.sub(lambda match: _GO_ESCAPES[match.group()], text)
-    return text.encode()
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (from "\ud800" in JSON): U+FFFD, as Go writes it
+        return _LONE_SURROGATE.sub("\ufffd", text).encode()
 
 
 def decode_first(body: bytes | str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from starlette.types import ASGIApp
 
@@ -22,7 +22,7 @@ from ._exceptions import DaprAPIError, ResourceError
 from ._resources import Component, Resources
 from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
 from ._scopes import TopicScopes
-from ._subscription import TopicSubscription
+from ._subscription import TopicSubscription, is_raw
 from .brokers import Broker, BrokerError, Message, load_broker_class
 from .secretstores import SecretStore, SecretStoreError, load_secret_store_class
 
@@ -117,7 +117,7 @@ class Runtime:
             )
         return values
 
-    async def secret_value(self, store_name: str | None, secret: str, key: str, *, where: str) -> str:
+    async def secret_value(self, store_name: str | None, secret: str, key: str, where: str) -> str:
         """One value of one secret, for a resource; `ResourceError` (naming `where`) if unavailable.
 
         daprd leaves such a reference empty with a warning, or parks the resource
@@ -148,9 +148,6 @@ class Runtime:
 
         return make
 
-    async def _read_secret(self, store: str | None, secret: str, key: str, where: str) -> str:
-        return await self.secret_value(store, secret, key, where=where)
-
     async def start_components(self) -> None:
         # Secret stores first, as daprd does: the other components may need them (reference 7.2).
         for component in self.resources.components:
@@ -159,7 +156,7 @@ class Runtime:
                 if store is not None:
                     self.secret_stores[component.name] = store
         for endpoint in self.resources.http_endpoints:
-            self.http_endpoints[endpoint.name] = await resolve_endpoint(endpoint, self._read_secret)
+            self.http_endpoints[endpoint.name] = await resolve_endpoint(endpoint, self.secret_value)
         for component in self._pubsub_components():
             broker = await self._start_component(component, self._broker_factory(component))
             if broker is not None:
@@ -222,7 +219,7 @@ class Runtime:
                     topic=declared.topic,
                     rules=Rules(declared.rules, declared.default),
                     dead_letter_topic=declared.dead_letter_topic,
-                    raw_payload=declared.metadata.get("rawPayload", "").lower() == "true",
+                    raw_payload=is_raw(declared.metadata),
                     bulk=declared.bulk,
                     kind="DECLARATIVE",
                     metadata=declared.metadata,
@@ -349,9 +346,6 @@ class Runtime:
 
     def in_flight(self) -> int:
         return sum(worker.in_flight for worker in self.workers)
-
-    def status(self) -> Literal["ready", "starting"]:
-        return "ready" if self.ready else "starting"
 
     def metadata(self, *, channel_port: int | None = None) -> dict[str, Any]:
         """`GET /v1.0/metadata` in daprd's shape."""

@@ -138,6 +138,11 @@ class Subscription:
         return where
 
 
+def is_raw(metadata: Mapping[str, str]) -> bool:
+    """A subscription's `rawPayload`, read with Go's `ParseBool` (reference 3.1 step 3)."""
+    return metadata.get("rawPayload", "") in ("1", "t", "T", "TRUE", "true", "True")
+
+
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._~!$&'()*+,;=:@/-]")
 
 
@@ -191,7 +196,7 @@ class TopicSubscription:
 
     @property
     def raw_payload(self) -> bool:
-        return self.metadata.get("rawPayload", "").lower() == "true"
+        return is_raw(self.metadata)
 
     def to_wire(self) -> dict[str, Any]:
         """One item of daprd's `GET /dapr/subscribe` answer (reference 2.1)."""
@@ -239,10 +244,11 @@ def merge_subscriptions(handlers: Iterable[RoutedHandler]) -> list[TopicSubscrip
     """Group handlers by pubsub and topic, in registration order.
 
     Raises `SubscriptionError` naming both handlers when two share pubsub,
-    topic and match, or disagree on a per-topic option.
+    topic and match, share one path, or disagree on a per-topic option.
     """
     groups: dict[tuple[str, str], list[RoutedHandler]] = {}
     seen: dict[tuple[str, str, str | None], RoutedHandler] = {}
+    paths: dict[str, RoutedHandler] = {}
     for routed in handlers:
         sub = routed.subscription
         other = seen.get(sub.key)
@@ -253,6 +259,14 @@ def merge_subscriptions(handlers: Iterable[RoutedHandler]) -> list[TopicSubscrip
                 "only one of them could ever be reached"
             )
         seen[sub.key] = routed
+        owner = paths.get(routed.path)
+        if owner is not None and owner.subscription.handler is not sub.handler:
+            raise SubscriptionError(
+                f"{owner.subscription.handler_name} ({owner.subscription.describe()}) and "
+                f"{sub.handler_name} ({sub.describe()}) are both served at {routed.path}; "
+                "only the first could ever be reached: give one of them another route"
+            )
+        paths[routed.path] = routed
         groups.setdefault((sub.pubsub, sub.topic), []).append(routed)
 
     result = []

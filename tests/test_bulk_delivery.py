@@ -199,3 +199,15 @@ def test_bulk_handler_signature_is_checked(dapr: Dapr) -> None:
 
         @dapr.subscribe("pubsub", "other")
         async def not_bulk(entries: list[BulkEntry[Order]]) -> None: ...
+
+
+def test_handler_statuses_keep_the_drops_of_invalid_entries(app: FastAPI, dapr: Dapr) -> None:
+    @dapr.subscribe("pubsub", "orders", bulk=True)
+    async def on_orders(entries: list[BulkEntry[Order]]) -> dict[str, Any]:
+        return {"statuses": [{"entryId": e.entry_id, "status": "SUCCESS"} for e in entries]}
+
+    batch = [*orders(1), ("bad", envelope({"order_id": "x", "quantity": "lots"}))]
+    assert statuses(post_bulk(app, "/events/pubsub/orders", bulk_body(batch))) == {
+        "e0": "SUCCESS",
+        "bad": "DROP",
+    }

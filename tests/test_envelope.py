@@ -315,3 +315,15 @@ def test_delivery_without_trace_gets_the_zero_traceparent() -> None:
     with DaprTestClient(app) as client:
         client.publish_and_wait("pubsub", "orders", {"a": 1})
     assert seen == ["00-00000000000000000000000000000000-0000000000000000-00"]
+
+
+def test_json_that_go_would_not_parse_as_a_number_is_kept_as_text(client: DaprTestClient) -> None:
+    # NaN and Infinity are not JSON, and 1e400 does not fit a float: never write them back.
+    for body in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": 1e400}'):
+        event = envelope(client, body, content_type="application/json")
+        assert event["data"] == body.decode()
+
+
+def test_lone_surrogates_become_replacement_characters(client: DaprTestClient) -> None:
+    data, _ = stored(client, "golden", b'{"name": "\\ud800x"}', content_type="application/json")
+    assert json.loads(data)["data"] == {"name": "\ufffdx"}

@@ -249,3 +249,43 @@ def test_ignore_errors_skips_the_component(tmp_path: Path) -> None:
     with DaprTestClient(app) as client:
         assert client.get("/v1.0/metadata").json().get("components") == []
         assert client.post("/v1.0/publish/k/t", json={}).json()["errorCode"] == "ERR_PUBSUB_NOT_CONFIGURED"
+
+
+def test_components_started_before_a_failure_are_closed(tmp_path: Path) -> None:
+    from fastapi_dapr.brokers.memory import MemoryBroker
+
+    closed: list[str] = []
+    original = MemoryBroker.close
+
+    async def close(self: MemoryBroker) -> None:
+        closed.append(self.name)
+        await original(self)
+
+    write(tmp_path, "a.yaml", COMPONENT.format(name="good", type="pubsub.in-memory", metadata="[]"))
+    write(
+        tmp_path,
+        "b.yaml",
+        COMPONENT.format(name="bad", type="pubsub.in-memory", metadata="[{name: maxQueueLength, value: 0}]"),
+    )
+    app = FastAPI()
+    Dapr(app, resources_path=tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MemoryBroker, "close", close)
+        with pytest.raises(ResourceError, match="Component 'bad'"), DaprTestClient(app):
+            pass
+    assert closed == ["good"]
+
+
+@pytest.mark.parametrize(("value", "raw"), [("true", True), ("1", True), ("T", True), ("yes", False)])
+def test_declarative_raw_payload_reads_go_booleans(tmp_path: Path, value: str, raw: bool) -> None:
+    write(
+        tmp_path,
+        "s.yaml",
+        "apiVersion: dapr.io/v1alpha1\nkind: Subscription\nmetadata: {name: s}\n"
+        f"spec: {{pubsubname: pubsub, topic: t, route: /t, metadata: {{rawPayload: '{value}'}}}}\n",
+    )
+    app = FastAPI()
+    Dapr(app, resources_path=tmp_path)
+    with DaprTestClient(app) as client:
+        (route,) = client.dapr._running().routes
+    assert route.raw_payload is raw

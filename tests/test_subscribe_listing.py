@@ -442,3 +442,24 @@ def test_subscribe_endpoint_is_not_in_openapi() -> None:
     async def on_order() -> None: ...
 
     assert TestClient(app).get("/openapi.json").json()["paths"] == {}
+
+
+def test_two_handlers_on_one_path_across_routers_fail_at_startup() -> None:
+    app = FastAPI()
+    dapr = Dapr(app)
+    router = DaprRouter()  # no prefix: its default route is the app's
+
+    @dapr.subscribe("pubsub", "orders")
+    async def default() -> None: ...
+
+    @router.subscribe("pubsub", "orders", match='event.type == "special"')
+    async def special() -> None: ...
+
+    app.include_router(router)
+    with (
+        pytest.raises(SubscriptionError, match="both served at /events/pubsub/orders") as info,
+        TestClient(app),
+    ):
+        pass
+    assert "default" in str(info.value)
+    assert "special" in str(info.value)
