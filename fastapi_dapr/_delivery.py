@@ -538,13 +538,13 @@ class Worker:
         size = self.route.bulk.max_messages_count
         wait = self.route.bulk.max_await_duration_ms / 1000
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             while len(self._tasks) >= self.concurrency:
                 await self._room.wait()
             batch = list(await self.consumer.receive(size))
             deadline = loop.time() + wait
             try:
-                while len(batch) < size:
+                while len(batch) < size and not self._closing:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
@@ -553,6 +553,10 @@ class Worker:
                     except asyncio.TimeoutError:
                         break
                     batch.extend(more)
+                if self._closing:
+                    # wait_for may swallow a cancellation whose receive had just
+                    # finished (Python < 3.12): return the batch all the same.
+                    raise asyncio.CancelledError
             except asyncio.CancelledError:
                 # Stopped while gathering: what was taken goes back, as for in-flight messages.
                 for delivery in batch:

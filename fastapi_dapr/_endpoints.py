@@ -54,6 +54,14 @@ def tls_context(
     return context
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> str:
+    raise _EncryptedKey
+
+
 def _load_client_certificate(context: ssl.SSLContext, certificate: str, private_key: str) -> None:
     # The ssl module loads key pairs from files only: write them where only this
     # process can read them, load, and remove them at once.
@@ -65,8 +73,11 @@ def _load_client_certificate(context: ssl.SSLContext, certificate: str, private_
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(text)
         try:
-            context.load_cert_chain(cert_path, key_path)
-        except (ssl.SSLError, ValueError) as exc:
+            # A password callback, so that OpenSSL never prompts on a terminal for an encrypted key.
+            context.load_cert_chain(cert_path, key_path, password=_no_password)
+        except _EncryptedKey:
+            raise ValueError("privateKey is encrypted: give it unencrypted (from a secret store)") from None
+        except (ssl.SSLError, ValueError, OSError) as exc:
             raise ValueError(f"certificate and privateKey are not a PEM key pair: {exc}") from None
         finally:
             for path in (cert_path, key_path):

@@ -41,7 +41,7 @@ class MetadataItem:
     """One `spec.metadata` entry: a value, a secret reference or an environment variable."""
 
     name: str
-    value: str | None = None
+    value: str | None = dataclasses.field(default=None, repr=False)  # may be a secret
     secret_name: str | None = None
     secret_key: str | None = None
     env_ref: str | None = None

@@ -78,6 +78,7 @@ class Runtime:
 
     async def _start_component(self, component: Component, make: Callable[[dict[str, str]], Any]) -> Any:
         """Create and start one component; None if it failed and may be skipped."""
+        instance = None
         try:
             values = await self.resolve_metadata(component)
             instance = make(values)
@@ -91,6 +92,11 @@ class Runtime:
             asyncio.TimeoutError,
         ) as exc:
             problem = str(exc) or type(exc).__name__
+            if instance is not None:  # it may hold what it got before it failed
+                try:
+                    await instance.close()
+                except Exception:
+                    logger.exception("component %s did not close cleanly", component.name)
             if component.ignore_errors:
                 logger.warning(
                     "%s: Component %r not started (ignoreErrors): %s",
@@ -282,6 +288,11 @@ class Runtime:
             raise PubSubErrors.topic_empty(pubsub, metadata)
         return broker
 
+    def check_scopes(self, pubsub: str, topic: str) -> None:
+        """daprd's 403 when this app may not publish to `topic` (reference 4.2)."""
+        if not self.scopes[pubsub].may_publish(topic):
+            raise PubSubErrors.forbidden(pubsub, topic, self.app_id)
+
     async def publish(self, request: PublishRequest) -> str:
         """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`."""
         broker = self.check_pubsub(request.pubsub, request.topic, request.metadata)
@@ -292,8 +303,7 @@ class Runtime:
         except EnvelopeError as exc:
             raise PubSubErrors.cloud_event_creation(request.pubsub, self.app_id, str(exc)) from None
         # After the envelope, as daprd orders it: a bad body answers before a scope does.
-        if not self.scopes[broker.name].may_publish(request.topic):
-            raise PubSubErrors.forbidden(request.pubsub, request.topic, self.app_id)
+        self.check_scopes(request.pubsub, request.topic)
         return await self._publish_message(broker, request.topic, data, request.metadata, event)
 
     async def _publish_message(

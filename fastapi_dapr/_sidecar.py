@@ -104,13 +104,15 @@ def query_unescape(value: str) -> str:
 def _is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
     """Whether a request without the API token may be answered: it comes from this machine,
     and not from a web page a browser on this machine is showing."""
+    if any(name in headers for name in _FORWARDING_HEADERS):
+        # It came through a proxy: the socket's address says nothing, and a server
+        # trusting the header may have put whatever the client wrote in `client`.
+        return False
     client = scope.get("client")
     if not client:
         return False
     if client[0] == "testclient":  # Starlette's TestClient: in process, no network at all
         return True
-    if any(name in headers for name in _FORWARDING_HEADERS):
-        return False  # it came through a proxy: the socket's address says nothing
     if not _is_loopback_host(client[0]):
         return False
     # A browser is a loopback client too. A cross-site page can POST (a "simple"
@@ -370,6 +372,8 @@ class SidecarAPI:
             headers.get("traceparent", ""),
             headers.get("tracestate", ""),
         )
+        # Scopes are checked on the whole request, once the entries are read (reference 1.8).
+        runtime.check_scopes(pubsub, topic)
         results = await asyncio.gather(
             *(runtime.publish(request) for _, request in requests), return_exceptions=True
         )

@@ -693,6 +693,23 @@ async def test_stop_waits_for_in_flight_and_returns_waiting_retries() -> None:
     assert len(report.attempts) == 1
 
 
+async def test_a_bulk_batch_being_gathered_is_returned_at_shutdown() -> None:
+    app = FastAPI()
+    dapr = Dapr(app)
+
+    @dapr.subscribe("pubsub", "orders", bulk=BulkSubscribe(max_await_duration_ms=60_000))
+    async def on_orders(entries: list[BulkEntry[dict[str, int]]]) -> None: ...
+
+    test = DaprTest(app)
+    await test.__aenter__()
+    await dapr.publish("pubsub", "orders", {"n": 1})
+    await asyncio.sleep(0)  # the reader takes it, then waits up to a minute for more
+    assert dapr._running().brokers["pubsub"].queued() == 0  # type: ignore[attr-defined]
+    await test.__aexit__(None, None, None)
+    report = await test.wait_for_delivery(topic="orders", timeout=1)
+    assert report.outcome == "returned"
+
+
 def test_sync_handlers_do_not_block_the_engine() -> None:
     app = FastAPI()
     dapr = Dapr(app)

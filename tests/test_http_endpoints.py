@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ def test_endpoint_is_loaded_and_resolved(tmp_path: Path, monkeypatch: pytest.Mon
     )
     assert "s3cret" not in repr(resolved)
     assert resolved.ssl_context is not None
+    assert resolved.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_2
     # The resource's CA replaces the trust store: it is the only one.
     (only_ca,) = resolved.ssl_context.get_ca_certs()
     assert dict(x[0] for x in only_ca["subject"])["commonName"] == "fastapi-dapr test CA"
@@ -142,6 +144,44 @@ def test_mismatched_key_pair_stops_the_start(tmp_path: Path) -> None:
     Dapr(app, resources_path=tmp_path)
     with pytest.raises(ResourceError, match="not a PEM key pair"), DaprTestClient(app):
         pass
+
+
+def test_encrypted_private_key_is_refused_not_prompted_for(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    ca = CertificateAuthority()
+    pair = ca.issue("client", server=False)
+    key = serialization.load_pem_private_key(pair.private_key.encode(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    ).decode()
+    write(
+        tmp_path,
+        endpoint(
+            "e",
+            f"  baseUrl: https://a\n  clientTLS:\n"
+            f"    certificate: {{value: {json.dumps(pair.certificate)}}}\n"
+            f"    privateKey: {{value: {json.dumps(encrypted)}}}",
+        ),
+    )
+    app = FastAPI()
+    Dapr(app, resources_path=tmp_path)
+    with (
+        pytest.raises(ResourceError, match=r"HTTPEndpoint 'e': spec\.clientTLS: privateKey is encrypted"),
+        DaprTestClient(app),
+    ):
+        pass
+
+
+def test_resource_values_are_not_in_reprs(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        endpoint("e", "  baseUrl: http://a\n  headers: [{name: Authorization, value: Bearer s3cret}]"),
+    )
+    (loaded,) = load_resources([tmp_path], app_id="me").http_endpoints
+    assert "s3cret" not in repr(loaded)
 
 
 def test_header_secret_without_store(tmp_path: Path) -> None:

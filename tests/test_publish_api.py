@@ -203,8 +203,9 @@ async def test_waiting_publishers_do_not_overfill_the_queue(tmp_path: Path) -> N
         for n in range(2):
             await dapr.publish("pubsub", "direct", n)
         waiting = {asyncio.ensure_future(dapr.publish("pubsub", "direct", n)) for n in range(20)}
-        done, waiting = await asyncio.wait(waiting, timeout=0)
-        assert not done  # all wait for room
+        await asyncio.sleep(0)  # each publisher runs once: all find the queue full
+        assert broker.queued() == 2
+        assert not any(task.done() for task in waiting)
         for _ in range(10):
             await consumer.receive(1)  # one slot frees ...
             done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -338,6 +339,31 @@ async def test_a_body_cut_short_is_not_published() -> None:
         report = await test.publish_and_wait("pubsub", "orders", {"amount": 1})
     assert report.outcome == "delivered"
     assert seen == [{"amount": 1}]
+
+
+def test_a_forwarded_client_name_is_not_trusted() -> None:
+    # A server trusting X-Forwarded-For puts the client's own words in `client`.
+    app = FastAPI()
+    Dapr(app, api_token="")
+    with TestClient(app, client=("testclient", 4000)) as spoofed:
+        answer = spoofed.get("/v1.0/metadata", headers={"x-forwarded-for": "testclient"})
+        assert answer.status_code == 403
+
+
+def test_bulk_publish_to_a_forbidden_topic_is_403(tmp_path: Path) -> None:
+    (tmp_path / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec:\n  type: pubsub.in-memory\n  version: v1\n  metadata:\n"
+        "  - {name: allowedTopics, value: orders}\n"
+    )
+    app = FastAPI()
+    Dapr(app, app_id="app1", resources_path=tmp_path)
+    entries = [{"entryId": "1", "event": {"a": 1}, "contentType": "application/json"}]
+    with DaprTestClient(app) as client:
+        assert client.post("/v1.0-alpha1/publish/bulk/pubsub/orders", json=entries).status_code == 204
+        answer = client.post("/v1.0-alpha1/publish/bulk/pubsub/other", json=entries)
+    assert answer.status_code == 403
+    assert answer.json()["errorCode"] == "ERR_PUBSUB_FORBIDDEN"
 
 
 def test_api_token_is_required_when_set(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,10 +92,13 @@ class _Queue(Consumer):
         if redeliver and not self.closed:
             self.items.appendleft(delivery.message)
             self._wake_one()
+            if len(self.items) >= self.capacity:
+                self._not_full.clear()
 
     async def close(self) -> None:
         self.closed = True
         self._broker._remove(self)
+        self._not_full.set()  # publishers waiting for this queue go on without it
         if self.items:
             # In-memory messages end with the process: say how many, and which.
             logger.warning(
@@ -154,7 +157,10 @@ class MemoryBroker(Broker):
         # The last check and the put below run with no await between them, so
         # publishers that waited together cannot all slip past one free slot.
         while True:
-            full = next((queue for queue in queues if len(queue.items) >= queue.capacity), None)
+            full = next(
+                (queue for queue in queues if not queue.closed and len(queue.items) >= queue.capacity),
+                None,
+            )
             if full is None:
                 break
             remaining = deadline - loop.time()
@@ -174,7 +180,8 @@ class MemoryBroker(Broker):
             decoded = None  # a long queue keeps bytes only: memory before speed
         message = Message(topic, data, dict(metadata) if metadata else _EMPTY, message_id, decoded)
         for queue in queues:
-            queue.put(message)
+            if not queue.closed:
+                queue.put(message)
         return message_id
 
     async def subscribe(self, topic: str) -> Consumer:
