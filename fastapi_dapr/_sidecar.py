@@ -16,10 +16,11 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import posixpath
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._envelope import PublishRequest, is_content_type
 from ._errors import direct_invoke_error, error_response, kit_error
 from ._exceptions import DaprAPIError
+from ._invoke import InvalidMethod, find_target, invoke_self, normalize_method
 from ._json import go_dumps
 from ._runtime import Runtime
 from .secretstores import SecretStoreError
@@ -50,6 +52,11 @@ class _BadParameter(Exception):
 
 class _TooLarge(Exception):
     pass
+
+
+class _SelfInvocation(NamedTuple):
+    method: str
+    via_header: bool
 
 
 class _ClientGone(Exception):
@@ -209,6 +216,23 @@ class SidecarAPI:
             await send(_NO_CONTENT_START)
             await send(_EMPTY_BODY)
             return
+        if isinstance(response, _SelfInvocation):
+            runtime = self._runtime()
+            assert runtime is not None
+            await invoke_self(
+                runtime.app,
+                scope,
+                receive,
+                send,
+                method=response.method,
+                via_header=response.via_header,
+                api_token_configured=self.api_token is not None,
+                app_api_token=runtime.app_api_token,
+                app_id=runtime.app_id,
+                namespace=os.environ.get("NAMESPACE", "default"),
+                max_body_size=self.max_body_size,
+            )
+            return
         await response(scope, receive, send)
 
     def _refusal(self, scope: Scope, headers: Mapping[str, str], path: str) -> Response | None:
@@ -232,7 +256,7 @@ class SidecarAPI:
             status_code=403,
         )
 
-    async def _handle(self, scope: Scope, receive: Receive) -> Response | None:
+    async def _handle(self, scope: Scope, receive: Receive) -> Response | _SelfInvocation | None:
         """The answer; None for 204 No Content, the answer of a publish."""
         # One pass over the raw headers; later look-ups are dictionary hits.
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
@@ -271,7 +295,7 @@ class SidecarAPI:
                     return await self._publish(
                         runtime, scope, receive, headers, path[len("/v1.0/publish/") :]
                     )
-            return error_response(direct_invoke_error(404, _NO_APP_ID))
+            return self._invocation(runtime, scope, headers)
         except _BadParameter as exc:
             return PlainTextResponse(f'failed to unescape request parameter "{exc}"\n', status_code=400)
         except _ClientGone:
@@ -298,6 +322,43 @@ class SidecarAPI:
         if not slash or not pubsub:
             return None  # daprd: no route matches, the invocation fallback answers
         return query_unescape(pubsub), query_unescape(topic)
+
+    def _invocation(
+        self, runtime: Runtime, scope: Scope, headers: Mapping[str, str]
+    ) -> Response | _SelfInvocation:
+        """Any other path is service invocation, as in daprd (reference 6.1)."""
+        found = find_target(route_path(scope), headers)
+        if found is None:
+            return error_response(direct_invoke_error(404, _NO_APP_ID))
+        target, method, via_header = found
+        try:
+            method = normalize_method(method)
+        except InvalidMethod as exc:
+            return error_response(
+                direct_invoke_error(500, f"failed to invoke, id: {target}, err: invalid method: {exc}")
+            )
+        if scope["method"] == "CONNECT":
+            return error_response(
+                direct_invoke_error(500, f"failed to invoke, id: {target}, err: invalid HTTP verb")
+            )
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_size:
+            return error_response(
+                DaprAPIError(
+                    413,
+                    "ERR_DIRECT_INVOKE",
+                    f"the request body is larger than the limit of {self.max_body_size} bytes",
+                )
+            )
+        if target == runtime.app_id:
+            return _SelfInvocation(method, via_header)
+        return error_response(
+            direct_invoke_error(
+                501,
+                f"failed to invoke, id: {target}, err: only this app's own id ({runtime.app_id}) "
+                "can be invoked yet; HTTPEndpoints, URLs and other apps are not served",
+            )
+        )
 
     @staticmethod
     async def _secrets(runtime: Runtime, rest: str) -> Response:

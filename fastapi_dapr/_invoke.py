@@ -1,0 +1,186 @@
+"""Service invocation: `/v1.0/invoke/{id}/method/{method}` (reference 6).
+
+This module reads the target and the method as daprd does (6.1) and invokes the
+app's own id in process, streaming both ways through its ASGI interface.
+HTTPEndpoint, URL and other app id targets are not served yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+from collections.abc import Mapping
+from urllib.parse import quote, unquote_plus
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__: list[str] = []
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+_IDENTITY = ("dapr-caller-app-id", "dapr-callee-app-id", "dapr-caller-namespace")
+
+
+class InvalidMethod(ValueError):
+    pass
+
+
+def _clean(path: str) -> str:
+    """Go's `path.Clean` of a relative or absolute path."""
+    if not path:
+        return "."
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned
+
+
+def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] | None:
+    """The target id and the method of an invocation, and whether `dapr-app-id` named it.
+
+    In daprd's order (reference 6.1): the `dapr-app-id` header, Basic auth with
+    user `dapr-app-id`, then the path `/v1.0/invoke/{id}/method/{method}`. None
+    when none applies. `path` is the decoded request path.
+    """
+    app_id = headers.get("dapr-app-id")
+    if app_id:
+        return app_id, _clean(path).lstrip("/"), True
+    auth = headers.get("authorization", "")
+    if auth.startswith("Basic "):
+        try:
+            user, _, password = base64.b64decode(auth[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            user, password = "", ""
+        if user.lower() == "dapr-app-id" and password and ":" not in password:
+            return password, _clean(path).lstrip("/"), False
+    segments = path.split("/")
+    position = 0
+    for expected in ("v1.0", "invoke"):
+        while position < len(segments) and segments[position] == "":
+            position += 1
+        if position >= len(segments) or segments[position] != expected:
+            return None
+        position += 1
+    rest = "/".join(segments[position:]).lstrip("/")
+    index = rest.find("/method/")
+    if index <= 0:
+        return None
+    target = rest[:index]
+    method = _clean(rest[index + len("/method/") :])
+    try:
+        unescaped = unquote_plus(target, errors="strict")
+    except UnicodeDecodeError:
+        unescaped = ""
+    return (unescaped or target), ("" if method == "." else method), False
+
+
+def normalize_method(method: str) -> str:
+    """daprd's `NormalizeMethod`: refuse `#`, `?`, NUL and control characters,
+    clean the path, and drop leading `../` (its fix for path traversal).
+
+    The string returned is the one forwarded: what was checked is what is sent.
+    """
+    for char in method:
+        if char in "#?\x00" or ord(char) < 0x20 or ord(char) == 0x7F:
+            raise InvalidMethod(f"method contains a forbidden character: {method!r}")
+    cleaned = _clean(method)
+    while cleaned.startswith("../"):
+        cleaned = cleaned[3:]
+    if cleaned in (".", ".."):
+        cleaned = ""
+    return cleaned
+
+
+def _forwarded_headers(
+    scope: Scope,
+    *,
+    drop_app_id: bool,
+    drop_api_token: bool,
+    app_api_token: str | None,
+    app_id: str,
+    namespace: str,
+) -> list[tuple[bytes, bytes]]:
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    listed = set()
+    for name, value in raw:
+        if name == b"connection":
+            listed |= {part.strip().lower() for part in value.decode("latin-1").split(",")}
+    headers = []
+    for name, value in raw:
+        key = name.decode("latin-1")
+        if key in HOP_BY_HOP or key in listed or key in _IDENTITY:
+            continue
+        if (drop_app_id and key == "dapr-app-id") or (drop_api_token and key == "dapr-api-token"):
+            continue
+        headers.append((name, value))
+    # A self-invocation carries this app's identity as caller and callee (daprd's invokeLocal),
+    # and the app's token as any delivery from the sidecar does.
+    headers += [
+        (b"dapr-caller-app-id", app_id.encode()),
+        (b"dapr-callee-app-id", app_id.encode()),
+        (b"dapr-caller-namespace", namespace.encode()),
+    ]
+    if app_api_token:
+        headers.append((b"dapr-api-token", app_api_token.encode()))
+    return headers
+
+
+async def invoke_self(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    method: str,
+    via_header: bool,
+    api_token_configured: bool,
+    app_api_token: str | None,
+    app_id: str,
+    namespace: str,
+    max_body_size: int,
+) -> None:
+    """Serve the request with the app's own route for `method`, streaming both ways."""
+    verb = scope["method"].upper()
+    child = dict(scope)
+    child.update(
+        {
+            "method": verb if verb in _VERBS else "POST",  # daprd sends an unknown verb as POST
+            "path": "/" + method,
+            "raw_path": quote("/" + method).encode(),
+            "root_path": "",
+            "headers": _forwarded_headers(
+                scope,
+                drop_app_id=via_header,
+                drop_api_token=api_token_configured,
+                app_api_token=app_api_token,
+                app_id=app_id,
+                namespace=namespace,
+            ),
+        }
+    )
+    received = 0
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_body_size:
+                # Counted while streaming: past the limit the app sees the client go away.
+                return {"type": "http.disconnect"}
+        return message
+
+    await app(child, limited_receive, send)
