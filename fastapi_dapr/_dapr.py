@@ -206,17 +206,29 @@ class Dapr:
         `cloudevent.*` overrides, or anything the subscriber should get as a
         header. Raises `DaprAPIError` with daprd's status and error code.
         """
-        body, media_type, value = _encode_data()(data, content_type)
         if self.mode == "remote":
+            body, media_type, _ = _encode_data()(data, content_type)
             await self._remote_sidecar().publish(pubsub, topic, body, media_type, dict(metadata or {}))
             return
+        await self._publish_embedded(pubsub, topic, data, content_type, metadata)
+
+    async def _publish_embedded(
+        self,
+        pubsub: str,
+        topic: str,
+        data: Any,
+        content_type: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> str:
+        """Publish to the embedded sidecar; the broker's message id."""
+        body, media_type, value = _encode_data()(data, content_type)
         request = _publish_request()(
-            pubsub, topic, body, media_type, dict(metadata or {}) if metadata else {}, value=value
+            pubsub, topic, body, media_type, dict(metadata) if metadata else {}, value=value
         )
         runtime = self._runtime
         if runtime is None:
             runtime = self._running()  # raises the "not started" error
-        await runtime.publish(request)
+        return await runtime.publish(request)
 
     def _running(self) -> Runtime:
         if self._runtime is None:

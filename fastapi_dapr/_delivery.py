@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from ._asgi import AppCaller, AppResponse, AppUnreachable
 from ._cel import RoutingError, Rules
 from ._envelope import has_expired, raw_payload_event
+from ._invoke import HOP_BY_HOP
 from ._json import go_dumps
 from ._retry import Clock, RetryPolicy
 from ._status import Status
@@ -35,20 +36,6 @@ __all__: list[str] = []  # Attempt and DeliveryReport are public in fastapi_dapr
 logger = logging.getLogger("fastapi_dapr")
 
 ZERO_TRACEPARENT = "00-00000000000000000000000000000000-0000000000000000-00"
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-        "te",
-        "trailer",
-        "proxy-authorization",
-        "proxy-authenticate",
-    }
-)
 
 Outcome = Literal[
     "delivered", "dropped", "dead-lettered", "expired", "unmatched", "invalid", "failed", "returned"
@@ -117,7 +104,7 @@ def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
         if (
             name in ("content-type", "content-length", "traceparent", "tracestate")
             or name.endswith("-bin")
-            or name in _HOP_BY_HOP
+            or name in HOP_BY_HOP
         ):
             continue
         if name.startswith("grpc-"):

@@ -130,14 +130,7 @@ class _Probe:
         metadata: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> DeliveryReport:
-        from ._client import encode_data
-        from ._envelope import PublishRequest
-
-        body, media_type, value = encode_data(data, content_type)
-        runtime = self.dapr._running()
-        message_id = await runtime.publish(
-            PublishRequest(pubsub, topic, body, media_type, dict(metadata or {}), value=value)
-        )
+        message_id = await self.dapr._publish_embedded(pubsub, topic, data, content_type, metadata)
         return await self.recorder.wait(
             lambda r: r.pubsub == pubsub and r.topic == topic and r.message_id == message_id,
             timeout,
