@@ -320,7 +320,7 @@ class SidecarAPI:
     def _split(rest: str) -> tuple[str, str] | None:
         pubsub, slash, topic = rest.partition("/")
         if not slash or not pubsub:
-            return None  # daprd: no route matches, the invocation fallback answers
+            return None
         return query_unescape(pubsub), query_unescape(topic)
 
     def _invocation(
@@ -391,16 +391,25 @@ class SidecarAPI:
             )
             return error_response(DaprAPIError(500, "ERR_SECRET_GET", message))
 
-    async def _publish(
+    async def _read_publish(
         self, runtime: Runtime, scope: Scope, receive: Receive, headers: Mapping[str, str], rest: str
-    ) -> Response | None:
+    ) -> tuple[str, str, dict[str, str], bytes] | None:
+        """Pubsub, topic, metadata and body of a publish; None when the path has no topic."""
         names = self._split(rest)
         if names is None:
-            return error_response(direct_invoke_error(404, _NO_APP_ID))
+            return None  # daprd: no route matches, the invocation fallback answers
         pubsub, topic = names
         metadata = _metadata(scope.get("query_string", b""))
         runtime.check_pubsub(pubsub, topic, metadata)  # daprd validates before reading the body
-        body = await read_body(receive, headers, self.max_body_size)
+        return pubsub, topic, metadata, await read_body(receive, headers, self.max_body_size)
+
+    async def _publish(
+        self, runtime: Runtime, scope: Scope, receive: Receive, headers: Mapping[str, str], rest: str
+    ) -> Response | None:
+        read = await self._read_publish(runtime, scope, receive, headers, rest)
+        if read is None:
+            return error_response(direct_invoke_error(404, _NO_APP_ID))
+        pubsub, topic, metadata, body = read
         await runtime.publish(
             PublishRequest(
                 pubsub=pubsub,
@@ -417,13 +426,10 @@ class SidecarAPI:
     async def _bulk_publish(
         self, runtime: Runtime, scope: Scope, receive: Receive, headers: Mapping[str, str], rest: str
     ) -> Response | None:
-        names = self._split(rest)
-        if names is None:
+        read = await self._read_publish(runtime, scope, receive, headers, rest)
+        if read is None:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
-        pubsub, topic = names
-        metadata = _metadata(scope.get("query_string", b""))
-        runtime.check_pubsub(pubsub, topic, metadata)
-        body = await read_body(receive, headers, self.max_body_size)
+        pubsub, topic, metadata, body = read
         requests = bulk_requests(
             runtime.app_id,
             pubsub,
