@@ -28,7 +28,7 @@ from ._invoke import HOP_BY_HOP
 from ._json import go_dumps
 from ._retry import Clock, RetryPolicy
 from ._status import Status
-from ._subscription import BulkSubscribe
+from ._subscription import BulkSubscribe, is_raw
 from .brokers import Consumer, Delivery, Message
 
 __all__: list[str] = []  # Attempt and DeliveryReport are public in fastapi_dapr.testing
@@ -78,10 +78,14 @@ class Route:
     topic: str
     rules: Rules
     dead_letter_topic: str | None
-    raw_payload: bool
     bulk: BulkSubscribe | None
     kind: Literal["PROGRAMMATIC", "DECLARATIVE"]
     metadata: Mapping[str, str]
+
+    @functools.cached_property
+    def raw_payload(self) -> bool:
+        """From the subscription's metadata, as daprd reads it (reference 3.1 step 3)."""
+        return is_raw(self.metadata)
 
     def describe(self) -> str:
         return f"pubsub={self.pubsub!r} topic={self.topic!r}"

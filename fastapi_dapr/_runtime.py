@@ -22,7 +22,7 @@ from ._exceptions import DaprAPIError, ResourceError
 from ._resources import Component, Resources
 from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
 from ._scopes import TopicScopes
-from ._subscription import TopicSubscription, is_raw
+from ._subscription import TopicSubscription
 from .brokers import Broker, BrokerError, Message, load_broker_class
 from .secretstores import SecretStore, SecretStoreError, load_secret_store_class
 
@@ -192,22 +192,19 @@ class Runtime:
 
     def plan_routes(self, programmatic: Sequence[TopicSubscription]) -> list[Route]:
         """Programmatic subscriptions, then declarative ones for other topics (reference 2.2)."""
-        routes: list[Route] = []
-        taken: set[tuple[str, str]] = set()
-        for sub in programmatic:
-            taken.add((sub.pubsub, sub.topic))
-            routes.append(
-                Route(
-                    pubsub=sub.pubsub,
-                    topic=sub.topic,
-                    rules=Rules(sub.rules, sub.default),
-                    dead_letter_topic=sub.dead_letter_topic,
-                    raw_payload=sub.raw_payload,
-                    bulk=sub.bulk,
-                    kind="PROGRAMMATIC",
-                    metadata=sub.metadata,
-                )
+        routes = [
+            Route(
+                sub.pubsub,
+                sub.topic,
+                Rules(sub.rules, sub.default),
+                sub.dead_letter_topic,
+                sub.bulk,
+                "PROGRAMMATIC",
+                sub.metadata,
             )
+            for sub in programmatic
+        ]
+        taken = {(route.pubsub, route.topic) for route in routes}
         for declared in self.resources.subscriptions:
             key = (declared.pubsub, declared.topic)
             if key in taken:
@@ -221,14 +218,13 @@ class Runtime:
             taken.add(key)
             routes.append(
                 Route(
-                    pubsub=declared.pubsub,
-                    topic=declared.topic,
-                    rules=Rules(declared.rules, declared.default),
-                    dead_letter_topic=declared.dead_letter_topic,
-                    raw_payload=is_raw(declared.metadata),
-                    bulk=declared.bulk,
-                    kind="DECLARATIVE",
-                    metadata=declared.metadata,
+                    declared.pubsub,
+                    declared.topic,
+                    Rules(declared.rules, declared.default),
+                    declared.dead_letter_topic,
+                    declared.bulk,
+                    "DECLARATIVE",
+                    declared.metadata,
                 )
             )
         return routes
