@@ -126,12 +126,18 @@ def _is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
     # request needs no CORS preflight), and DNS rebinding lets it read answers:
     # refuse what only a browser sends, and a Host that is not this machine.
     origin = headers.get("origin")
-    if origin is not None and not _is_loopback_host(urlsplit(origin).hostname or ""):
+    if origin is not None and not _is_loopback_url(origin):
         return False
     if headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
         return False
     host = headers.get("host")
-    return host is None or _is_loopback_host(urlsplit("//" + host).hostname or "")
+    return host is None or _is_loopback_url("//" + host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_loopback_url(url: str) -> bool:
+    """Whether an Origin (`http://localhost:8000`) or `//Host` names this machine."""
+    return _is_loopback_host(urlsplit(url).hostname or "")
 
 
 @functools.lru_cache(maxsize=1024)
