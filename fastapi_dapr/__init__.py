@@ -9,6 +9,7 @@ from ._exceptions import (
     ResourceError,
     SubscriptionError,
 )
+from ._invocation import InvocationSettings, InvokeResponse
 from ._retry import RetryPolicy
 from ._routing import DaprRouter
 from ._status import DROP, RETRY, SUCCESS, Status
@@ -28,6 +29,8 @@ __all__ = [
     "DaprError",
     "DaprRouter",
     "HandlerSignatureError",
+    "InvocationSettings",
+    "InvokeResponse",
     "ResourceError",
     "RetryPolicy",
     "Status",

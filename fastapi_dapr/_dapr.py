@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from ._exceptions import DaprAPIError
 from ._handler import token_error
+from ._invocation import InvocationSettings, InvokeResponse
 from ._retry import Clock, RetryPolicy
 from ._routing import collect_handlers, subscribe_on
 from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
@@ -21,6 +22,7 @@ from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
 if TYPE_CHECKING:
     from ._client import RemoteSidecar
     from ._envelope import PublishRequest
+    from ._proxy import Upstreams
     from ._runtime import Runtime
     from ._sidecar import SidecarAPI
 
@@ -69,7 +71,10 @@ class Dapr:
     embedded sidecar's API; without it the API answers only local clients.
     `retry` is the delivery retry policy used where no Resiliency applies.
     `serve_api=False` leaves the sidecar API unmounted: mount `dapr.sidecar`
-    where you want it.
+    where you want it. `max_body_size` limits request bodies of the API
+    (daprd's `--max-body-size`, 4 MiB), `max_header_size` their headers (431
+    beyond). `invocation` says which other apps
+    and which URLs service invocation may reach (`InvocationSettings`).
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class Dapr:
         retry: RetryPolicy | None = None,
         serve_api: bool = True,
         max_body_size: int = 4 * 1024 * 1024,
+        max_header_size: int = 16 * 1024,
+        invocation: InvocationSettings | None = None,
     ) -> None:
         existing = getattr(app.state, "fastapi_dapr", None)
         if existing is not None:
@@ -109,9 +116,16 @@ class Dapr:
         else:
             self.resources_paths = list(resources_path)
         self.retry = retry
+        self.invocation = invocation or InvocationSettings()
+        if mode == "embedded":
+            from ._proxy import UrlPolicy
+
+            # A bad entry is a mistake to see now, not at the first invocation.
+            UrlPolicy(self.invocation.allowed_urls, self.invocation.allow_private_addresses)
         self._clock: Clock | None = None
         self._runtime: Runtime | None = None
         self._remote: RemoteSidecar | None = None
+        self._remote_invoker: Upstreams | None = None
         if mode == "remote":
             port = os.environ.get("DAPR_HTTP_PORT", "3500")
             self.dapr_http_endpoint = (
@@ -123,7 +137,10 @@ class Dapr:
             from ._sidecar import SidecarAPI
 
             self.sidecar = SidecarAPI(
-                lambda: self._runtime, api_token=self._api_token, max_body_size=max_body_size
+                lambda: self._runtime,
+                api_token=self._api_token,
+                max_body_size=max_body_size,
+                max_header_size=max_header_size,
             )
             if serve_api:
                 self._serve_sidecar_api(app, self.sidecar)
@@ -230,6 +247,47 @@ class Dapr:
             runtime = self._running()  # raises the "not started" error
         return await runtime.publish(request)
 
+    async def invoke(
+        self,
+        target: str,
+        method: str,
+        *,
+        http_method: str = "GET",
+        json: Any = None,
+        content: bytes | str | AsyncIterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        timeout: float | None = None,
+        stream: bool = False,
+    ) -> InvokeResponse:
+        """Invoke `method` on `target`, as `/v1.0/invoke/{target}/method/{method}` does.
+
+        `target` is an HTTPEndpoint resource's name, an http(s) URL allowed by
+        `InvocationSettings`, this app's id (served in process) or another app's
+        id (`InvocationSettings.apps`; in remote mode, daprd resolves it). The
+        answer is returned whatever its status, headers included, with the
+        body read; with `stream=True` the body is left to `aiter_bytes()` and
+        the response must be closed (`async with`). `content` may be an async
+        iterable of bytes, sent as it comes. Raises `DaprAPIError` when the
+        target can't be reached (daprd's `ERR_DIRECT_INVOKE`) or is refused.
+        """
+        from ._calls import invoke
+
+        response = await invoke(
+            self,
+            target,
+            method,
+            http_method=http_method,
+            json=json,
+            content=content,
+            headers=headers,
+            params=params,
+            timeout=timeout,
+        )
+        if not stream:
+            await response.aread()
+        return response
+
     def _running(self) -> Runtime:
         if self._runtime is None:
             raise DaprAPIError(
@@ -267,6 +325,9 @@ class Dapr:
                 finally:
                     if self._remote is not None:
                         await self._remote.close()
+                    if self._remote_invoker is not None:
+                        await self._remote_invoker.close()
+                        self._remote_invoker = None
                 return
             runtime = self._create_runtime()
             try:
@@ -300,4 +361,5 @@ class Dapr:
             resources=resources,
             retry=self.retry,
             clock=self._clock,
+            invocation=self.invocation,
         )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
 
@@ -19,12 +20,16 @@ from ._endpoints import ResolvedEndpoint, resolve_endpoint
 from ._envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
 from ._errors import PubSubErrors
 from ._exceptions import DaprAPIError, ResourceError
+from ._invocation import InvocationSettings
 from ._resources import Component, Resources
 from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
 from ._scopes import TopicScopes
 from ._subscription import TopicSubscription
 from .brokers import Broker, BrokerError, Message, load_broker_class
 from .secretstores import SecretStore, SecretStoreError, load_secret_store_class
+
+if TYPE_CHECKING:
+    from ._proxy import Target, Upstreams
 
 __all__: list[str] = []
 
@@ -50,6 +55,7 @@ class Runtime:
         clock: Clock | None = None,
         concurrency: int = 64,
         shutdown_grace: float = 10.0,
+        invocation: InvocationSettings | None = None,
     ) -> None:
         self.app = app
         self.app_id = app_id
@@ -63,6 +69,9 @@ class Runtime:
         self.secret_stores: dict[str, SecretStore] = {}
         self.scopes: dict[str, TopicScopes] = {}
         self.http_endpoints: dict[str, ResolvedEndpoint] = {}
+        self.invocation = invocation or InvocationSettings()
+        self.namespace = os.environ.get("NAMESPACE", "default")
+        self._upstreams: Upstreams | None = None
         self.routes: list[Route] = []
         self.workers: list[Worker] = []
         self.lifespan_state: Mapping[str, Any] | None = None
@@ -177,7 +186,32 @@ class Runtime:
                     component.type,
                 )
 
+    def upstreams(self) -> Upstreams:
+        """The network targets and their connection pools, made on first use."""
+        if self._upstreams is None:
+            from ._proxy import Upstreams  # aiohttp is loaded only when something is invoked
+
+            self._upstreams = Upstreams(
+                self.invocation, self.http_endpoints, app_id=self.app_id, namespace=self.namespace
+            )
+        return self._upstreams
+
+    def find_target(self, name: str) -> Target:
+        """The network target `name` names (not this app's own id); daprd's error if none."""
+        target = self.upstreams().resolve(name)
+        if target is None:
+            raise DaprAPIError(
+                500,
+                "ERR_DIRECT_INVOKE",
+                f"failed to invoke, id: {name}, err: couldn't find service: {name} (not this app's id "
+                f"{self.app_id!r}, not an HTTPEndpoint resource, and not in InvocationSettings.apps)",
+            )
+        return target
+
     async def close(self) -> None:
+        if self._upstreams is not None:
+            await self._upstreams.close()
+            self._upstreams = None
         components: list[Broker | SecretStore] = [*self.brokers.values(), *self.secret_stores.values()]
         for component in components:
             try:

@@ -16,11 +16,10 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import posixpath
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -32,6 +31,9 @@ from ._exceptions import DaprAPIError
 from ._invoke import InvalidMethod, find_target, invoke_self, normalize_method
 from ._json import go_dumps
 from ._runtime import Runtime
+
+if TYPE_CHECKING:
+    from ._proxy import Target
 from .secretstores import SecretStoreError
 
 __all__: list[str] = []
@@ -41,6 +43,7 @@ logger = logging.getLogger("fastapi_dapr")
 API_PREFIXES = ("/v1.0/", "/v1.0-alpha1/")
 HEALTH_PATHS = ("/v1.0/healthz", "/v1.0/healthz/outbound")
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # daprd's --max-body-size default
+DEFAULT_MAX_HEADERS = 16 * 1024  # what uvicorn's h11 server accepts by default
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 _NO_APP_ID = "failed getting app id either from the URL path or the header dapr-app-id"
@@ -55,6 +58,12 @@ class _TooLarge(Exception):
 
 
 class _SelfInvocation(NamedTuple):
+    method: str
+    via_header: bool
+
+
+class _NetworkInvocation(NamedTuple):
+    target: Target
     method: str
     via_header: bool
 
@@ -198,10 +207,12 @@ class SidecarAPI:
         *,
         api_token: str | None = None,
         max_body_size: int = DEFAULT_MAX_BODY,
+        max_header_size: int = DEFAULT_MAX_HEADERS,
     ) -> None:
         self._runtime = runtime
         self.api_token = api_token or None
         self.max_body_size = max_body_size
+        self.max_header_size = max_header_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -235,7 +246,23 @@ class SidecarAPI:
                 api_token_configured=self.api_token is not None,
                 app_api_token=runtime.app_api_token,
                 app_id=runtime.app_id,
-                namespace=os.environ.get("NAMESPACE", "default"),
+                namespace=runtime.namespace,
+                max_body_size=self.max_body_size,
+            )
+            return
+        if isinstance(response, _NetworkInvocation):
+            runtime = self._runtime()
+            assert runtime is not None
+            from ._proxy import proxy_asgi
+
+            await proxy_asgi(
+                runtime.upstreams(),
+                response.target,
+                response.method,
+                scope,
+                receive,
+                send,
+                via_header=response.via_header,
                 max_body_size=self.max_body_size,
             )
             return
@@ -262,10 +289,21 @@ class SidecarAPI:
             status_code=403,
         )
 
-    async def _handle(self, scope: Scope, receive: Receive) -> Response | _SelfInvocation | None:
+    async def _handle(
+        self, scope: Scope, receive: Receive
+    ) -> Response | _SelfInvocation | _NetworkInvocation | None:
         """The answer; None for 204 No Content, the answer of a publish."""
         # One pass over the raw headers; later look-ups are dictionary hits.
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > self.max_header_size:
+            return JSONResponse(
+                {
+                    "errorCode": "ERR_HEADERS_TOO_LARGE",
+                    "message": "the request headers are larger than the limit of "
+                    f"{self.max_header_size} bytes",
+                },
+                status_code=431,
+            )
         path = _clean(_escaped_path(scope))
         refused = self._refusal(scope, headers, path)
         if refused is not None:
@@ -331,7 +369,7 @@ class SidecarAPI:
 
     def _invocation(
         self, runtime: Runtime, scope: Scope, headers: Mapping[str, str]
-    ) -> Response | _SelfInvocation:
+    ) -> Response | _SelfInvocation | _NetworkInvocation:
         """Any other path is service invocation, as in daprd (reference 6.1)."""
         found = find_target(route_path(scope), headers)
         if found is None:
@@ -356,15 +394,14 @@ class SidecarAPI:
                     f"the request body is larger than the limit of {self.max_body_size} bytes",
                 )
             )
-        if target == runtime.app_id:
+        # Dapr's precedence (reference 6.2): an HTTPEndpoint of that name, a URL, an app id.
+        if target == runtime.app_id and target not in runtime.http_endpoints:
             return _SelfInvocation(method, via_header)
-        return error_response(
-            direct_invoke_error(
-                501,
-                f"failed to invoke, id: {target}, err: only this app's own id ({runtime.app_id}) "
-                "can be invoked yet; HTTPEndpoints, URLs and other apps are not served",
-            )
-        )
+        try:
+            found_target = runtime.find_target(target)
+        except DaprAPIError as exc:
+            return error_response(exc)
+        return _NetworkInvocation(found_target, method, via_header)
 
     @staticmethod
     async def _secrets(runtime: Runtime, rest: str) -> Response:

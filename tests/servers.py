@@ -13,7 +13,7 @@ import uvicorn
 
 @contextlib.asynccontextmanager
 async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
-    """Serve `app` on 127.0.0.1 and a free port; yield its base URL.
+    """Serve `app` on 127.0.0.1 and a free port; yield its base URL (https with `ssl_certfile`).
 
     The socket listens before the server starts, so clients can connect at
     once: nothing to poll or sleep for.
@@ -28,7 +28,7 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if config.get('ssl_certfile') else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task

@@ -1,0 +1,251 @@
+"""`Dapr.invoke`: service invocation from the app's own code (reference 6).
+
+Embedded, it resolves and checks targets exactly as `/v1.0/invoke` does and
+uses the same connection pools; this app's own id is served in process. In
+remote mode the call goes to daprd's `/v1.0/invoke`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from starlette.types import Message
+
+from ._exceptions import DaprAPIError
+from ._invocation import InvocationSettings, InvokeResponse
+from ._invoke import InvalidMethod, invoke_self, normalize_method
+
+if TYPE_CHECKING:
+    from ._dapr import Dapr
+    from ._proxy import Body
+
+__all__: list[str] = []
+
+logger = logging.getLogger("fastapi_dapr")
+
+_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+
+
+def _body(json: Any, content: bytes | str | AsyncIterable[bytes] | None) -> tuple[Body, str | None]:
+    if json is not None and content is not None:
+        raise TypeError("give json or content, not both")
+    if json is not None:
+        from pydantic import BaseModel
+        from pydantic_core import to_json, to_jsonable_python
+
+        value = json.model_dump(mode="json") if isinstance(json, BaseModel) else to_jsonable_python(json)
+        return to_json(value), "application/json"
+    if isinstance(content, str):
+        return content.encode(), "text/plain; charset=utf-8"
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        return bytes(content), None
+    if content is None:
+        return None, None
+    return _iterate(content), None
+
+
+async def _iterate(content: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in content:
+        yield chunk
+
+
+async def invoke(
+    dapr: Dapr,
+    target: str,
+    method: str,
+    *,
+    http_method: str,
+    json: Any,
+    content: bytes | str | AsyncIterable[bytes] | None,
+    headers: Mapping[str, str] | None,
+    params: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+    timeout: float | None,
+) -> InvokeResponse:
+    verb = http_method.upper()
+    if verb not in _VERBS:
+        raise ValueError(f"http_method must be one of {sorted(_VERBS)}, not {http_method!r}")
+    try:
+        method = normalize_method(method.lstrip("/"))
+    except InvalidMethod as exc:
+        raise DaprAPIError(
+            500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: invalid method: {exc}"
+        ) from None
+    body, content_type = _body(json, content)
+    header_list = [(name.lower(), value) for name, value in (headers or {}).items()]
+    if content_type is not None and not any(name == "content-type" for name, _ in header_list):
+        header_list.append(("content-type", content_type))
+    if isinstance(body, bytes):
+        header_list.append(("content-length", str(len(body))))
+    query = urlencode(list(params.items()) if isinstance(params, Mapping) else list(params or ()))
+    if dapr.mode == "remote":
+        return await _invoke_remote(dapr, target, method, verb, query, header_list, body, timeout)
+    runtime = dapr._running()
+    if target == runtime.app_id and target not in runtime.http_endpoints:
+        return await _invoke_self(dapr, method, verb, query, header_list, body, timeout)
+    found = runtime.find_target(target)
+    if found.kind == "app":
+        header_list += [
+            ("dapr-caller-app-id", runtime.app_id),
+            ("dapr-callee-app-id", found.name),
+            ("dapr-caller-namespace", runtime.namespace),
+        ]
+    if found.headers:
+        overridden = {name.lower() for name, _ in found.headers}
+        header_list = [(name, value) for name, value in header_list if name not in overridden]
+        header_list += found.headers
+    upstream = await runtime.upstreams().open(found, method, verb, query, header_list, body, timeout=timeout)
+    return InvokeResponse(upstream.status, upstream.headers, upstream.chunks(), _closer(upstream.release))
+
+
+async def _invoke_remote(
+    dapr: Dapr,
+    target: str,
+    method: str,
+    verb: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: Body,
+    timeout: float | None,
+) -> InvokeResponse:
+    from ._proxy import PATH_SAFE, Target, Upstreams
+
+    if dapr._remote_invoker is None:
+        dapr._remote_invoker = Upstreams(InvocationSettings(), {}, app_id=dapr.app_id, namespace="default")
+    if dapr._api_token:
+        headers = [*headers, ("dapr-api-token", dapr._api_token)]  # to daprd, this app's own sidecar
+    daprd = Target("app", "daprd", dapr.dapr_http_endpoint.rstrip("/"))
+    path = f"v1.0/invoke/{quote(target, safe='')}/method/{quote(method, safe=PATH_SAFE)}"
+    upstream = await dapr._remote_invoker.open(
+        daprd, path, verb, query, headers, body, timeout=timeout, escaped=True
+    )
+    return InvokeResponse(upstream.status, upstream.headers, upstream.chunks(), _closer(upstream.release))
+
+
+def _closer(release: Any) -> Any:
+    async def close() -> None:
+        release()
+
+    return close
+
+
+async def _invoke_self(
+    dapr: Dapr,
+    method: str,
+    verb: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: Body,
+    timeout: float | None,
+) -> InvokeResponse:
+    """This app's own route, in process, streaming both ways as the HTTP API does."""
+    runtime = dapr._running()
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": verb,
+        "scheme": "http",
+        "path": "/" + method,
+        "raw_path": quote("/" + method).encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+        "extensions": {},
+    }
+    if runtime.lifespan_state is not None:
+        scope["state"] = dict(runtime.lifespan_state)
+    messages: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=16)
+    finished = asyncio.Event()
+
+    async def receive() -> Message:
+        if body is None or isinstance(body, bytes):
+            if not finished.is_set():
+                finished.set()
+                return {"type": "http.request", "body": body or b"", "more_body": False}
+        else:
+            async for chunk in body:
+                return {"type": "http.request", "body": chunk, "more_body": True}
+            if not finished.is_set():
+                finished.set()
+                return {"type": "http.request", "body": b"", "more_body": False}
+        await response_done.wait()
+        return {"type": "http.disconnect"}
+
+    response_done = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        await messages.put(message)
+
+    async def run() -> None:
+        try:
+            await invoke_self(
+                runtime.app,
+                scope,
+                receive,
+                send,
+                method=method,
+                via_header=False,
+                api_token_configured=False,
+                app_api_token=runtime.app_api_token,
+                app_id=runtime.app_id,
+                namespace=runtime.namespace,
+                max_body_size=dapr.sidecar.max_body_size if dapr.sidecar is not None else 4 << 20,
+            )
+        finally:
+            await messages.put(None)
+
+    task = asyncio.create_task(run())
+    try:
+        start = await asyncio.wait_for(messages.get(), timeout)
+    except asyncio.TimeoutError:
+        task.cancel()
+        raise DaprAPIError(
+            500,
+            "ERR_DIRECT_INVOKE",
+            f"failed to invoke, id: {runtime.app_id}, err: no answer within {timeout}s",
+        ) from None
+    if start is None or start["type"] != "http.response.start":
+        problem = None
+        with contextlib.suppress(asyncio.CancelledError):
+            problem = task.exception() if task.done() else None
+        raise DaprAPIError(
+            500,
+            "ERR_DIRECT_INVOKE",
+            f"failed to invoke, id: {runtime.app_id}, err: the app failed before answering: {problem!r}",
+        )
+
+    complete = False
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal complete
+        while True:
+            message = await messages.get()
+            if message is None:
+                return
+            if message["type"] == "http.response.body":
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    complete = True
+                    return
+
+    async def close() -> None:
+        response_done.set()
+        if not complete:
+            task.cancel()  # the caller stopped reading: the app sees the request go away
+        # A complete answer lets the app finish (its background tasks run after it).
+        try:
+            await task
+        except asyncio.CancelledError:
+            if complete:
+                raise
+        except Exception:
+            logger.debug("the app raised after answering an invocation of %s", method, exc_info=True)
+
+    return InvokeResponse(start["status"], start.get("headers", []), chunks(), close)
