@@ -18,7 +18,7 @@ from starlette.types import Message
 
 from ._exceptions import DaprAPIError
 from ._invocation import InvocationSettings, InvokeResponse
-from ._invoke import InvalidMethod, invoke_self, normalize_method
+from ._invoke import VERBS, InvalidMethod, invoke_self, normalize_method
 
 if TYPE_CHECKING:
     from ._dapr import Dapr
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
-
-_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 def _body(json: Any, content: bytes | str | AsyncIterable[bytes] | None) -> tuple[Body, str | None]:
@@ -67,8 +65,8 @@ async def invoke(
     timeout: float | None,
 ) -> InvokeResponse:
     verb = http_method.upper()
-    if verb not in _VERBS:
-        raise ValueError(f"http_method must be one of {sorted(_VERBS)}, not {http_method!r}")
+    if verb not in VERBS:
+        raise ValueError(f"http_method must be one of {sorted(VERBS)}, not {http_method!r}")
     try:
         method = normalize_method(method.lstrip("/"))
     except InvalidMethod as exc:

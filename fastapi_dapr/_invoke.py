@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
         "proxy-authenticate",
     }
 )
-_VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _IDENTITY = ("dapr-caller-app-id", "dapr-callee-app-id", "dapr-caller-namespace")
 
 
@@ -157,7 +157,7 @@ async def invoke_self(
     child = dict(scope)
     child.update(
         {
-            "method": verb if verb in _VERBS else "POST",  # daprd sends an unknown verb as POST
+            "method": verb if verb in VERBS else "POST",  # daprd sends an unknown verb as POST
             "path": "/" + method,
             "raw_path": quote("/" + method).encode(),
             "root_path": "",

@@ -32,7 +32,7 @@ from ._endpoints import ResolvedEndpoint
 from ._errors import error_response
 from ._exceptions import DaprAPIError
 from ._invocation import InvocationSettings
-from ._invoke import HOP_BY_HOP
+from ._invoke import HOP_BY_HOP, VERBS
 
 __all__: list[str] = []
 
@@ -83,16 +83,25 @@ class Target:
 class Upstream:
     """An answer being received: status and headers known, body still to come."""
 
-    __slots__ = ("_response", "headers", "status")
+    __slots__ = ("_response", "content", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
         self.headers = response_headers(response.raw_headers)
+        self.content = response.content
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._response.content.iter_any():
             yield chunk
+
+    async def next_chunk(self) -> tuple[bytes, bool]:
+        """Whatever has arrived (an event is passed on at once), and whether it is the last.
+
+        A small answer arrives whole with its headers: it is then sent in one piece.
+        """
+        chunk = await self.content.readany()
+        return chunk, not chunk or self.content.at_eof()
 
     def release(self) -> None:
         """Give the connection back (the body was read) or drop it (it wasn't)."""
@@ -550,6 +559,8 @@ async def proxy_asgi(
         headers.append(("content-length", content_length.decode("latin-1").strip()))
     body = _RequestBody(receive, max_body_size) if _has_body(raw) else None
     verb = scope["method"].upper()
+    if verb not in VERBS:
+        verb = "POST"  # as daprd sends a verb it does not know
     try:
         upstream = await upstreams.open(
             target,
@@ -579,9 +590,11 @@ async def proxy_asgi(
             # waiting for the next event, and stop the upstream then.
             watcher = asyncio.ensure_future(_wait_disconnect(receive))
             watcher.add_done_callback(lambda task: None if task.cancelled() else upstream.abort())
-        async for chunk in upstream.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        while True:
+            chunk, last = await upstream.next_chunk()
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if last:
+                break
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         # Too late for an error answer: the caller sees the stream cut short.
         logger.warning("invocation of %s: the answer was cut short: %s", target.name, exc)

@@ -1,0 +1,366 @@
+#!/usr/bin/env python
+"""Service invocation through the embedded sidecar's proxy, against the upstream called directly.
+
+uvicorn processes on loopback, one worker each: the upstream
+(bench/apps/upstream_app.py, `GET /hello`) and the proxy app
+(bench/apps/proxy_app.py, an HTTPEndpoint `upstream` pointing at it).
+Measured in the same run, rounds alternated:
+
+1. Throughput, `wrk` with the same settings against
+   - the upstream directly (baseline),
+   - `GET /v1.0/invoke/upstream/method/hello` on the proxy app (target >= 0.6 x direct),
+   - the same proxy app with httpx in place of aiohttp (`BENCH_PROXY_CLIENT=httpx`,
+     a third process): the cost of the HTTP client alone, which chose the client;
+   with each server process's CPU time per request (from /proc).
+2. Latency at a fixed moderate rate (`--rate`, 500 requests/s): an open-loop
+   generator in this process sends on a schedule over keep-alive connections
+   and times each answer from its scheduled start (so a stall counts in full).
+   p50 and p99, direct and through the proxy; target: at most 0.5 ms added p50.
+
+Prints a markdown table and writes bench/results/invoke_proxy.json. `--quick`
+runs everything small and short and does not judge the targets.
+
+    python bench/invoke_proxy.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from publish_deliver import Row, environment, free_port, markdown, parse_wrk, row_json
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results" / "invoke_proxy.json"
+THROUGHPUT_TARGET = 0.6
+ADDED_P50_TARGET_MS = 0.5
+SUBJECTS = ("direct", "proxy", "proxy_httpx")
+INVOKE_PATH = "/v1.0/invoke/upstream/method/hello"
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    quick: bool
+    threads: int
+    connections: int
+    duration: float
+    warmup: float
+    rounds: int
+    rate: float  # requests/s of the fixed-rate latency runs
+    latency_seconds: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def wait_ready(port: int, path: str, server: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {server.returncode} before serving")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"uvicorn did not answer {path} on port {port} within {timeout}s")
+
+
+@contextlib.contextmanager
+def uvicorn(target: str, ready_path: str, log: Path, env: dict[str, str]) -> Iterator[tuple[int, int]]:
+    """uvicorn serving `target` (module:app in bench/apps), one worker; yields (port, pid)."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", target, "--app-dir", str(BENCH),
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=BENCH.parent, env={**os.environ, **env}
+        )
+        try:
+            wait_ready(port, ready_path, server)
+            yield port, server.pid
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def run_wrk(url: str, settings: Settings, seconds: float) -> dict[str, Any]:
+    command = [
+        "wrk", f"-t{settings.threads}", f"-c{settings.connections}", f"-d{max(1, round(seconds))}s",
+        "--timeout", "30s", "--latency", url,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    run = dataclasses.asdict(parse_wrk(done.stdout))
+    for percent in ("50", "99"):
+        found = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\b", done.stdout, re.MULTILINE)
+        if found:
+            scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[found.group(2)]
+            run[f"p{percent}_ms"] = float(found.group(1)) * scale
+    return run
+
+
+# -- fixed-rate latency ------------------------------------------------------------------------
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+    if length is None:
+        raise RuntimeError(f"an answer without Content-Length: {head!r}")
+    await reader.readexactly(int(length.group(1)))
+    return status
+
+
+async def fixed_rate(
+    port: int, path: str, rate: float, seconds: float, connections: int = 16
+) -> dict[str, Any]:
+    """Open loop: request i is due at start + i / rate, whatever happened before it."""
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    latencies: list[float] = []  # from the request written to the answer read
+    from_due: list[float] = []  # from when it was due: counts the generator's own delays too
+    failures = 0
+
+    async def one(due: float) -> None:
+        nonlocal failures
+        reader, writer = await pool.get()
+        try:
+            sent = time.perf_counter()
+            writer.write(request)
+            status = await _read_answer(reader)
+        finally:
+            pool.put_nowait((reader, writer))
+        if status != 200:
+            failures += 1
+        done = time.perf_counter()
+        latencies.append((done - sent) * 1000)
+        from_due.append((done - due) * 1000)
+
+    total = int(rate * seconds)
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        _, writer = pool.get_nowait()
+        writer.close()
+    latencies.sort()
+    from_due.sort()
+
+    def p99(values: list[float]) -> float:
+        return values[min(len(values) - 1, int(len(values) * 0.99))]
+
+    return {
+        "requests": total,
+        "failures": failures,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": p99(latencies),
+        "mean_ms": statistics.fmean(latencies),
+        "p50_from_due_ms": statistics.median(from_due),
+        "p99_from_due_ms": p99(from_due),
+    }
+
+
+def run_loop(coroutine: Any) -> Any:
+    """uvloop when installed: the generator's own overhead is then smaller."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def bench(settings: Settings, workdir: Path) -> tuple[dict[str, Any], list[str]]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: apt-get install -y wrk")
+    problems: list[str] = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SUBJECTS}
+    latency: dict[str, list[dict[str, Any]]] = {"direct": [], "proxy": []}
+    logs = {name: workdir / f"{name}.log" for name in SUBJECTS}
+    with contextlib.ExitStack() as stack:
+        up_port, up_pid = stack.enter_context(uvicorn("apps.upstream_app:app", "/hello", logs["direct"], {}))
+        upstream_url = f"http://127.0.0.1:{up_port}"
+        servers = {"direct": (up_port, up_pid, "/hello")}
+        for name, client in (("proxy", "aiohttp"), ("proxy_httpx", "httpx")):
+            env = {"BENCH_UPSTREAM_URL": upstream_url, "BENCH_PROXY_CLIENT": client}
+            port, pid = stack.enter_context(uvicorn("apps.proxy_app:app", INVOKE_PATH, logs[name], env))
+            servers[name] = (port, pid, INVOKE_PATH)
+        for name in SUBJECTS:
+            port, _, path = servers[name]
+            run_wrk(f"http://127.0.0.1:{port}{path}", settings, settings.warmup)
+        for _ in range(settings.rounds):
+            for name in SUBJECTS:
+                port, pid, path = servers[name]
+                before = cpu_seconds(pid)
+                run = run_wrk(f"http://127.0.0.1:{port}{path}", settings, settings.duration)
+                run["cpu_ms_per_request"] = (cpu_seconds(pid) - before) * 1000 / max(1, run["requests"])
+                runs[name].append(run)
+            for name in latency:
+                port, _, path = servers[name]
+                latency[name].append(
+                    run_loop(fixed_rate(port, path, settings.rate, settings.latency_seconds))
+                )
+    for name, name_runs in runs.items():
+        for run in name_runs:
+            if run["non_2xx"]:
+                problems.append(f"wrk {name}: {run['non_2xx']} answers were not 2xx")
+            if run["socket_errors"]:
+                problems.append(f"wrk {name}: socket errors: {run['socket_errors']}")
+    for name, name_runs in latency.items():
+        if any(run["failures"] for run in name_runs):
+            problems.append(f"fixed rate {name}: some answers were not 200")
+    for log in logs.values():
+        text = log.read_text(errors="replace").strip()
+        if text:
+            problems.append(f"{log.name}:\n{text}")
+
+    def median(values: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(run[key] for run in values)
+
+    figures: dict[str, Any] = {"wrk": runs, "fixed_rate": latency}
+    for name in SUBJECTS:
+        figures[f"{name}_per_s"] = median(runs[name], "requests_per_s")
+        figures[f"{name}_cpu_ms_per_request"] = median(runs[name], "cpu_ms_per_request")
+        figures[f"{name}_wrk_p50_ms"] = median(runs[name], "p50_ms")
+        figures[f"{name}_wrk_p99_ms"] = median(runs[name], "p99_ms")
+    for name in latency:
+        figures[f"{name}_p50_ms"] = median(latency[name], "p50_ms")
+        figures[f"{name}_p99_ms"] = median(latency[name], "p99_ms")
+    figures["throughput_ratio"] = statistics.median(
+        proxy["requests_per_s"] / direct["requests_per_s"]
+        for proxy, direct in zip(runs["proxy"], runs["direct"], strict=True)
+    )
+    figures["added_p50_ms"] = statistics.median(
+        proxy["p50_ms"] - direct["p50_ms"]
+        for proxy, direct in zip(latency["proxy"], latency["direct"], strict=True)
+    )
+    return figures, problems
+
+
+def build_rows(settings: Settings, figures: dict[str, Any]) -> list[Row]:
+    direct = figures["direct_per_s"]
+    rate = f"at {settings.rate:.0f}/s"
+    return [
+        Row("direct to the upstream (wrk)", direct, "req/s"),
+        Row("through the proxy (wrk)", figures["proxy_per_s"], "req/s", direct, "direct", THROUGHPUT_TARGET),
+        Row("the same proxy on httpx (wrk)", figures["proxy_httpx_per_s"], "req/s", direct, "direct"),
+        Row(f"p50 direct, {rate}", figures["direct_p50_ms"], "ms"),
+        Row(f"p50 through the proxy, {rate}", figures["proxy_p50_ms"], "ms"),
+        Row(f"p99 direct, {rate}", figures["direct_p99_ms"], "ms"),
+        Row(f"p99 through the proxy, {rate}", figures["proxy_p99_ms"], "ms"),
+        Row("CPU per request, upstream (direct run)", figures["direct_cpu_ms_per_request"], "ms"),
+        Row("CPU per request, proxy process", figures["proxy_cpu_ms_per_request"], "ms"),
+        Row("CPU per request, proxy process on httpx", figures["proxy_httpx_cpu_ms_per_request"], "ms"),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small and short, for CI; targets not judged")
+    parser.add_argument("--threads", type=int, help="wrk threads (1)")
+    parser.add_argument("--connections", type=int, help="wrk connections (32)")
+    parser.add_argument("--duration", type=float, help="seconds of each measured wrk run (5; quick 1)")
+    parser.add_argument("--warmup", type=float, help="seconds of wrk warm-up per subject (2; quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds, the median is kept (3; quick 1)")
+    parser.add_argument("--rate", type=float, help="requests/s of the fixed-rate latency runs (500)")
+    parser.add_argument("--latency-seconds", type=float, help="seconds of each fixed-rate run (5; quick 1)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
+    args = parser.parse_args()
+
+    def pick(value: Any, normal: Any, short: Any) -> Any:
+        return value if value is not None else (short if args.quick else normal)
+
+    settings = Settings(
+        quick=args.quick,
+        threads=pick(args.threads, 1, 1),
+        connections=pick(args.connections, 32, 32),
+        duration=pick(args.duration, 5.0, 1.0),
+        warmup=pick(args.warmup, 2.0, 1.0),
+        rounds=pick(args.rounds, 3, 1),
+        rate=pick(args.rate, 500.0, 500.0),
+        latency_seconds=pick(args.latency_seconds, 5.0, 1.0),
+    )
+    env = environment()
+    print(f"invoke_proxy: {'quick' if settings.quick else 'normal'} mode, {env}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-invoke-") as tmp:
+        figures, problems = bench(settings, Path(tmp))
+    rows = build_rows(settings, figures)
+    print(markdown(rows, settings.quick))
+    added = figures["added_p50_ms"]
+    verdict = (
+        "not judged (--quick)" if settings.quick else ("pass" if added <= ADDED_P50_TARGET_MS else "FAIL")
+    )
+    print(
+        f"\nAdded p50 latency at {settings.rate:.0f} requests/s: {added:.3f} ms "
+        f"(target ≤ {ADDED_P50_TARGET_MS} ms): {verdict}"
+    )
+    if problems:
+        print("\nProblems seen during the run:")
+        for problem in problems:
+            print(f"- {problem}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "benchmark": "invoke_proxy",
+        "mode": "quick" if settings.quick else "normal",
+        "settings": dataclasses.asdict(settings),
+        "environment": env,
+        "rows": [row_json(row, settings.quick) for row in rows],
+        "added_p50_ms": added,
+        "added_p50_passed": None if settings.quick else added <= ADDED_P50_TARGET_MS,
+        "figures": figures,
+        "problems": problems,
+    }
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
