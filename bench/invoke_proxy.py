@@ -9,8 +9,9 @@ Measured in the same run, rounds alternated:
 1. Throughput, `wrk` with the same settings against
    - the upstream directly (baseline),
    - `GET /v1.0/invoke/upstream/method/hello` on the proxy app (target >= 0.6 x direct),
-   - the same proxy app with httpx in place of aiohttp (`BENCH_PROXY_CLIENT=httpx`,
-     a third process): the cost of the HTTP client alone, which chose the client;
+   - the same proxy app with aiohttp's and with httpx's client in place of its own
+     (`BENCH_PROXY_CLIENT`, a process each): the cost of the HTTP client alone,
+     which chose the client;
    with each server process's CPU time per request (from /proc).
 2. Latency at a fixed moderate rate (`--rate`, 500 requests/s): an open-loop
    generator in this process sends on a schedule over keep-alive connections
@@ -49,7 +50,7 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "invoke_proxy.json"
 THROUGHPUT_TARGET = 0.6
 ADDED_P50_TARGET_MS = 0.5
-SUBJECTS = ("direct", "proxy", "proxy_httpx")
+SUBJECTS = ("direct", "proxy", "proxy_aiohttp", "proxy_httpx")
 INVOKE_PATH = "/v1.0/invoke/upstream/method/hello"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
@@ -226,7 +227,7 @@ def bench(settings: Settings, workdir: Path) -> tuple[dict[str, Any], list[str]]
         up_port, up_pid = stack.enter_context(uvicorn("apps.upstream_app:app", "/hello", logs["direct"], {}))
         upstream_url = f"http://127.0.0.1:{up_port}"
         servers = {"direct": (up_port, up_pid, "/hello")}
-        for name, client in (("proxy", "aiohttp"), ("proxy_httpx", "httpx")):
+        for name, client in (("proxy", ""), ("proxy_aiohttp", "aiohttp"), ("proxy_httpx", "httpx")):
             env = {"BENCH_UPSTREAM_URL": upstream_url, "BENCH_PROXY_CLIENT": client}
             port, pid = stack.enter_context(uvicorn("apps.proxy_app:app", INVOKE_PATH, logs[name], env))
             servers[name] = (port, pid, INVOKE_PATH)
@@ -288,6 +289,7 @@ def build_rows(settings: Settings, figures: dict[str, Any]) -> list[Row]:
     return [
         Row("direct to the upstream (wrk)", direct, "req/s"),
         Row("through the proxy (wrk)", figures["proxy_per_s"], "req/s", direct, "direct", THROUGHPUT_TARGET),
+        Row("the same proxy on aiohttp (wrk)", figures["proxy_aiohttp_per_s"], "req/s", direct, "direct"),
         Row("the same proxy on httpx (wrk)", figures["proxy_httpx_per_s"], "req/s", direct, "direct"),
         Row(f"p50 direct, {rate}", figures["direct_p50_ms"], "ms"),
         Row(f"p50 through the proxy, {rate}", figures["proxy_p50_ms"], "ms"),
@@ -295,7 +297,8 @@ def build_rows(settings: Settings, figures: dict[str, Any]) -> list[Row]:
         Row(f"p99 through the proxy, {rate}", figures["proxy_p99_ms"], "ms"),
         Row("CPU per request, upstream (direct run)", figures["direct_cpu_ms_per_request"], "ms"),
         Row("CPU per request, proxy process", figures["proxy_cpu_ms_per_request"], "ms"),
-        Row("CPU per request, proxy process on httpx", figures["proxy_httpx_cpu_ms_per_request"], "ms"),
+        Row("CPU per request, proxy on aiohttp", figures["proxy_aiohttp_cpu_ms_per_request"], "ms"),
+        Row("CPU per request, proxy on httpx", figures["proxy_httpx_cpu_ms_per_request"], "ms"),
     ]
 
 

@@ -1,14 +1,13 @@
 """Service invocation over the network: HTTPEndpoints, URLs and other app ids (reference 6.2 to 6.5).
 
-A streaming reverse proxy on aiohttp's client. aiohttp carries the hot path
-because it measured several times faster than httpx here (docs/benchmarks.md,
-`bench/invoke_proxy.py`). Each target has its own connection pool, made on
-first use and closed with the runtime.
+A streaming reverse proxy on the lean HTTP/1.1 client of `_http1` (chosen by
+`bench/invoke_proxy.py`: see docs/invocation.md). Each target has its own
+connection pools, made on first use and closed with the runtime.
 
 Server-side request forgery is checked where it can't be dodged: URL targets
 must match `InvocationSettings.allowed_urls`, and every address a name
-resolves to is checked by the resolver of the pool that connects to it, so
-the address checked is the address used (no second lookup to rebind).
+resolves to is checked by the pool that then connects to that very address
+(no second lookup to rebind).
 """
 
 from __future__ import annotations
@@ -19,18 +18,17 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Literal
 from urllib.parse import quote
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from ._endpoints import ResolvedEndpoint
 from ._errors import error_response
 from ._exceptions import DaprAPIError
+from ._http1 import Pool, Refused, Response, UpstreamError
 from ._invocation import InvocationSettings
 from ._invoke import HOP_BY_HOP, VERBS
 
@@ -80,35 +78,7 @@ class Target:
         return "url:" if self.kind == "url" else f"{self.kind}:{self.name}"
 
 
-class Upstream:
-    """An answer being received: status and headers known, body still to come."""
-
-    __slots__ = ("_response", "content", "headers", "status")
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status = response.status
-        self.headers = response_headers(response.raw_headers)
-        self.content = response.content
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.content.iter_any():
-            yield chunk
-
-    async def next_chunk(self) -> tuple[bytes, bool]:
-        """Whatever has arrived (an event is passed on at once), and whether it is the last.
-
-        A small answer arrives whole with its headers: it is then sent in one piece.
-        """
-        chunk = await self.content.readany()
-        return chunk, not chunk or self.content.at_eof()
-
-    def release(self) -> None:
-        """Give the connection back (the body was read) or drop it (it wasn't)."""
-        self._response.release()
-
-    def abort(self) -> None:
-        self._response.close()
+Upstream = Response  # an answer being received: status and headers known, body to come
 
 
 # -- the address policy ------------------------------------------------------
@@ -142,32 +112,15 @@ def address_problem(address: str, allow_private: bool) -> str | None:
     return f"{ip} is a {kind} address; {hint}"
 
 
-class _CheckedResolver(AbstractResolver):
-    """Resolves a name, then refuses it if any of its addresses is not allowed.
+def address_check(allow_private: bool) -> Callable[[str, str], None]:
+    """The check a pool runs on every address a name resolves to, before connecting."""
 
-    The connector connects only to what this returns, so the address checked
-    is the address connected to, on redirects too. `trusted` names (an
-    HTTPEndpoint's or an app's own host) are the operator's and reach any address.
-    """
+    def check(host: str, address: str) -> None:
+        problem = address_problem(address, allow_private)
+        if problem is not None:
+            raise Refused(f"{host} resolves to {problem}")
 
-    def __init__(self, allow_private: bool, trusted: frozenset[str] = frozenset()) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-        self._allow_private = allow_private
-        self._trusted = trusted
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        if host.lower().rstrip(".") not in self._trusted:
-            for result in results:
-                problem = address_problem(result["host"], self._allow_private)
-                if problem is not None:
-                    raise Forbidden(f"{host} resolves to {problem}")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
+    return check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,32 +265,23 @@ def is_sse(headers: Sequence[tuple[str, str]]) -> bool:
 def describe(exc: BaseException, url: URL) -> str:
     """A useful message for a transport failure."""
     where = f"{url.host}:{url.port}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS: the certificate of {where} was refused: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return f"TLS handshake with {where} failed: {exc.os_error}"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"the host {url.host} could not be resolved: {exc.os_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"could not connect to {where}: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the certificate of {where} was refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"the host {url.host} could not be resolved: {exc.strerror}"
+    if isinstance(exc, UpstreamError):
+        return f"{where}: {exc}"
     if isinstance(exc, asyncio.TimeoutError):
         return f"no answer from {where} within the timeout"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return f"{where} closed the connection before answering"
+    if isinstance(exc, OSError):
+        return f"could not connect to {where}: {exc.strerror or exc}"
     return f"{type(exc).__name__} talking to {where}: {exc}"
 
 
 def invoke_error(status: int, target: str, message: str) -> DaprAPIError:
     return DaprAPIError(status, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: {message}")
-
-
-def _forbidden_cause(exc: BaseException) -> Forbidden | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, Forbidden):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 class Upstreams:
@@ -356,7 +300,7 @@ class Upstreams:
         self.app_id = app_id
         self.namespace = namespace
         self.policy = UrlPolicy(settings.allowed_urls, settings.allow_private_addresses)
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[tuple[str, str, str, int], Pool] = {}
         self._closed = False
 
     def resolve(self, name: str) -> Target | None:
@@ -375,36 +319,34 @@ class Upstreams:
             return Target("app", name, base_url)
         return None
 
-    def _session(self, target: Target) -> aiohttp.ClientSession:
-        key = target.pool_key
-        session = self._sessions.get(key)
-        if session is None:
+    def _pool(self, target: Target, url: URL) -> Pool:
+        """The pool for `url`'s origin, as reached for `target` (its TLS and its trust)."""
+        scheme, host, port = url.scheme, (url.host or "").lower(), url.port or 0
+        key = (target.pool_key, scheme, host, port)
+        pool = self._pools.get(key)
+        if pool is None:
             if self._closed:
                 raise invoke_error(500, target.name, "the sidecar is shutting down")
-            trusted = frozenset() if target.kind == "url" else frozenset({_host_of(target.base_url)})
-            connector = aiohttp.TCPConnector(
+            # The operator's own targets reach any address on their own host; everything
+            # else is checked on every address it resolves to.
+            trusted = target.kind != "url" and host == _host_of(target.base_url)
+            pool = Pool(
+                scheme,
+                host,
+                port,
+                ssl_context=target.ssl_context if trusted else None,
+                check=None if trusted else address_check(self.settings.allow_private_addresses),
+                connect_timeout=self.settings.connect_timeout,
                 limit=self.settings.pool_size,
-                ssl=target.ssl_context if target.ssl_context is not None else True,
-                resolver=_CheckedResolver(self.settings.allow_private_addresses, trusted),
             )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,  # the body goes through as the upstream encoded it
-                skip_auto_headers=_SKIP_AUTO,
-                cookie_jar=aiohttp.DummyCookieJar(),  # one caller's cookies are never another's
-                trust_env=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=self.settings.timeout, sock_connect=self.settings.connect_timeout
-                ),
-            )
-            self._sessions[key] = session
-        return session
+            self._pools[key] = pool
+        return pool
 
     async def close(self) -> None:
         self._closed = True
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
 
     async def open(
         self,
@@ -423,14 +365,15 @@ class Upstreams:
         `method` is the decoded path below the target's base URL (`escaped`: already escaped).
         """
         url = target_url(target.base_url, method, raw_query, escaped=escaped)
-        session = self._session(target)
+        hop_target = target
         for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._send(target, session, url, verb, headers, body, timeout)
+            response = await self._send(hop_target, url, verb, headers, body, timeout)
             if target.kind != "endpoint" or response.status not in _REDIRECTS:
                 return response
             # daprd's HTTPEndpoint channels follow redirects as Go's client does; URL
             # targets get the 3xx back. A body already streamed can't be sent twice.
-            location = response._response.headers.get("location")
+            location_bytes = response.header(b"location")
+            location = location_bytes.decode("latin-1") if location_bytes is not None else None
             replays_body = response.status in (307, 308)
             if location is None or (replays_body and body is not None and not isinstance(body, bytes)):
                 return response
@@ -448,14 +391,13 @@ class Upstreams:
                     raise invoke_error(403, target.name, f"redirect to {next_url} refused: {exc}") from None
                 private = {name.lower() for name, _ in target.headers} | {"authorization", "cookie"}
                 headers = [(k, v) for k, v in headers if k.lower() not in private]
-                session = self._session(Target("url", str(next_url), str(next_url)))
+                hop_target = Target("url", str(next_url), str(next_url))
             url = next_url
         raise invoke_error(500, target.name, f"stopped after {_MAX_REDIRECTS} redirects")
 
     async def _send(
         self,
         target: Target,
-        session: aiohttp.ClientSession,
         url: URL,
         verb: str,
         headers: list[tuple[str, str]],
@@ -467,21 +409,20 @@ class Upstreams:
                 self.policy.check(url)
             except Forbidden as exc:
                 raise invoke_error(403, target.name, str(exc)) from None
-        options: dict[str, Any] = {}
-        if timeout is not None:
-            options["timeout"] = aiohttp.ClientTimeout(
-                total=timeout, sock_connect=min(timeout, self.settings.connect_timeout)
-            )
+        pool = self._pool(target, url)
+        limit = timeout if timeout is not None else self.settings.timeout
         try:
-            response = await session.request(
-                verb, url, headers=headers, data=body, allow_redirects=False, **options
-            )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, Forbidden) as exc:
-            forbidden = _forbidden_cause(exc)
-            if forbidden is not None:
-                raise invoke_error(403, target.name, str(forbidden)) from None
+            sending = pool.request(verb, url.raw_path_qs, headers, body)
+            response = await (asyncio.wait_for(sending, limit) if limit is not None else sending)
+        except Refused as exc:
+            raise invoke_error(403, target.name, str(exc)) from None
+        except asyncio.TimeoutError:
+            where = f"{url.host}:{url.port}"
+            raise invoke_error(500, target.name, f"no answer from {where} within {limit}s") from None
+        except Exception as exc:
             raise invoke_error(500, target.name, describe(exc, url)) from exc
-        return Upstream(response)
+        response.headers = response_headers(response.headers)
+        return response
 
 
 def _host_of(base_url: str) -> str:
@@ -595,7 +536,7 @@ async def proxy_asgi(
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             if last:
                 break
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except UpstreamError as exc:
         # Too late for an error answer: the caller sees the stream cut short.
         logger.warning("invocation of %s: the answer was cut short: %s", target.name, exc)
         upstream.abort()

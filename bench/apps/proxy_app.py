@@ -1,10 +1,11 @@
 """The proxy of bench/invoke_proxy.py: an app with the embedded sidecar, whose HTTPEndpoint
 `upstream` points at `BENCH_UPSTREAM_URL`; the subject is `GET /v1.0/invoke/upstream/method/hello`.
 
-With `BENCH_PROXY_CLIENT=httpx` the same proxy sends its requests with
-`httpx.AsyncClient` instead of aiohttp: everything else (resolution, headers,
-streaming the answer back) is the shipped code, so the difference between the
-two runs is the HTTP client alone. That is how the client was chosen.
+With `BENCH_PROXY_CLIENT=aiohttp` or `=httpx` the same proxy sends its
+requests with aiohttp's or httpx's client instead of fastapi-dapr's own
+(`fastapi_dapr._http1`): everything else (resolution, headers, streaming the
+answer back) is the shipped code, so the difference between the runs is the
+HTTP client alone. That is how the client was chosen.
 """
 
 from __future__ import annotations
@@ -26,20 +27,23 @@ RESOURCES = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     f"spec:\n  baseUrl: {UPSTREAM}\n"
 )
 
-if os.environ.get("BENCH_PROXY_CLIENT") == "httpx":
+CLIENT = os.environ.get("BENCH_PROXY_CLIENT", "")
+
+if CLIENT == "httpx":
     import httpx
 
     from fastapi_dapr import _proxy
 
     class _HttpxUpstream:
-        """What `_proxy.Upstream` offers, over an httpx response."""
+        """What the proxy uses of `_http1.Response`, over an httpx response."""
 
         def __init__(self, response: httpx.Response) -> None:
-            self._response = response
             self.status = response.status_code
             self.headers = _proxy.response_headers(response.headers.raw)
-
             self._chunks = response.aiter_raw()  # closes the response at its end
+
+        def header(self, name: bytes) -> bytes | None:
+            return next((value for key, value in self.headers if key == name), None)
 
         async def chunks(self) -> AsyncIterator[bytes]:
             async for chunk in self._chunks:
@@ -57,17 +61,63 @@ if os.environ.get("BENCH_PROXY_CLIENT") == "httpx":
         def abort(self) -> None:
             pass
 
-    _client: list[httpx.AsyncClient] = []
+    _httpx: list[httpx.AsyncClient] = []
 
-    async def _send_with_httpx(self: Any, target: Any, session: Any, url: Any, verb: str, headers: Any,
-                               body: Any, timeout: Any) -> Any:  # fmt: skip
-        if not _client:
-            _client.append(httpx.AsyncClient(limits=httpx.Limits(max_connections=100), timeout=None))
-        client = _client[0]
-        request = client.build_request(verb, str(url), headers=headers, content=body)
-        return _HttpxUpstream(await client.send(request, stream=True))
+    async def _send_with_httpx(self: Any, target: Any, url: Any, verb: str, headers: Any, body: Any,
+                               timeout: Any) -> Any:  # fmt: skip
+        if not _httpx:
+            _httpx.append(httpx.AsyncClient(limits=httpx.Limits(max_connections=100), timeout=None))
+        request = _httpx[0].build_request(verb, str(url), headers=headers, content=body)
+        return _HttpxUpstream(await _httpx[0].send(request, stream=True))
 
     _proxy.Upstreams._send = _send_with_httpx  # type: ignore[method-assign]
+
+elif CLIENT == "aiohttp":
+    import aiohttp
+
+    from fastapi_dapr import _proxy
+
+    class _AiohttpUpstream:
+        """What the proxy uses of `_http1.Response`, over an aiohttp response."""
+
+        def __init__(self, response: aiohttp.ClientResponse) -> None:
+            self._response = response
+            self.status = response.status
+            self.headers = _proxy.response_headers(response.raw_headers)
+
+        def header(self, name: bytes) -> bytes | None:
+            return next((value for key, value in self.headers if key == name), None)
+
+        async def chunks(self) -> AsyncIterator[bytes]:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+        async def next_chunk(self) -> tuple[bytes, bool]:
+            chunk = await self._response.content.readany()
+            return chunk, not chunk or self._response.content.at_eof()
+
+        def release(self) -> None:
+            self._response.release()
+
+        def abort(self) -> None:
+            self._response.close()
+
+    _aiohttp: list[aiohttp.ClientSession] = []
+
+    async def _send_with_aiohttp(self: Any, target: Any, url: Any, verb: str, headers: Any, body: Any,
+                                 timeout: Any) -> Any:  # fmt: skip
+        if not _aiohttp:
+            _aiohttp.append(
+                aiohttp.ClientSession(
+                    auto_decompress=False,
+                    skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                )
+            )
+        response = await _aiohttp[0].request(verb, url, headers=headers, data=body, allow_redirects=False)
+        return _AiohttpUpstream(response)
+
+    _proxy.Upstreams._send = _send_with_aiohttp  # type: ignore[method-assign]
 
 app = FastAPI()
 dapr = Dapr(app, app_id="proxy", resources_path=str(RESOURCES))
