@@ -13,10 +13,12 @@ Measured in the same run, rounds alternated:
      (`BENCH_PROXY_CLIENT`, a process each): the cost of the HTTP client alone,
      which chose the client;
    with each server process's CPU time per request (from /proc).
-2. Latency at a fixed moderate rate (`--rate`, 500 requests/s): an open-loop
-   generator in this process sends on a schedule over keep-alive connections
-   and times each answer from its scheduled start (so a stall counts in full).
-   p50 and p99, direct and through the proxy; target: at most 0.5 ms added p50.
+2. Latency at a fixed moderate rate (`--rate`, 500 requests/s to each): an
+   open-loop generator in this process sends on a schedule over keep-alive
+   connections, to the upstream and through the proxy alternately, request by
+   request, so that both see the same machine. p50 and p99 of each, timed from
+   the write to the last byte (the JSON also has them from when each request
+   was due); target: at most 0.5 ms added p50.
 
 Prints a markdown table and writes bench/results/invoke_proxy.json. `--quick`
 runs everything small and short and does not judge the targets.
@@ -148,59 +150,65 @@ async def _read_answer(reader: asyncio.StreamReader) -> int:
 
 
 async def fixed_rate(
-    port: int, path: str, rate: float, seconds: float, connections: int = 16
-) -> dict[str, Any]:
-    """Open loop: request i is due at start + i / rate, whatever happened before it."""
-    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-    for _ in range(connections):
-        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-    latencies: list[float] = []  # from the request written to the answer read
-    from_due: list[float] = []  # from when it was due: counts the generator's own delays too
-    failures = 0
+    targets: list[tuple[str, int, str]], rate: float, seconds: float, connections: int = 16
+) -> dict[str, dict[str, Any]]:
+    """Open loop over `targets` (name, port, path), interleaved request by request so that
+    each sees the same machine: each gets `rate` requests/s, due on a fixed schedule."""
+    pools: dict[str, asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+    requests: dict[str, bytes] = {}
+    for name, port, path in targets:
+        pools[name] = asyncio.Queue()
+        for _ in range(connections):
+            pools[name].put_nowait(await asyncio.open_connection("127.0.0.1", port))
+        requests[name] = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    latencies: dict[str, list[float]] = {name: [] for name in pools}  # from write to last byte
+    from_due: dict[str, list[float]] = {name: [] for name in pools}  # from when it was due
+    failures = dict.fromkeys(pools, 0)
 
-    async def one(due: float) -> None:
-        nonlocal failures
-        reader, writer = await pool.get()
+    async def one(name: str, due: float) -> None:
+        reader, writer = await pools[name].get()
         try:
             sent = time.perf_counter()
-            writer.write(request)
+            writer.write(requests[name])
             status = await _read_answer(reader)
         finally:
-            pool.put_nowait((reader, writer))
-        if status != 200:
-            failures += 1
+            pools[name].put_nowait((reader, writer))
         done = time.perf_counter()
-        latencies.append((done - sent) * 1000)
-        from_due.append((done - due) * 1000)
+        if status != 200:
+            failures[name] += 1
+        latencies[name].append((done - sent) * 1000)
+        from_due[name].append((done - due) * 1000)
 
-    total = int(rate * seconds)
+    names = list(pools)
+    total = int(rate * seconds) * len(names)
     start = time.perf_counter() + 0.05
     tasks = []
     for i in range(total):
-        due = start + i / rate
+        due = start + i / (rate * len(names))
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due)))
+        tasks.append(asyncio.create_task(one(names[i % len(names)], due)))
     await asyncio.gather(*tasks)
-    while not pool.empty():
-        _, writer = pool.get_nowait()
-        writer.close()
-    latencies.sort()
-    from_due.sort()
+    for pool in pools.values():
+        while not pool.empty():
+            _, writer = pool.get_nowait()
+            writer.close()
 
     def p99(values: list[float]) -> float:
-        return values[min(len(values) - 1, int(len(values) * 0.99))]
+        return float(sorted(values)[min(len(values) - 1, int(len(values) * 0.99))])
 
     return {
-        "requests": total,
-        "failures": failures,
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": p99(latencies),
-        "mean_ms": statistics.fmean(latencies),
-        "p50_from_due_ms": statistics.median(from_due),
-        "p99_from_due_ms": p99(from_due),
+        name: {
+            "requests": len(latencies[name]),
+            "failures": failures[name],
+            "p50_ms": statistics.median(latencies[name]),
+            "p99_ms": p99(latencies[name]),
+            "mean_ms": statistics.fmean(latencies[name]),
+            "p50_from_due_ms": statistics.median(from_due[name]),
+            "p99_from_due_ms": p99(from_due[name]),
+        }
+        for name in names
     }
 
 
@@ -241,11 +249,10 @@ def bench(settings: Settings, workdir: Path) -> tuple[dict[str, Any], list[str]]
                 run = run_wrk(f"http://127.0.0.1:{port}{path}", settings, settings.duration)
                 run["cpu_ms_per_request"] = (cpu_seconds(pid) - before) * 1000 / max(1, run["requests"])
                 runs[name].append(run)
-            for name in latency:
-                port, _, path = servers[name]
-                latency[name].append(
-                    run_loop(fixed_rate(port, path, settings.rate, settings.latency_seconds))
-                )
+            pair = [(name, servers[name][0], servers[name][2]) for name in latency]
+            measured = run_loop(fixed_rate(pair, settings.rate, settings.latency_seconds))
+            for name, stats in measured.items():
+                latency[name].append(stats)
     for name, name_runs in runs.items():
         for run in name_runs:
             if run["non_2xx"]:

@@ -537,17 +537,15 @@ async def proxy_asgi(
             if last:
                 break
     except UpstreamError as exc:
-        # Too late for an error answer: the caller sees the stream cut short.
-        logger.warning("invocation of %s: the answer was cut short: %s", target.name, exc)
-        upstream.abort()
-        return
+        if watcher is None or not watcher.done():  # not the caller leaving an event stream
+            # Too late for an error answer: the caller sees the stream cut short.
+            logger.warning("invocation of %s: the answer was cut short: %s", target.name, exc)
     except OSError:
-        upstream.abort()  # the caller went away
-        return
+        pass  # the caller went away
     finally:
         if watcher is not None:
             watcher.cancel()
-    upstream.release()
+        upstream.abort()  # nothing if the answer was read whole: its connection is back in the pool
 
 
 async def _wait_disconnect(receive: Receive) -> None:

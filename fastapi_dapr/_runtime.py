@@ -189,7 +189,7 @@ class Runtime:
     def upstreams(self) -> Upstreams:
         """The network targets and their connection pools, made on first use."""
         if self._upstreams is None:
-            from ._proxy import Upstreams  # aiohttp is loaded only when something is invoked
+            from ._proxy import Upstreams  # loaded only when something is invoked
 
             self._upstreams = Upstreams(
                 self.invocation, self.http_endpoints, app_id=self.app_id, namespace=self.namespace

@@ -32,6 +32,7 @@ class Upstream:
         self.seen: list[dict[str, Any]] = []
         self.release_sse = asyncio.Event()
         self.closing = asyncio.Event()
+        self.sse_stopped = asyncio.Event()
         self.uploaded: list[int] = []
         app = self.app
 
@@ -41,6 +42,17 @@ class Upstream:
                 yield b"data: first\n\n"
                 await self.release_sse.wait()  # the test reads the first event before this
                 yield b"data: second\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        @app.get("/sse-forever")
+        async def sse_forever() -> StreamingResponse:
+            async def events() -> AsyncIterator[bytes]:
+                try:
+                    yield b"data: only\n\n"
+                    await self.closing.wait()
+                finally:
+                    self.sse_stopped.set()
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -306,6 +318,22 @@ async def test_server_sent_events_arrive_one_by_one(tmp_path: Path, upstream: tu
         assert await anext(lines) == ""
         server.release_sse.set()
         assert [line async for line in lines] == ["data: second", ""]
+
+
+async def test_a_caller_leaving_an_event_stream_stops_the_upstream(
+    tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    server, url = upstream
+    accept = indent("headers:\n- name: Accept\n  value: text/event-stream", 2) + "\n"
+    app, _ = make_app(tmp_path, endpoint_yaml("svc", url, accept))  # SSE asked for by the resource
+    async with DaprTest(app), serve(app) as app_url:
+        async with (
+            httpx.AsyncClient(base_url=app_url) as client,
+            client.stream("GET", "/v1.0/invoke/svc/method/sse-forever") as answer,
+        ):
+            assert await anext(answer.aiter_lines()) == "data: only"
+        # The caller hung up while the upstream had nothing more to send: the proxy noticed.
+        await asyncio.wait_for(server.sse_stopped.wait(), 10)
 
 
 async def test_body_limit_is_counted_while_streaming(tmp_path: Path, upstream: tuple[Upstream, str]) -> None:
