@@ -159,6 +159,35 @@ class AppCaller:
         return await call_app(target, method, path, headers, body, state=state, extra=extra)
 
 
+def http_scope(
+    method: str,
+    path: str,
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    query_string: bytes = b"",
+    state: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The scope of an in-process request, as a server on loopback would make it."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": _raw_path(path),
+        "query_string": query_string,
+        "root_path": "",
+        "headers": list(headers),
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+        "extensions": {},
+    }
+    if state is not None:
+        scope["state"] = dict(state)  # as servers do: a shallow copy of the lifespan state
+    return scope
+
+
 async def call_app(
     app: ASGIApp,
     method: str,
@@ -170,23 +199,7 @@ async def call_app(
     extra: Mapping[str, Any] | None = None,
 ) -> AppResponse:
     """One HTTP request through `app` (middleware, routing, exception handlers)."""
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": _raw_path(path),
-        "query_string": b"",
-        "root_path": "",
-        "headers": list(headers),
-        "client": ("127.0.0.1", 0),
-        "server": ("127.0.0.1", 0),
-        "extensions": {},
-    }
-    if state is not None:
-        scope["state"] = dict(state)  # as servers do: a shallow copy of the lifespan state
+    scope = http_scope(method, path, headers, state=state)
     if extra:
         scope.update(extra)
     exchange = _Exchange(body)

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from starlette.types import Message
 
+from ._asgi import http_scope
 from ._exceptions import DaprAPIError
 from ._invocation import InvocationSettings, InvokeResponse
 from ._invoke import VERBS, InvalidMethod, invoke_self, normalize_method
@@ -81,45 +82,41 @@ async def invoke(
         header_list.append(("content-length", str(len(body))))
     query = urlencode(list(params.items()) if isinstance(params, Mapping) else list(params or ()))
     if dapr.mode == "remote":
-        return await _invoke_remote(dapr, target, method, verb, query, header_list, body, timeout)
+        return await _invoke_remote(dapr, target, _Call(method, verb, query, header_list, body, timeout))
     runtime = dapr._running()
     if target == runtime.app_id and target not in runtime.http_endpoints:
-        return await _invoke_self(dapr, method, verb, query, header_list, body, timeout)
+        return await _invoke_self(dapr, _Call(method, verb, query, header_list, body, timeout))
+    from ._proxy import with_target_headers
+
     found = runtime.find_target(target)
-    if found.kind == "app":
-        header_list += [
-            ("dapr-caller-app-id", runtime.app_id),
-            ("dapr-callee-app-id", found.name),
-            ("dapr-caller-namespace", runtime.namespace),
-        ]
-    if found.headers:
-        overridden = {name.lower() for name, _ in found.headers}
-        header_list = [(name, value) for name, value in header_list if name not in overridden]
-        header_list += found.headers
+    header_list = with_target_headers(header_list, found, (runtime.app_id, runtime.namespace))
     upstream = await runtime.upstreams().open(found, method, verb, query, header_list, body, timeout=timeout)
     return InvokeResponse(upstream.status, upstream.headers, upstream.chunks(), _closer(upstream.release))
 
 
-async def _invoke_remote(
-    dapr: Dapr,
-    target: str,
-    method: str,
-    verb: str,
-    query: str,
-    headers: list[tuple[str, str]],
-    body: Body,
-    timeout: float | None,
-) -> InvokeResponse:
+class _Call(NamedTuple):
+    """One invocation, read and encoded."""
+
+    method: str
+    verb: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: Body
+    timeout: float | None
+
+
+async def _invoke_remote(dapr: Dapr, target: str, call: _Call) -> InvokeResponse:
     from ._proxy import PATH_SAFE, Target, Upstreams
 
     if dapr._remote_invoker is None:
         dapr._remote_invoker = Upstreams(InvocationSettings(), {}, app_id=dapr.app_id, namespace="default")
+    headers = call.headers
     if dapr._api_token:
         headers = [*headers, ("dapr-api-token", dapr._api_token)]  # to daprd, this app's own sidecar
     daprd = Target("app", "daprd", dapr.dapr_http_endpoint.rstrip("/"))
-    path = f"v1.0/invoke/{quote(target, safe='')}/method/{quote(method, safe=PATH_SAFE)}"
+    path = f"v1.0/invoke/{quote(target, safe='')}/method/{quote(call.method, safe=PATH_SAFE)}"
     upstream = await dapr._remote_invoker.open(
-        daprd, path, verb, query, headers, body, timeout=timeout, escaped=True
+        daprd, path, call.verb, call.query, headers, call.body, timeout=call.timeout, escaped=True
     )
     return InvokeResponse(upstream.status, upstream.headers, upstream.chunks(), _closer(upstream.release))
 
@@ -131,36 +128,20 @@ def _closer(release: Any) -> Any:
     return close
 
 
-async def _invoke_self(
-    dapr: Dapr,
-    method: str,
-    verb: str,
-    query: str,
-    headers: list[tuple[str, str]],
-    body: Body,
-    timeout: float | None,
-) -> InvokeResponse:
+async def _invoke_self(dapr: Dapr, call: _Call) -> InvokeResponse:
     """This app's own route, in process, streaming both ways as the HTTP API does."""
     runtime = dapr._running()
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": verb,
-        "scheme": "http",
-        "path": "/" + method,
-        "raw_path": quote("/" + method).encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
-        "client": ("127.0.0.1", 0),
-        "server": ("127.0.0.1", 0),
-        "extensions": {},
-    }
-    if runtime.lifespan_state is not None:
-        scope["state"] = dict(runtime.lifespan_state)
+    scope = http_scope(
+        call.verb,
+        "/" + call.method,
+        [(name.encode("latin-1"), value.encode("latin-1")) for name, value in call.headers],
+        query_string=call.query.encode(),
+        state=runtime.lifespan_state,
+    )
     messages: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=16)
     finished = asyncio.Event()
+
+    body, timeout = call.body, call.timeout
 
     async def receive() -> Message:
         if body is None or isinstance(body, bytes):
@@ -188,7 +169,7 @@ async def _invoke_self(
                 scope,
                 receive,
                 send,
-                method=method,
+                method=call.method,
                 via_header=False,
                 api_token_configured=False,
                 app_api_token=runtime.app_api_token,
@@ -244,6 +225,6 @@ async def _invoke_self(
             if complete:
                 raise
         except Exception:
-            logger.debug("the app raised after answering an invocation of %s", method, exc_info=True)
+            logger.debug("the app raised after answering an invocation of %s", call.method, exc_info=True)
 
     return InvokeResponse(start["status"], start.get("headers", []), chunks(), close)

@@ -34,9 +34,9 @@ class InvocationSettings:
       name resolves to, on the connection actually made.
       HTTPEndpoint resources and the `apps` table are configuration the
       operator wrote, and reach any address.
-    - `timeout`: seconds for a whole invocation, answer headers included (None:
-      no limit, as in daprd); `connect_timeout` for the connection (daprd: 15).
-    - `pool_size`: connections kept per target.
+    - `timeout`: seconds until the answer's headers arrive (None: no limit, as in
+      daprd); `connect_timeout` for the connection (daprd: 15).
+    - `pool_size`: connections open at once per target.
     """
 
     apps: Mapping[str, str] = dataclasses.field(default_factory=dict)

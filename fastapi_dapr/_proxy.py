@@ -227,15 +227,24 @@ def outbound_headers(
         if name.startswith("grpc-"):
             name = "dapr-" + name
         headers.append((name, value_bytes.decode("latin-1")))
-    if identity is not None:
-        headers += [
+    return with_target_headers(headers, target, identity)
+
+
+def with_target_headers(
+    headers: list[tuple[str, str]], target: Target, identity: tuple[str, str] | None
+) -> list[tuple[str, str]]:
+    """Dapr's caller and callee headers for another app, then the resource's headers,
+    which override the caller's of the same name (reference 6.3)."""
+    if identity is not None and target.kind == "app":
+        headers = [
+            *headers,
             ("dapr-caller-app-id", identity[0]),
             ("dapr-callee-app-id", target.name),
             ("dapr-caller-namespace", identity[1]),
         ]
     if target.headers:
         overridden = {name.lower() for name, _ in target.headers}
-        headers = [(name, value) for name, value in headers if name not in overridden]
+        headers = [(name, value) for name, value in headers if name.lower() not in overridden]
         headers += target.headers
     return headers
 
@@ -493,7 +502,7 @@ async def proxy_asgi(
         raw,
         drop_app_id=via_header,
         target=target,
-        identity=(upstreams.app_id, upstreams.namespace) if target.kind == "app" else None,
+        identity=(upstreams.app_id, upstreams.namespace),
     )
     content_length = next((value for name, value in raw if name == b"content-length"), None)
     if content_length is not None and content_length.strip().isdigit():
