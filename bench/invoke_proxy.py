@@ -318,7 +318,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, help="wrk connections (32)")
     parser.add_argument("--duration", type=float, help="seconds of each measured wrk run (5; quick 1)")
     parser.add_argument("--warmup", type=float, help="seconds of wrk warm-up per subject (2; quick 1)")
-    parser.add_argument("--rounds", type=int, help="rounds, the median is kept (3; quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds, the median is kept (5; quick 1)")
     parser.add_argument("--rate", type=float, help="requests/s of the fixed-rate latency runs (500)")
     parser.add_argument("--latency-seconds", type=float, help="seconds of each fixed-rate run (5; quick 1)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
@@ -333,7 +333,7 @@ def main() -> int:
         connections=pick(args.connections, 32, 32),
         duration=pick(args.duration, 5.0, 1.0),
         warmup=pick(args.warmup, 2.0, 1.0),
-        rounds=pick(args.rounds, 3, 1),
+        rounds=pick(args.rounds, 5, 1),
         rate=pick(args.rate, 500.0, 500.0),
         latency_seconds=pick(args.latency_seconds, 5.0, 1.0),
     )
