@@ -26,6 +26,7 @@ __all__ = [
 BROKER_TYPES: dict[str, tuple[str, str | None]] = {
     # spec.type: (import string, the extra that installs its client)
     "pubsub.in-memory": ("fastapi_dapr.brokers.memory:MemoryBroker", None),
+    "pubsub.redis": ("fastapi_dapr.brokers.redis:RedisBroker", "redis"),
 }
 
 

@@ -1,0 +1,249 @@
+"""`pubsub.redis` against a real redis-server started by the tests (reference 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from fastapi_dapr import RETRY, CloudEvent, Dapr
+from fastapi_dapr.brokers import Broker, BrokerError
+from fastapi_dapr.brokers.memory import MemoryBroker
+from fastapi_dapr.testing import DaprTest
+
+from .redis_server import RedisServer, redis_server
+
+redis = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    async with redis_server(tmp_path) as started:
+        yield started
+
+
+async def make_broker(kind: str, server: RedisServer | None, **metadata: str) -> Broker:
+    if kind == "memory":
+        broker: Broker = MemoryBroker("pubsub", metadata, app_id="app")
+    else:
+        assert server is not None
+        from fastapi_dapr.brokers.redis import RedisBroker
+
+        broker = RedisBroker("pubsub", {"redisHost": server.url, **metadata}, app_id="app")
+    await broker.start()
+    return broker
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker_kind(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, Any]]:
+    if request.param == "memory":
+        yield "memory", None
+        return
+    async with redis_server(tmp_path) as started:
+        yield "redis", started
+
+
+# -- the broker contract, for every broker ------------------------------------------------------
+
+
+async def test_contract_publish_receive_ack(broker_kind: tuple[str, Any]) -> None:
+    broker = await make_broker(*broker_kind)
+    try:
+        consumer = await broker.subscribe("orders")
+        ids = [await broker.publish("orders", f"m{n}".encode(), {"n": str(n)}) for n in range(5)]
+        received = []
+        while len(received) < 5:
+            received += await asyncio.wait_for(consumer.receive(5 - len(received)), 10)
+        assert [d.message.data for d in received] == [f"m{n}".encode() for n in range(5)]
+        assert [d.message.id for d in received] == ids
+        assert received[2].message.metadata == {"n": "2"}
+        assert {d.message.topic for d in received} == {"orders"}
+        for delivery in received:
+            await delivery.ack()
+    finally:
+        await broker.close()
+
+
+async def test_contract_competing_consumers_share_fan_out_across_groups(broker_kind: tuple[str, Any]) -> None:
+    kind, server = broker_kind
+    first = await make_broker(kind, server)
+    # The same consumer group in another broker instance (another replica) for Redis;
+    # in memory, replicas of one process are the one broker.
+    second = await make_broker(kind, server) if kind == "redis" else first
+    other_group = await make_broker(kind, server, consumerID="audit") if kind == "redis" else None
+    try:
+        a = await first.subscribe("t")
+        b = await second.subscribe("t")
+        audit = await other_group.subscribe("t") if other_group else None
+        for n in range(20):
+            await first.publish("t", str(n).encode(), {})
+        seen: list[bytes] = []
+        while len(seen) < 20:
+            for consumer in (a, b) if b is not a else (a,):
+                try:
+                    batch = await asyncio.wait_for(consumer.receive(3), 0.5 if b is not a else 10)
+                except asyncio.TimeoutError:
+                    continue
+                for delivery in batch:
+                    seen.append(delivery.message.data)
+                    await delivery.ack()
+        assert sorted(seen, key=int) == [str(n).encode() for n in range(20)]  # each once
+        if audit is not None:
+            got = []
+            while len(got) < 20:
+                got += await asyncio.wait_for(audit.receive(20), 10)
+            assert len(got) == 20  # another group sees every message too
+    finally:
+        for broker in {id(b): b for b in (first, second, other_group) if b}.values():
+            await broker.close()
+
+
+async def test_contract_returned_messages_come_again(broker_kind: tuple[str, Any]) -> None:
+    broker = await make_broker(*broker_kind)
+    try:
+        consumer = await broker.subscribe("t")
+        await broker.publish("t", b"once", {})
+        (delivery,) = await asyncio.wait_for(consumer.receive(1), 10)
+        await delivery.nack(redeliver=True)
+        (again,) = await asyncio.wait_for(consumer.receive(1), 10)
+        assert again.message.id == delivery.message.id
+        await again.ack()
+    finally:
+        await broker.close()
+
+
+# -- Redis: daprd's layout ---------------------------------------------------------------------
+
+
+async def test_entries_have_daprds_fields(server: RedisServer) -> None:
+    broker = await make_broker("redis", server, maxLenApprox="1000")
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        entry_id = await broker.publish("orders", b'{"id":"1"}', {"ttlInSeconds": "60"})
+        ((read_id, fields),) = await client.xrange("orders")
+        assert read_id.decode() == entry_id
+        assert fields == {b"data": b'{"id":"1"}', b"metadata": b'{"ttlInSeconds": "60"}'}
+        groups = await client.xinfo_groups("orders")
+        assert groups == []  # a publisher creates no group: subscribers do, from 0
+    finally:
+        await client.aclose()
+        await broker.close()
+
+
+async def test_an_entry_written_as_daprd_writes_it_is_delivered(server: RedisServer) -> None:
+    app = FastAPI()
+    (Path(server.folder) / "resources").mkdir()
+    (Path(server.folder) / "resources" / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\nspec:\n"
+        f"  type: pubsub.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: {server.url}\n"
+    )
+    dapr = Dapr(app, app_id="checkout", resources_path=Path(server.folder) / "resources")
+    got: list[CloudEvent[dict[str, Any]]] = []
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent[dict[str, Any]]) -> None:
+        got.append(event)
+
+    # As daprd's XADD: the envelope daprd built, and its metadata map.
+    envelope = {
+        "specversion": "1.0", "id": "e-1", "source": "shop", "type": "com.dapr.event.sent",
+        "datacontenttype": "application/json", "data": {"order": 7}, "topic": "orders",
+        "pubsubname": "pubsub", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }  # fmt: skip
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    async with DaprTest(app) as test:
+        await client.xadd("orders", {"data": json.dumps(envelope), "metadata": "{}"})
+        report = await test.wait_for_delivery(topic="orders", timeout=10)
+        groups = await client.xinfo_groups("orders")
+    await client.aclose()
+    assert report.outcome == "delivered"
+    assert got[0].id == "e-1"
+    assert got[0].data == {"order": 7}
+    assert groups[0]["name"] == b"checkout"  # the group is the consumerID (the app id)
+    assert groups[0]["pending"] == 0  # acknowledged
+
+
+async def test_publish_through_the_app_and_deliver(server: RedisServer, tmp_path: Path) -> None:
+    app, dapr, seen = redis_app(tmp_path, server)
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent[dict[str, int]]) -> None:
+        seen.append(event.data["n"])
+
+    async with DaprTest(app) as test:
+        for n in range(10):
+            await test.publish_and_wait("pubsub", "orders", {"n": n}, timeout=10)
+    assert sorted(seen) == list(range(10))
+
+
+def redis_app(tmp_path: Path, server: RedisServer, extra: str = "") -> tuple[FastAPI, Dapr, list[Any]]:
+    folder = tmp_path / "resources"
+    folder.mkdir(exist_ok=True)
+    (folder / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\nspec:\n"
+        f"  type: pubsub.redis\n  version: v1\n  metadata:\n  - name: redisHost\n    value: {server.url}\n"
+        + extra
+    )
+    app = FastAPI()
+    return app, Dapr(app, app_id="checkout", resources_path=folder), []
+
+
+async def test_failed_messages_are_retried_until_processed(server: RedisServer, tmp_path: Path) -> None:
+    """A handler failing the first two attempts and every 5th message: all end up processed."""
+    from fastapi_dapr import RetryPolicy
+    from fastapi_dapr.testing import FakeClock
+
+    app, dapr, processed = redis_app(tmp_path, server)
+    attempts: dict[int, int] = {}
+
+    @dapr.subscribe("pubsub", "jobs")
+    async def on_job(event: CloudEvent[dict[str, int]]) -> Any:
+        n = event.data["n"]
+        attempts[n] = attempts.get(n, 0) + 1
+        if n < 2 and attempts[n] <= 2:
+            return RETRY
+        if n % 5 == 4 and attempts[n] == 1:
+            raise RuntimeError("every 5th fails once")
+        processed.append(n)
+        return None
+
+    dapr.retry = RetryPolicy(policy="constant", duration=1.0, max_retries=3)
+    async with DaprTest(app, clock=FakeClock()) as test:
+        for n in range(10):
+            await test.publish_and_wait("pubsub", "jobs", {"n": n}, timeout=10)
+    assert sorted(processed) == list(range(10))
+    assert attempts == {n: 3 if n < 2 else 2 if n % 5 == 4 else 1 for n in range(10)}
+
+
+async def test_publishing_while_redis_is_down_is_a_500(server: RedisServer, tmp_path: Path) -> None:
+    import httpx
+
+    app, _, _ = redis_app(tmp_path, server)
+    transport = httpx.ASGITransport(app=app)
+    async with DaprTest(app), httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        assert (await client.post("/v1.0/publish/pubsub/t", json={"a": 1})).status_code == 204
+        await server.stop()
+        answer = await client.post("/v1.0/publish/pubsub/t", json={"a": 1})
+    assert answer.status_code == 500
+    assert answer.json()["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"
+
+
+async def test_bad_metadata_stops_the_start(tmp_path: Path) -> None:
+    from fastapi_dapr.brokers.redis import RedisBroker
+
+    with pytest.raises(ValueError, match="redisHost is required"):
+        RedisBroker("p", {}, app_id="a")
+    with pytest.raises(ValueError, match="processingTimeout is not a duration"):
+        RedisBroker("p", {"redisHost": "x:1", "processingTimeout": "soon"}, app_id="a")
+    durations = RedisBroker(
+        "p", {"redisHost": "x:1", "redeliverInterval": "30s", "processingTimeout": "1500"}, app_id="a"
+    )
+    assert (durations.redeliver_interval, durations.processing_timeout) == (30.0, 1.5)
+    unreachable = RedisBroker("p", {"redisHost": "127.0.0.1:1"}, app_id="a")
+    with pytest.raises(BrokerError, match=r"cannot reach Redis at 127\.0\.0\.1:1"):
+        await unreachable.start()
