@@ -247,3 +247,77 @@ async def test_bad_metadata_stops_the_start(tmp_path: Path) -> None:
     unreachable = RedisBroker("p", {"redisHost": "127.0.0.1:1"}, app_id="a")
     with pytest.raises(BrokerError, match=r"cannot reach Redis at 127\.0\.0\.1:1"):
         await unreachable.start()
+
+
+def cloudevent(event_id: str, data: Any) -> bytes:
+    envelope = {
+        "specversion": "1.0", "id": event_id, "source": "test", "type": "com.dapr.event.sent",
+        "datacontenttype": "application/json", "data": data,
+    }  # fmt: skip
+    return json.dumps(envelope).encode()
+
+
+REPLICA = """
+import asyncio, sys
+from pathlib import Path
+from fastapi import FastAPI
+from fastapi_dapr import CloudEvent, Dapr
+from fastapi_dapr.testing import DaprTest
+
+app = FastAPI()
+dapr = Dapr(app, app_id="checkout", resources_path=Path(sys.argv[1]))
+
+@dapr.subscribe("pubsub", "jobs")
+async def on_job(event: CloudEvent[dict[str, int]]) -> None:
+    print("got", event.data["n"], flush=True)
+    await asyncio.Event().wait()  # still working on it when the process is killed
+
+async def main() -> None:
+    async with DaprTest(app):
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_replicas_messages_are_processed_by_another(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    import signal
+    import sys
+
+    timing = (
+        "  - name: processingTimeout\n    value: 1s\n  - name: redeliverInterval\n    value: '200'\n"
+        "  - name: queueDepth\n    value: '5'\n"
+    )
+    app, dapr, _ = redis_app(tmp_path, server, timing)
+    replica = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REPLICA, str(tmp_path / "resources"), stdout=asyncio.subprocess.PIPE
+    )
+    assert replica.stdout is not None
+    try:
+        assert await asyncio.wait_for(replica.stdout.readline(), 30) == b"ready\n"
+        publisher = await make_broker("redis", server)
+        for n in range(20):
+            await publisher.publish("jobs", cloudevent(str(n), {"n": n}), {})
+        await publisher.close()
+        # The replica holds some messages (being handled, and buffered): kill it then.
+        assert (await asyncio.wait_for(replica.stdout.readline(), 30)).startswith(b"got ")
+    finally:
+        replica.send_signal(signal.SIGKILL)
+        await replica.wait()
+
+    everything = asyncio.Event()
+    counts: dict[int, int] = {}
+
+    @dapr.subscribe("pubsub", "jobs")
+    async def on_job(event: CloudEvent[dict[str, int]]) -> None:
+        counts[event.data["n"]] = counts.get(event.data["n"], 0) + 1
+        if len(counts) == 20:
+            everything.set()
+
+    async with DaprTest(app):
+        await asyncio.wait_for(everything.wait(), 30)
+    assert sorted(counts) == list(range(20))  # every message, the dead replica's included
+    assert all(count == 1 for count in counts.values()), counts  # none twice here
