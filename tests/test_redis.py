@@ -321,3 +321,79 @@ async def test_a_killed_replicas_messages_are_processed_by_another(
         await asyncio.wait_for(everything.wait(), 30)
     assert sorted(counts) == list(range(20))  # every message, the dead replica's included
     assert all(count == 1 for count in counts.values()), counts  # none twice here
+
+
+async def publish_until_taken(dapr: Dapr, n: int, refusals: list[tuple[int, str]]) -> None:
+    """Publish message `n`; while Redis is away the publish fails, and the caller tries again."""
+    from fastapi_dapr import DaprAPIError
+
+    while True:
+        try:
+            await dapr.publish("pubsub", "load", {"n": n})
+            return
+        except DaprAPIError as exc:
+            refusals.append((exc.status_code, exc.error_code))
+            await asyncio.sleep(0.05)  # the publisher's own back-off
+
+
+async def run_fault(dapr: Dapr, app: FastAPI, fault: Any) -> dict[int, int]:
+    """Publish and deliver numbered messages before, during and after `fault`; every one of
+    them must be delivered at least once. Duplicates are counted and reported."""
+    counts: dict[int, int] = {}
+    arrived = asyncio.Condition()
+
+    @dapr.subscribe("pubsub", "load")
+    async def on_load(event: CloudEvent[dict[str, int]]) -> None:
+        counts[event.data["n"]] = counts.get(event.data["n"], 0) + 1
+        async with arrived:
+            arrived.notify_all()
+
+    refusals: list[tuple[int, str]] = []
+    async with DaprTest(app):
+        n = 0
+        for n in range(50):
+            await publish_until_taken(dapr, n, refusals)
+        faulting = asyncio.create_task(fault())  # while publishing and delivering go on
+        while not faulting.done():
+            n += 1
+            await publish_until_taken(dapr, n, refusals)
+        await faulting
+        last = n + 50
+        while n < last:
+            n += 1
+            await publish_until_taken(dapr, n, refusals)
+        total = n + 1
+        async with arrived:
+            await asyncio.wait_for(arrived.wait_for(lambda: len(counts) == total), 60)
+    assert sorted(counts) == list(range(total))
+    assert set(refusals) <= {(500, "ERR_PUBSUB_PUBLISH_MESSAGE")}
+    duplicates = sum(count - 1 for count in counts.values())
+    print(f"{total} messages, {len(refusals)} publishes refused during the fault, {duplicates} duplicates")
+    return counts
+
+
+FAST = (
+    "  - name: processingTimeout\n    value: 2s\n  - name: redeliverInterval\n    value: 500ms\n"
+    "  - name: readTimeout\n    value: 1s\n  - name: dialTimeout\n    value: 1s\n"
+)
+
+
+async def test_nothing_is_lost_when_redis_restarts_under_load(tmp_path: Path) -> None:
+    async with redis_server(tmp_path, persistent=True) as server:
+        app, dapr, _ = redis_app(tmp_path, server, FAST)
+        await run_fault(dapr, app, server.restart)
+
+
+async def test_nothing_is_lost_when_redis_is_paused_longer_than_the_timeouts(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    app, dapr, _ = redis_app(tmp_path, server, FAST)
+
+    async def pause() -> None:
+        server.pause()
+        try:
+            await asyncio.sleep(2.5)  # the fault's length: longer than readTimeout (1s)
+        finally:
+            server.resume()
+
+    await run_fault(dapr, app, pause)

@@ -47,7 +47,6 @@ __all__ = ["RedisBroker"]
 logger = logging.getLogger("fastapi_dapr")
 
 _RETRY_MAX = 5.0  # seconds between reconnection attempts, at most
-_BLOCK = 1.0  # seconds an XREADGROUP waits for new entries before the loop looks around
 
 
 def _truthy(value: str) -> bool:
@@ -127,7 +126,7 @@ class _StreamConsumer(Consumer):
                         next_claim = time.monotonic() + broker.redeliver_interval
                 if not entries:
                     answer: Any = await client.xreadgroup(
-                        self.group, self.name, {self.topic: ">"}, count=room, block=int(_BLOCK * 1000)
+                        self.group, self.name, {self.topic: ">"}, count=room, block=broker.block_ms
                     )
                     entries = answer[0][1] if answer else []  # RESP2: [[stream, entries]]
                 delay = 0.1
@@ -357,6 +356,11 @@ class RedisBroker(Broker):
         self.concurrency = _integer(self.metadata, "concurrency", 10, minimum=1)
         self.max_len_approx = _integer(self.metadata, "maxLenApprox", 0)
         self.stream_ttl = _duration(self.metadata, "streamTTL", 0.0)
+        # Client timeouts (daprd's names): a command unanswered for readTimeout fails,
+        # and the broker reconnects; a blocking read waits at most half of it.
+        self.dial_timeout = _duration(self.metadata, "dialTimeout", 5.0)
+        self.read_timeout = _duration(self.metadata, "readTimeout", 5.0) or 5.0
+        self.block_ms = max(10, int(min(1.0, self.read_timeout / 2) * 1000))
         if self.max_len_approx and self.stream_ttl:
             logger.warning("redis pubsub %s: maxLenApprox and streamTTL both set; maxLenApprox wins", name)
         self.consumer_name = (
@@ -385,8 +389,8 @@ class RedisBroker(Broker):
             password=self.password,
             ssl=self.tls,
             protocol=2,  # the reply shapes below are RESP2's
-            socket_connect_timeout=5,
-            socket_timeout=_BLOCK + 5,  # longer than a blocking read
+            socket_connect_timeout=self.dial_timeout,
+            socket_timeout=self.read_timeout,
             health_check_interval=30,
         )
         try:
