@@ -136,27 +136,28 @@ async def raw_loop(port: int, total: int, rate: float, seconds: float) -> dict[s
 
     producer = redis.Redis(port=port, protocol=2)
     consumer = redis.Redis(port=port, protocol=2)
-    await producer.xgroup_create("raw", "bench", id="$", mkstream=True)
+    stream = f"raw-{time.time_ns()}"  # a fresh stream each round
+    await producer.xgroup_create(stream, "bench", id="$", mkstream=True)
     handled = Handled()
     stop = False
 
     async def consume() -> None:
         while not stop:
-            answer: Any = await consumer.xreadgroup("bench", "c", {"raw": ">"}, count=100, block=200)
+            answer: Any = await consumer.xreadgroup("bench", "c", {stream: ">"}, count=100, block=200)
             if not answer:
                 continue
             ids = []
             for entry_id, fields in answer[0][1]:
                 handled.saw(json.loads(fields[b"data"])["at"])
                 ids.append(entry_id)
-            await consumer.xack("raw", "bench", *ids)
+            await consumer.xack(stream, "bench", *ids)
 
     reader = asyncio.create_task(consume())
 
     async def publish_batch(numbers: range) -> None:
         async with producer.pipeline(transaction=False) as pipe:
             for n in numbers:
-                pipe.xadd("raw", {"data": json.dumps(payload(n)), "metadata": "{}"})
+                pipe.xadd(stream, {"data": json.dumps(payload(n)), "metadata": "{}"})
             await pipe.execute()
 
     handled.expect(total)
@@ -167,7 +168,7 @@ async def raw_loop(port: int, total: int, rate: float, seconds: float) -> dict[s
     throughput = total / (time.perf_counter() - started)
 
     async def one(n: int) -> None:
-        await producer.xadd("raw", {"data": json.dumps(payload(n)), "metadata": "{}"})
+        await producer.xadd(stream, {"data": json.dumps(payload(n)), "metadata": "{}"})
 
     handled.expect(int(rate * seconds))
     await at_rate(one, rate, seconds)
@@ -186,14 +187,16 @@ async def faststream(port: int, total: int, rate: float, seconds: float) -> dict
     broker = RedisBroker(f"redis://127.0.0.1:{port}", logger=None)
     handled = Handled()
 
-    @broker.subscriber(stream=StreamSub("fs", group="bench", consumer="c", last_id="$"))
+    stream = f"fs-{time.time_ns()}"
+
+    @broker.subscriber(stream=StreamSub(stream, group="bench", consumer="c", last_id="$"))
     async def on_message(body: dict[str, Any]) -> None:
         handled.saw(body["at"])
 
     await broker.start()
 
     async def one(n: int) -> None:
-        await broker.publish(payload(n), stream="fs")
+        await broker.publish(payload(n), stream=stream)
 
     handled.expect(total)
     started = time.perf_counter()
@@ -220,14 +223,16 @@ async def fastapi_dapr(port: int, total: int, rate: float, seconds: float, folde
     dapr = Dapr(app, app_id="bench", resources_path=resources)
     handled = Handled()
 
-    @dapr.subscribe("pubsub", "fd")
+    topic = f"fd-{time.time_ns()}"
+
+    @dapr.subscribe("pubsub", topic)
     async def on_message(event: CloudEvent[dict[str, Any]]) -> None:
         handled.saw(event.data["at"])
 
     async with DaprTest(app):
 
         async def one(n: int) -> None:
-            await dapr.publish("pubsub", "fd", payload(n))
+            await dapr.publish("pubsub", topic, payload(n))
 
         handled.expect(total)
         started = time.perf_counter()

@@ -159,7 +159,7 @@ async def test_an_entry_written_as_daprd_writes_it_is_delivered(server: RedisSer
     async with DaprTest(app) as test:
         await client.xadd("orders", {"data": json.dumps(envelope), "metadata": "{}"})
         report = await test.wait_for_delivery(topic="orders", timeout=10)
-        groups = await client.xinfo_groups("orders")
+    groups = await client.xinfo_groups("orders")  # the app stopped: every ack went out
     await client.aclose()
     assert report.outcome == "delivered"
     assert got[0].id == "e-1"

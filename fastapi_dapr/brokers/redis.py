@@ -96,7 +96,8 @@ class _StreamConsumer(Consumer):
         self._room.set()
         self._held: dict[str, float] = {}  # ids buffered or being handled -> since when
         self._acks: list[str] = []
-        self._flushing: asyncio.Future[None] | None = None
+        self._ack_wanted = asyncio.Event()
+        self._acker: asyncio.Task[None] | None = None
         self._closed = False
         self._reader: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -104,6 +105,7 @@ class _StreamConsumer(Consumer):
     async def start(self) -> None:
         await self._broker.ensure_group(self.topic)
         self._reader = asyncio.create_task(self._read_loop(), name=f"redis reader {self.topic}")
+        self._acker = asyncio.create_task(self._ack_loop(), name=f"redis acks {self.topic}")
         if self._broker.processing_timeout > 0:
             self._keeper = asyncio.create_task(self._keep_held(), name=f"redis keeper {self.topic}")
 
@@ -238,17 +240,23 @@ class _StreamConsumer(Consumer):
     # -- settling ------------------------------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """XACK, gathered: the acks of one event-loop turn go in one command."""
-        self._acks.extend(delivery.message.id for delivery in deliveries)
-        if self._flushing is None:
-            self._flushing = asyncio.ensure_future(self._flush_soon())
-        await asyncio.shield(self._flushing)
+        """Queue the XACK: one command takes every ack gathered while the previous one ran.
 
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(0)  # the other runners' acks of this turn join in
-        ids, self._acks = self._acks, []
-        self._flushing = None
-        await self._flush(ids)
+        The runner goes on at once. A process that dies before the XACK went out
+        has its messages delivered again (at least once); a graceful stop sends it.
+        """
+        self._acks.extend(delivery.message.id for delivery in deliveries)
+        self._ack_wanted.set()
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            ids, self._acks = self._acks, []
+            if ids:
+                await self._flush(ids)
+            if self._closed and not self._acks:
+                return
 
     async def _flush(self, ids: list[str]) -> None:
         try:
@@ -323,8 +331,9 @@ class _StreamConsumer(Consumer):
                     logger.exception(
                         "redis pubsub %s: the reader of %s failed", self._broker.name, self.topic
                     )
-        if self._flushing is not None:
-            await self._flushing
+        if self._acker is not None:
+            self._ack_wanted.set()  # the acks gathered so far go out, then the loop ends
+            await self._acker
         # What is still buffered stays pending in Redis: claimed again after processingTimeout.
         self._buffer.clear()
         self._held.clear()
