@@ -397,3 +397,41 @@ async def test_nothing_is_lost_when_redis_is_paused_longer_than_the_timeouts(
             server.resume()
 
     await run_fault(dapr, app, pause)
+
+
+async def test_a_message_being_handled_is_not_claimed_by_another_replica(server: RedisServer) -> None:
+    timing = {"processingTimeout": "600ms", "redeliverInterval": "100ms"}
+    slow = await make_broker("redis", server, **timing)
+    other = await make_broker("redis", server, **timing)
+    try:
+        slow_consumer = await slow.subscribe("work")
+        other_consumer = await other.subscribe("work")
+        await slow.publish("work", b"long job", {})
+        (held,) = await asyncio.wait_for(slow_consumer.receive(1), 10)
+        # Held for four times processingTimeout: the other replica's claims must not take it.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(other_consumer.receive(1), 2.4)
+        await held.ack()
+    finally:
+        await slow.close()
+        await other.close()
+
+
+async def test_a_message_given_up_stays_pending_and_comes_back(server: RedisServer) -> None:
+    timing = {"processingTimeout": "300ms", "redeliverInterval": "100ms"}
+    broker = await make_broker("redis", server, **timing)
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        consumer = await broker.subscribe("work")
+        await broker.publish("work", b"unlucky", {})
+        (first,) = await asyncio.wait_for(consumer.receive(1), 10)
+        await first.nack(redeliver=False)  # retries exhausted, no dead-letter topic
+        (again,) = await asyncio.wait_for(consumer.receive(1), 10)  # claimed back once stale
+        assert again.message.id == first.message.id
+        await again.ack()
+        await broker.close()  # sends the acks gathered so far
+        pending = await client.xpending("work", "app")
+        assert pending["pending"] == 0
+    finally:
+        await client.aclose()
+        await broker.close()
