@@ -47,6 +47,8 @@ __all__ = ["RedisBroker"]
 logger = logging.getLogger("fastapi_dapr")
 
 _RETRY_MAX = 5.0  # seconds between reconnection attempts, at most
+_ACK_BATCH = 50  # acks that go out at once without waiting for more
+_ACK_DELAY = 0.002  # seconds a smaller batch of acks waits for company
 
 
 def _truthy(value: str) -> bool:
@@ -251,6 +253,8 @@ class _StreamConsumer(Consumer):
     async def _ack_loop(self) -> None:
         while True:
             await self._ack_wanted.wait()
+            if len(self._acks) < _ACK_BATCH and not self._closed:
+                await asyncio.sleep(_ACK_DELAY)  # a moment for more acks to join: fewer XACKs
             self._ack_wanted.clear()
             ids, self._acks = self._acks, []
             if ids:
