@@ -19,11 +19,10 @@ import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Literal
-from urllib.parse import quote
+from typing import Literal, NamedTuple
+from urllib.parse import quote, urljoin, urlsplit
 
 from starlette.types import Receive, Scope, Send
-from yarl import URL
 
 from ._endpoints import ResolvedEndpoint
 from ._errors import error_response
@@ -57,6 +56,41 @@ _DROPPED = frozenset(
         "dapr-caller-namespace",
     }
 )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class URL(NamedTuple):
+    """An absolute http(s) URL, its path and query kept as escaped as they were written."""
+
+    scheme: str
+    host: str | None  # lower case, IPv6 without brackets
+    port: int | None
+    raw_path: str
+    query: str
+
+    @classmethod
+    def parse(cls, text: str) -> URL:
+        """Raises `ValueError` for a port that is not one."""
+        parts = urlsplit(text)
+        scheme = parts.scheme.lower()
+        port = parts.port  # ValueError when out of range or not a number
+        return cls(scheme, parts.hostname, port or _DEFAULT_PORTS.get(scheme), parts.path or "/", parts.query)
+
+    @property
+    def raw_path_qs(self) -> str:
+        return self.raw_path + ("?" + self.query if self.query else "")
+
+    def __str__(self) -> str:
+        host = self.host or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if self.port is not None and self.port != _DEFAULT_PORTS.get(self.scheme):
+            netloc += f":{self.port}"
+        return f"{self.scheme}://{netloc}{self.raw_path_qs}"
+
+    def join(self, location: str) -> URL:
+        return URL.parse(urljoin(str(self), location))
 
 
 class Forbidden(Exception):
@@ -141,7 +175,7 @@ class UrlPolicy:
         self._prefixes: list[_Prefix] = []
         for entry in allowed:
             if "://" in entry:
-                url = URL(entry)
+                url = URL.parse(entry)
                 if url.scheme not in ("http", "https") or not url.host or url.port is None:
                     raise ValueError(f"allowed_urls: {entry!r} is not an http:// or https:// URL prefix")
                 path = url.raw_path if url.raw_path.endswith("/") else url.raw_path + "/"
@@ -198,7 +232,7 @@ def target_url(base_url: str, method: str, raw_query: str, *, escaped: bool = Fa
     text = base_url + ("" if method.startswith("/") else "/") + path
     if raw_query:
         text += "?" + raw_query
-    return URL(text, encoded=True)
+    return URL.parse(text)
 
 
 def outbound_headers(
@@ -373,7 +407,10 @@ class Upstreams:
 
         `method` is the decoded path below the target's base URL (`escaped`: already escaped).
         """
-        url = target_url(target.base_url, method, raw_query, escaped=escaped)
+        try:
+            url = target_url(target.base_url, method, raw_query, escaped=escaped)
+        except ValueError as exc:
+            raise invoke_error(500, target.name, f"not a valid URL: {exc}") from None
         hop_target = target
         for _ in range(_MAX_REDIRECTS + 1):
             response = await self._send(hop_target, url, verb, headers, body, timeout)
@@ -386,7 +423,10 @@ class Upstreams:
             replays_body = response.status in (307, 308)
             if location is None or (replays_body and body is not None and not isinstance(body, bytes)):
                 return response
-            next_url = url.join(URL(location))
+            try:
+                next_url = url.join(location)
+            except ValueError:
+                return response  # a Location that is not a URL: the caller gets the 3xx
             response.release()
             if not replays_body and verb != "HEAD":
                 verb, body = "GET", None
@@ -435,7 +475,10 @@ class Upstreams:
 
 
 def _host_of(base_url: str) -> str:
-    return (URL(base_url).host or "").lower().rstrip(".")
+    try:
+        return (URL.parse(base_url).host or "").lower().rstrip(".")
+    except ValueError:
+        return ""
 
 
 # -- the HTTP API's side -----------------------------------------------------

@@ -48,3 +48,21 @@ def test_importing_the_package_does_not_load_cel() -> None:
     code = "import sys, fastapi_dapr; print('celpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_package_needs_only_its_declared_dependencies() -> None:
+    """The test extras install more (aiohttp, yarl, redis...): the package must not use them
+    unless they are its dependencies, or an extra's for a module of that extra."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "for name in ('aiohttp', 'yarl', 'multidict', 'redis', 'faststream', 'dapr'):\n"
+        "    sys.modules[name] = None\n"
+        "import fastapi_dapr, fastapi_dapr._proxy, fastapi_dapr._http1, fastapi_dapr._calls\n"
+        "import fastapi_dapr._sidecar, fastapi_dapr._runtime, fastapi_dapr.testing\n"
+        "import fastapi_dapr.brokers.memory, fastapi_dapr.secretstores.local\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
