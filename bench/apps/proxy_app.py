@@ -74,6 +74,7 @@ if CLIENT == "httpx":
 
 elif CLIENT == "aiohttp":
     import aiohttp
+    import yarl
 
     from fastapi_dapr import _proxy
 
@@ -114,7 +115,9 @@ elif CLIENT == "aiohttp":
                     cookie_jar=aiohttp.DummyCookieJar(),
                 )
             )
-        response = await _aiohttp[0].request(verb, url, headers=headers, data=body, allow_redirects=False)
+        response = await _aiohttp[0].request(
+            verb, yarl.URL(str(url), encoded=True), headers=headers, data=body, allow_redirects=False
+        )
         return _AiohttpUpstream(response)
 
     _proxy.Upstreams._send = _send_with_aiohttp  # type: ignore[method-assign]
