@@ -35,6 +35,13 @@ class UpstreamError(OSError):
     """The upstream broke the exchange (closed early, sent something that is not HTTP)."""
 
 
+class _NotSent(UpstreamError):
+    """The connection was found closed before anything of the request was written."""
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
 class Refused(Exception):
     """The pool's check refused an address the host name resolved to."""
 
@@ -405,8 +412,10 @@ class Pool:
                 except UpstreamError as exc:
                     self._discard(connection)
                     # A kept-alive connection the server had just closed: once more on a new
-                    # one, when nothing of the body is lost by it.
-                    if not (reused and attempt == 0 and not isinstance(body, AsyncIterator)):
+                    # one, when nothing of the body is lost by it and the request was not
+                    # sent, or may be sent twice (an idempotent method), as Go's client does.
+                    again = isinstance(exc, _NotSent) or verb in _IDEMPOTENT
+                    if not (reused and attempt == 0 and again and not isinstance(body, AsyncIterator)):
                         raise exc
                 except BaseException:
                     self._discard(connection)
@@ -420,8 +429,8 @@ class Pool:
         self, connection: _Connection, verb: str, head: bytes, body: bytes | AsyncIterator[bytes] | None
     ) -> Response:
         transport = connection.transport
-        if transport is None or connection.closed:
-            raise UpstreamError("the server closed the connection before answering")
+        if transport is None or connection.closed or transport.is_closing():
+            raise _NotSent("the server closed the connection before answering")
         answer = connection.start(head_only=verb == "HEAD")
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)

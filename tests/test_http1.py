@@ -1,0 +1,80 @@
+"""The proxy's HTTP/1.1 client against a raw server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fastapi_dapr._http1 import Pool, UpstreamError
+
+
+class DroppingServer:
+    """Answers the first request of each connection; drops a connection's second request
+    unanswered, as a server closing an idle keep-alive connection at the wrong moment."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                self.requests.append(head.split(b" ", 1)[0])
+                if served == 1:
+                    writer.close()  # the request was read, and dies unanswered
+                    return
+                served += 1
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+async def dropping() -> AsyncIterator[tuple[DroppingServer, int]]:
+    server = DroppingServer()
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        yield server, port
+        listener.close()
+
+
+def pool(port: int) -> Pool:
+    return Pool("http", "127.0.0.1", port, ssl_context=None, check=None, connect_timeout=5, limit=10)
+
+
+async def read(pool: Pool, verb: str, body: bytes | None = None) -> bytes:
+    response = await pool.request(verb, "/", [], body)
+    return b"".join([chunk async for chunk in response.chunks()])
+
+
+async def test_an_idempotent_request_is_sent_again_on_a_new_connection(
+    dropping: tuple[DroppingServer, int],
+) -> None:
+    server, port = dropping
+    client = pool(port)
+    assert await read(client, "GET") == b"ok"
+    assert await read(client, "GET") == b"ok"  # dropped on the kept-alive connection, then retried
+    assert server.requests == [b"GET", b"GET", b"GET"]
+    client.close()
+
+
+async def test_a_post_that_may_have_been_processed_is_not_sent_twice(
+    dropping: tuple[DroppingServer, int],
+) -> None:
+    server, port = dropping
+    client = pool(port)
+    assert await read(client, "POST", b"x") == b"ok"
+    with pytest.raises(UpstreamError, match="closed the connection before answering"):
+        await read(client, "POST", b"y")
+    assert server.requests == [b"POST", b"POST"]  # the second one exactly once
+    client.close()
