@@ -29,6 +29,7 @@ Headers = list[tuple[bytes, bytes]]
 _HIGH_WATER = 64 * 1024  # bytes buffered from the upstream before reading pauses
 _MAX_HEAD = 64 * 1024  # largest response head accepted
 _NO_BODY_STATUS = frozenset({204, 304})
+_HEX = b"0123456789abcdefABCDEF"
 
 
 class UpstreamError(OSError):
@@ -39,7 +40,7 @@ class _NotSent(UpstreamError):
     """The connection was found closed before anything of the request was written."""
 
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Go's isReplayable
 
 
 class Refused(Exception):
@@ -153,6 +154,8 @@ class _Connection(asyncio.Protocol):
                 continue
             self._buffer.clear()
             self._frame(parts[0], status, headers)
+            if self._chunked:  # the body is de-chunked: a length beside it would be a lie
+                headers = [(name, value) for name, value in headers if name != b"content-length"]
             self._head.set_result((status, headers))
             if rest:
                 self._feed_body(rest)
@@ -217,6 +220,8 @@ class _Connection(asyncio.Protocol):
                     return
                 size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
                 try:
+                    if not size_text or len(size_text) > 16 or size_text.strip(_HEX):
+                        raise ValueError  # no sign, no 0x, no underscore: hex digits only
                     self._remaining = int(size_text, 16)
                 except ValueError:
                     self._error = UpstreamError(f"a malformed chunk size: {size_text[:20]!r}")
@@ -234,6 +239,11 @@ class _Connection(asyncio.Protocol):
                     self._chunk_state = "data-end"
             elif self._chunk_state == "data-end":
                 if len(buffer) < 2:
+                    return
+                if buffer[:2] != b"\r\n":
+                    self._error = UpstreamError("a chunk is not followed by CRLF")
+                    self._body_done = True
+                    self.reusable = False
                     return
                 del buffer[:2]
                 self._chunk_state = "size"
@@ -382,7 +392,10 @@ class Pool:
                     ),
                     self._connect_timeout,
                 )
-            except (OSError, asyncio.TimeoutError) as exc:
+            except asyncio.TimeoutError:
+                last = UpstreamError(f"could not connect within {self._connect_timeout:g}s")
+                continue
+            except OSError as exc:
                 last = exc
                 continue
             return protocol
@@ -403,7 +416,7 @@ class Pool:
         await self._slots.acquire()
         try:
             for attempt in (0, 1):
-                connection, reused = self._take()
+                connection, reused = self._take() if attempt == 0 else (None, False)
                 if connection is None:
                     connection = await self._connect()
                 self._busy.add(connection)

@@ -20,7 +20,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Literal, NamedTuple
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from starlette.types import Receive, Scope, Send
 
@@ -192,6 +192,11 @@ class UrlPolicy:
         host = (url.host or "").lower().rstrip(".")
         if url.scheme not in ("http", "https") or not host:
             raise Forbidden(f"{url} is not an http:// or https:// URL")
+        for segment in url.raw_path.split("/"):
+            if unquote(segment) in (".", ".."):
+                raise Forbidden(f"{url}: '.' and '..' path segments are refused in URL targets")
+        if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url.raw_path_qs):
+            raise Forbidden(f"{url!s}: whitespace and control characters are refused in URL targets")
         if not self._allows(url, host):
             raise Forbidden(
                 f"URL targets are refused unless allowed: add {host!r} or a URL prefix to "
@@ -364,7 +369,7 @@ class Upstreams:
 
     def _pool(self, target: Target, url: URL) -> Pool:
         """The pool for `url`'s origin, as reached for `target` (its TLS and its trust)."""
-        scheme, host, port = url.scheme, (url.host or "").lower(), url.port or 0
+        scheme, host, port = url.scheme, (url.host or "").lower().rstrip("."), url.port or 0
         key = (target.pool_key, scheme, host, port)
         pool = self._pools.get(key)
         if pool is None:
@@ -458,9 +463,9 @@ class Upstreams:
                 self.policy.check(url)
             except Forbidden as exc:
                 raise invoke_error(403, target.name, str(exc)) from None
-        pool = self._pool(target, url)
         limit = timeout if timeout is not None else self.settings.timeout
         try:
+            pool = self._pool(target, url)
             sending = pool.request(verb, url.raw_path_qs, headers, body)
             response = await (asyncio.wait_for(sending, limit) if limit is not None else sending)
         except Refused as exc:
@@ -578,9 +583,10 @@ async def proxy_asgi(
     watcher = None
     try:
         await send({"type": "http.response.start", "status": status, "headers": upstream.headers})
-        if is_sse(headers) and (body is None or not body.gone):
-            # An event stream may be idle for long: notice the caller leaving without
-            # waiting for the next event, and stop the upstream then.
+        streamed = upstream.header(b"content-length") is None and verb != "HEAD"
+        if (is_sse(headers) or streamed) and (body is None or not body.gone):
+            # An event stream or another answer without a length may go on for long:
+            # notice the caller leaving, and stop the upstream then.
             watcher = asyncio.ensure_future(_wait_disconnect(receive))
             watcher.add_done_callback(lambda task: None if task.cancelled() else upstream.abort())
         while True:

@@ -78,3 +78,40 @@ async def test_a_post_that_may_have_been_processed_is_not_sent_twice(
         await read(client, "POST", b"y")
     assert server.requests == [b"POST", b"POST"]  # the second one exactly once
     client.close()
+
+
+async def answer_with(raw: bytes) -> tuple[Pool, asyncio.AbstractServer]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return pool(listener.sockets[0].getsockname()[1]), listener
+
+
+@pytest.mark.parametrize(
+    "chunked",
+    [
+        b"-1\r\nabc\r\n0\r\n\r\n",  # a negative size: once looped forever on the event loop
+        b"0x3\r\nabc\r\n0\r\n\r\n",
+        b"3\r\nabcXY0\r\n\r\n",  # no CRLF after the data
+    ],
+)
+async def test_malformed_chunked_bodies_fail_instead_of_hanging(chunked: bytes) -> None:
+    client, listener = await answer_with(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunked)
+    async with listener:
+        with pytest.raises(UpstreamError):
+            await asyncio.wait_for(read(client, "GET"), 5)
+        client.close()
+
+
+async def test_a_length_beside_chunked_framing_is_not_passed_on() -> None:
+    raw = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    client, listener = await answer_with(raw)
+    async with listener:
+        response = await client.request("GET", "/", [], None)
+        assert response.header(b"content-length") is None
+        assert b"".join([chunk async for chunk in response.chunks()]) == b"hello"
+        client.close()

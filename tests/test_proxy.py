@@ -33,6 +33,7 @@ class Upstream:
         self.release_sse = asyncio.Event()
         self.closing = asyncio.Event()
         self.sse_stopped = asyncio.Event()
+        self.ndjson_stopped = asyncio.Event()
         self.uploaded: list[int] = []
         app = self.app
 
@@ -55,6 +56,17 @@ class Upstream:
                     self.sse_stopped.set()
 
             return StreamingResponse(events(), media_type="text/event-stream")
+
+        @app.get("/ndjson-forever")
+        async def ndjson_forever() -> StreamingResponse:
+            async def lines() -> AsyncIterator[bytes]:
+                try:
+                    yield b'{"n": 1}\n'
+                    await self.closing.wait()
+                finally:
+                    self.ndjson_stopped.set()
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
 
         @app.put("/upload")
         async def upload(request: Request) -> dict[str, int]:
@@ -270,11 +282,17 @@ async def test_url_targets_need_the_allow_list(tmp_path: Path, upstream: tuple[U
         outside = await c.get(f"/v1.0/invoke/http://localhost:{port}/apix/method/a")
         traversal = await c.get(f"/v1.0/invoke/http://localhost:{port}/api/method/..%2F..%2Fadmin")
         other_port = await c.get("/v1.0/invoke/http://localhost:1/api/method/a")
+        # The target's own path is checked too: no dot segments, however encoded.
+        dotted = [
+            await c.get(f"/v1.0/invoke/{encoded(f'http://localhost:{port}/api/{dots}/admin')}/method/x")
+            for dots in ("..", "%2e%2e", "%2E.")
+        ]
     assert plain.json()["path"] == "api/a"
     assert escaped.json()["path"] == "api/b"
     assert server.seen[0]["query"] == "q=1"
     assert outside.status_code == 403
     assert other_port.status_code == 403
+    assert [answer.status_code for answer in dotted] == [403, 403, 403]
     # The method is cleaned before the check, and the cleaned one is sent: it stays below /api.
     assert traversal.json()["path"] == "api/admin"
 
@@ -334,6 +352,20 @@ async def test_a_caller_leaving_an_event_stream_stops_the_upstream(
             assert await anext(answer.aiter_lines()) == "data: only"
         # The caller hung up while the upstream had nothing more to send: the proxy noticed.
         await asyncio.wait_for(server.sse_stopped.wait(), 10)
+
+
+async def test_a_caller_leaving_any_endless_answer_stops_the_upstream(
+    tmp_path: Path, upstream: tuple[Upstream, str]
+) -> None:
+    server, url = upstream
+    app, _ = make_app(tmp_path, endpoint_yaml("svc", url))
+    async with DaprTest(app), serve(app) as app_url:
+        async with (
+            httpx.AsyncClient(base_url=app_url) as client,
+            client.stream("GET", "/v1.0/invoke/svc/method/ndjson-forever") as answer,
+        ):
+            assert await anext(answer.aiter_lines()) == '{"n": 1}'
+        await asyncio.wait_for(server.ndjson_stopped.wait(), 10)
 
 
 async def test_body_limit_is_counted_while_streaming(tmp_path: Path, upstream: tuple[Upstream, str]) -> None:
