@@ -116,6 +116,21 @@ async def at_rate(publish: Callable[[int], Awaitable[Any]], rate: float, seconds
     return total
 
 
+async def measure(
+    handled: Handled, one: Callable[[int], Awaitable[Any]], total: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Throughput of `total` publishes until handled, then latency at a fixed rate."""
+    handled.expect(total)
+    started = time.perf_counter()
+    await publish_all(one, total)
+    await handled.wait()
+    throughput = total / (time.perf_counter() - started)
+    handled.expect(int(rate * seconds))
+    await at_rate(one, rate, seconds)
+    await handled.wait()
+    return {"per_s": throughput, **percentiles(handled.latencies)}
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
@@ -198,17 +213,9 @@ async def faststream(port: int, total: int, rate: float, seconds: float) -> dict
     async def one(n: int) -> None:
         await broker.publish(payload(n), stream=stream)
 
-    handled.expect(total)
-    started = time.perf_counter()
-    await publish_all(one, total)
-    await handled.wait()
-    throughput = total / (time.perf_counter() - started)
-    handled.expect(int(rate * seconds))
-    await at_rate(one, rate, seconds)
-    await handled.wait()
-    latency = percentiles(handled.latencies)
+    figures = await measure(handled, one, total, rate, seconds)
     await broker.stop()
-    return {"per_s": throughput, **latency}
+    return figures
 
 
 async def fastapi_dapr(port: int, total: int, rate: float, seconds: float, folder: Path) -> dict[str, Any]:
@@ -234,27 +241,17 @@ async def fastapi_dapr(port: int, total: int, rate: float, seconds: float, folde
         async def one(n: int) -> None:
             await dapr.publish("pubsub", topic, payload(n))
 
-        handled.expect(total)
-        started = time.perf_counter()
-        await publish_all(one, total)
-        await handled.wait()
-        throughput = total / (time.perf_counter() - started)
-        handled.expect(int(rate * seconds))
-        await at_rate(one, rate, seconds)
-        await handled.wait()
-        latency = percentiles(handled.latencies)
-    return {"per_s": throughput, **latency}
+        return await measure(handled, one, total, rate, seconds)
 
 
 async def run(args: argparse.Namespace, port: int, folder: Path) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {"raw": [], "faststream": [], "fastapi_dapr": []}
-    if True:
-        for _ in range(args.rounds):
-            results["raw"].append(await raw_loop(port, args.messages, args.rate, args.seconds))
-            results["faststream"].append(await faststream(port, args.messages, args.rate, args.seconds))
-            results["fastapi_dapr"].append(
-                await fastapi_dapr(port, args.messages, args.rate, args.seconds, folder)
-            )
+    for _ in range(args.rounds):
+        results["raw"].append(await raw_loop(port, args.messages, args.rate, args.seconds))
+        results["faststream"].append(await faststream(port, args.messages, args.rate, args.seconds))
+        results["fastapi_dapr"].append(
+            await fastapi_dapr(port, args.messages, args.rate, args.seconds, folder)
+        )
     return results
 
 

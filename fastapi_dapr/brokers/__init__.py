@@ -9,6 +9,8 @@ apps that use that broker.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -20,6 +22,7 @@ __all__ = [
     "Consumer",
     "Delivery",
     "Message",
+    "WaitingLine",
     "load_broker_class",
 ]
 
@@ -66,6 +69,34 @@ class Delivery:
         """Not processed. `redeliver=True` when it should be tried again (shutdown);
         `False` when retries are exhausted and there is no dead-letter topic."""
         await self._consumer.nack(self, redeliver=redeliver)
+
+
+class WaitingLine:
+    """Receivers waiting for messages, each on a future of its own; a message wakes
+    exactly one of them (as `asyncio.Queue` does), so many cost nothing while idle."""
+
+    __slots__ = ("_receivers",)
+
+    def __init__(self) -> None:
+        self._receivers: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def wake_one(self) -> None:
+        while self._receivers:
+            receiver = self._receivers.popleft()
+            if not receiver.done():
+                receiver.set_result(None)
+                return
+
+    async def wait(self) -> None:
+        """Wait for a turn (callers check again for messages when woken)."""
+        receiver = asyncio.get_running_loop().create_future()
+        self._receivers.append(receiver)
+        try:
+            await receiver
+        except asyncio.CancelledError:
+            if receiver.done() and not receiver.cancelled():
+                self.wake_one()  # it was this one's turn: pass it on
+            raise
 
 
 class Consumer:

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._durations import parse_duration
-from . import Broker, BrokerError, Consumer, Delivery, Message
+from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
 
 __all__ = ["MemoryBroker"]
 
@@ -46,21 +46,14 @@ class _Queue(Consumer):
         self.group = group
         self.capacity = capacity
         self.items: collections.deque[Message] = collections.deque()
-        self._receivers: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._line = WaitingLine()
         self._not_full = asyncio.Event()
         self._not_full.set()
         self.closed = False
 
-    def _wake_one(self) -> None:
-        while self._receivers:
-            receiver = self._receivers.popleft()
-            if not receiver.done():
-                receiver.set_result(None)
-                return
-
     def put(self, message: Message) -> None:
         self.items.append(message)
-        self._wake_one()
+        self._line.wake_one()
         if len(self.items) >= self.capacity:
             self._not_full.clear()
 
@@ -69,18 +62,11 @@ class _Queue(Consumer):
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         while not self.items:
-            receiver = asyncio.get_running_loop().create_future()
-            self._receivers.append(receiver)
-            try:
-                await receiver
-            except asyncio.CancelledError:
-                if receiver.done() and not receiver.cancelled():
-                    self._wake_one()  # it was this one's turn: pass it on
-                raise
+            await self._line.wait()
         count = min(max_count, len(self.items))
         batch = [Delivery(self, self.items.popleft()) for _ in range(count)]
         if self.items:
-            self._wake_one()
+            self._line.wake_one()
         if len(self.items) < self.capacity:
             self._not_full.set()
         return batch
@@ -91,7 +77,7 @@ class _Queue(Consumer):
     async def nack(self, delivery: Delivery, *, redeliver: bool) -> None:
         if redeliver and not self.closed:
             self.items.appendleft(delivery.message)
-            self._wake_one()
+            self._line.wake_one()
             if len(self.items) >= self.capacity:
                 self._not_full.clear()
 

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from .._durations import parse_duration
-from . import Broker, BrokerError, Consumer, Delivery, Message
+from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
 
 __all__ = ["RedisBroker"]
 
@@ -93,7 +93,7 @@ class _StreamConsumer(Consumer):
         self.group = broker.consumer_group
         self.name = broker.consumer_name
         self._buffer: collections.deque[Delivery] = collections.deque()
-        self._receivers: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._line = WaitingLine()
         self._room = asyncio.Event()
         self._room.set()
         self._held: dict[str, float] = {}  # ids buffered or being handled -> since when
@@ -213,28 +213,14 @@ class _StreamConsumer(Consumer):
         self._buffer.append(Delivery(self, Message(self.topic, data, metadata, entry_id)))
         if len(self._buffer) >= self._broker.queue_depth:
             self._room.clear()
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._receivers:
-            receiver = self._receivers.popleft()
-            if not receiver.done():
-                receiver.set_result(None)
-                return
+        self._line.wake_one()
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         while not self._buffer:
-            receiver = asyncio.get_running_loop().create_future()
-            self._receivers.append(receiver)
-            try:
-                await receiver
-            except asyncio.CancelledError:
-                if receiver.done() and not receiver.cancelled():
-                    self._wake_one()
-                raise
+            await self._line.wait()
         batch = [self._buffer.popleft() for _ in range(min(max_count, len(self._buffer)))]
         if self._buffer:
-            self._wake_one()
+            self._line.wake_one()
         if len(self._buffer) < self._broker.queue_depth:
             self._room.set()
         return batch
@@ -286,7 +272,7 @@ class _StreamConsumer(Consumer):
         message_id = delivery.message.id
         if redeliver and not self._closed:
             self._buffer.appendleft(delivery)  # handed back to this process: try it again here
-            self._wake_one()
+            self._line.wake_one()
             return
         self._held.pop(message_id, None)  # its idle time grows again: others may claim it
         if not redeliver:
@@ -380,7 +366,6 @@ class RedisBroker(Broker):
             f"{self.consumer_group}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self._client: aioredis.Redis | None = None
-        self._groups: set[str] = set()
         self._consumers: list[_StreamConsumer] = []
         self._adds: list[tuple[str, dict[str, bytes | str], dict[str, Any], asyncio.Future[str]]] = []
         self._adding: asyncio.Future[None] | None = None
@@ -471,7 +456,6 @@ class RedisBroker(Broker):
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._groups.add(topic)
 
     async def subscribe(self, topic: str) -> Consumer:
         consumer = _StreamConsumer(self, topic)
