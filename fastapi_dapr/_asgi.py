@@ -10,9 +10,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._handler import DIRECT_ATTR, DirectHandler
+from ._status import Status
 
 try:  # FastAPI >= 0.118 runs its routers inside this middleware
     from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
@@ -94,33 +101,55 @@ class _MatchedRoute:
         await self.route.handle(scope, receive, send)
 
 
-def _direct_target(app: Any, method: str, path: str) -> ASGIApp | None:
-    """What the app would run for `method path` below its middleware stack, when
-    skipping that stack changes nothing the app can observe; otherwise None.
+def _matched_route(app: Any, method: str, path: str) -> tuple[BaseRoute, dict[str, Any]] | None:
+    """The route the app's router runs for `method path`, when skipping the app's
+    middleware stack changes nothing the app can observe; otherwise None.
 
     That is when the app has no middleware of its own and no handler for
     500/Exception (those belong to the error middleware, which is skipped: an
-    exception is then read as a 500, as that middleware answers). The route is
-    matched once by the app's own router, and run inside the same exception and
-    exit-stack middleware FastAPI puts around its router.
+    exception is then read as a 500, as that middleware answers).
     """
     router = getattr(app, "router", None)
     if getattr(app, "user_middleware", None) != [] or router is None:
         return None
-    handlers = getattr(app, "exception_handlers", {})
-    if any(key in (500, Exception) for key in handlers):
+    if any(key in (500, Exception) for key in getattr(app, "exception_handlers", {})):
         return None
     probe = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
     for route in router.routes:
         match, child_scope = route.matches(probe)
         if match == Match.FULL:
-            target: ASGIApp = _MatchedRoute(route, child_scope)
-            if AsyncExitStackMiddleware is not None:
-                target = AsyncExitStackMiddleware(target)
-            return ExceptionMiddleware(target, handlers=handlers, debug=getattr(app, "debug", False))
+            return route, child_scope
         if match != Match.NONE:
             return None  # a partial match: let the app answer it (405...)
     return None
+
+
+def _direct_target(app: Any, method: str, path: str) -> ASGIApp | None:
+    """The matched route (see `_matched_route`), run inside the same exception and
+    exit-stack middleware FastAPI puts around its router."""
+    matched = _matched_route(app, method, path)
+    if matched is None:
+        return None
+    target: ASGIApp = _MatchedRoute(*matched)
+    if AsyncExitStackMiddleware is not None:
+        target = AsyncExitStackMiddleware(target)
+    handlers = getattr(app, "exception_handlers", {})
+    return ExceptionMiddleware(target, handlers=handlers, debug=getattr(app, "debug", False))
+
+
+def _direct_handler(app: Any, path: str) -> DirectHandler | None:
+    """The subscription handler behind `POST path` without its HTTP endpoint, when
+    the endpoint would add nothing: it takes no FastAPI parameters and its route
+    no dependencies (the route's own, its router's or the app's)."""
+    matched = _matched_route(app, "POST", path)
+    if matched is None:
+        return None
+    route, child_scope = matched
+    handler: DirectHandler | None = getattr(child_scope.get("endpoint"), DIRECT_ATTR, None)
+    dependant = getattr(route, "dependant", None)
+    if handler is None or dependant is None or dependant.dependencies:
+        return None
+    return handler
 
 
 class AppCaller:
@@ -135,6 +164,7 @@ class AppCaller:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._targets: dict[tuple[str, str, int], ASGIApp] = {}
+        self._handlers: dict[tuple[str, int], DirectHandler | None] = {}
 
     def _target(self, method: str, path: str) -> ASGIApp:
         routes = getattr(getattr(self.app, "router", None), "routes", ())
@@ -144,6 +174,53 @@ class AppCaller:
             target = _direct_target(self.app, method, path) or self.app
             self._targets[key] = target
         return target
+
+    def handler(self, path: str) -> DirectHandler | None:
+        """The subscription handler `POST path` reaches, if it can be called without
+        HTTP (see `_direct_handler`); cached per path."""
+        key = (path, len(getattr(getattr(self.app, "router", None), "routes", ())))
+        try:
+            return self._handlers[key]
+        except KeyError:
+            handler = self._handlers[key] = _direct_handler(self.app, path)
+            return handler
+
+    async def deliver(
+        self,
+        handler: DirectHandler,
+        path: str,
+        body: bytes,
+        event: Mapping[str, Any] | None,
+        *,
+        state: Mapping[str, Any] | None = None,
+    ) -> AppResponse:
+        """Run `handler` on one delivery (`event`: what `body` encodes, if known):
+        the answer its endpoint would have given."""
+        try:
+            answer = await handler(body, event)
+        except HTTPException as exc:
+            answer = await self._http_exception(exc, path, state)
+        except Exception as exc:
+            raise AppUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(answer, Status):
+            return AppResponse(200, [], answer.body)  # what its endpoint answers (Status.response)
+        return await respond(answer)
+
+    async def _http_exception(
+        self, exc: HTTPException, path: str, state: Mapping[str, Any] | None
+    ) -> Response:
+        # As the app's exception middleware: the handler registered for the
+        # nearest class of the exception (FastAPI always has one for HTTPException).
+        handlers = getattr(self.app, "exception_handlers", {})
+        handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+        if handler is None:
+            return Response("Internal Server Error", status_code=500, media_type="text/plain")
+        request = Request(http_scope("POST", path, [], state=state))
+        if asyncio.iscoroutinefunction(handler):
+            response: Response = await handler(request, exc)
+        else:
+            response = await run_in_threadpool(handler, request, exc)
+        return response
 
     async def __call__(
         self,
@@ -186,6 +263,14 @@ def http_scope(
     if state is not None:
         scope["state"] = dict(state)  # as servers do: a shallow copy of the lifespan state
     return scope
+
+
+async def respond(response: Response) -> AppResponse:
+    """What `response` sends, background tasks run, as a server would."""
+    exchange = _Exchange(b"")
+    await response(http_scope("POST", "/", []), exchange.receive, exchange.send)
+    exchange.finish()
+    return AppResponse(exchange.status, exchange.headers, b"".join(exchange.chunks))
 
 
 async def call_app(

@@ -49,14 +49,13 @@ class Rules:
 
     def route(self, event: Mapping[str, Any]) -> str | None:
         """The path of the first rule that matches, the default, or None."""
-        from celpy import celtypes
-
         activation: dict[str, Any] | None = None
         for match, program, path in self._rules:
             if program is None:
                 return path
-            if activation is None:
+            if activation is None:  # the first rule with a program: CEL is loaded
                 import celpy.adapter
+                from celpy import celtypes
 
                 activation = {"event": celpy.adapter.json_to_cel(_as_go_json(dict(event)))}
             try:

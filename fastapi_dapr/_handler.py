@@ -154,13 +154,21 @@ def _configured_token(request: Request) -> str | None:
     return os.environ.get("APP_API_TOKEN") or None
 
 
-def parse_delivery(model: Any, body: bytes, headers: Mapping[str, str]) -> Any:
+def parse_delivery(
+    model: Any, body: bytes, headers: Mapping[str, str], decoded: Mapping[str, Any] | None = None
+) -> Any:
     """The delivered CloudEvent, validated as `model` (raises `ValueError`).
 
-    daprd's structured-mode JSON is validated straight from the bytes; any
-    other body goes through the binding's general path.
+    daprd's structured-mode JSON is validated straight from the bytes, or from
+    `decoded`, the JSON object the bytes encode when the caller already has
+    it; any other body goes through the binding's general path.
     """
     content_type = headers.get("content-type", "")
+    if decoded is not None and "specversion" in decoded:
+        try:
+            return model.model_validate(decoded)
+        except ValueError:
+            pass  # the paths below give the error, or accept what JSON mode accepts
     # daprd always posts application/cloudevents+json: structured mode, no ce-* headers.
     if b'"specversion"' in body and (
         content_type == "application/cloudevents+json"
@@ -208,22 +216,41 @@ def _validation_summary(exc: Exception) -> str:
     return str(exc)
 
 
-def _to_response(result: Any) -> Response:
+def _answer(result: Any) -> Status | Response:
+    """What a handler's return value tells daprd: a status, or an HTTP answer of its own."""
     if result is None:
-        return SUCCESS.response()
-    if isinstance(result, Status):
-        return result.response()
-    if isinstance(result, Response):
+        return SUCCESS
+    if isinstance(result, (Status, Response)):
         return result
     if isinstance(result, str) and result in _STATUS_BY_NAME:
-        return _STATUS_BY_NAME[result].response()
+        return _STATUS_BY_NAME[result]
     # Anything else is serialised as FastAPI would; daprd reads a 2xx JSON
     # answer with a `status` field as that status, and otherwise as SUCCESS.
     return JSONResponse(jsonable_encoder(result))
 
 
+def _as_response(answer: Status | Response) -> Response:
+    return answer.response() if isinstance(answer, Status) else answer
+
+
+DirectHandler = Callable[[bytes, "Mapping[str, Any] | None"], Awaitable["Status | Response"]]
+"""A subscription endpoint without the HTTP around it: the CloudEvent's JSON bytes
+(and, when the caller has it, the JSON object they encode) in, the handler's
+answer out (a `Status`, or a `Response`). `HTTPException` propagates, as it does
+from the endpoint."""
+
+DIRECT_ATTR = "__fastapi_dapr_direct__"
+# daprd's delivery: a structured-mode CloudEvent (reference 3.2).
+_STRUCTURED = {"content-type": "application/cloudevents+json"}
+
+
 def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Response]]:
-    """The FastAPI endpoint serving `subscription`'s route."""
+    """The FastAPI endpoint serving `subscription`'s route.
+
+    When the handler takes no FastAPI parameters, the endpoint also carries
+    (as `DIRECT_ATTR`) the same delivery without the HTTP request around it,
+    for the in-process engine.
+    """
     func = subscription.handler
     name = subscription.handler_name
     event, fastapi_params = _split_signature(func, name)
@@ -244,19 +271,23 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
             return await func(**kwargs)
         return await run_in_threadpool(func, **kwargs)
 
-    async def single(request: Request, kwargs: dict[str, Any]) -> Response:
-        body = await request.body()
+    async def handle(
+        body: bytes,
+        headers: Mapping[str, str],
+        kwargs: dict[str, Any],
+        decoded: Mapping[str, Any] | None = None,
+    ) -> Status | Response:
         try:
-            parsed = parse_delivery(event.model, body, request.headers)
+            parsed = parse_delivery(event.model, body, headers, decoded)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             logger.warning(
                 "DROP event %s on %s for %s: the payload does not fit the handler: %s",
-                _event_id_for_log(body, request.headers),
+                _event_id_for_log(body, headers),
                 subscription.describe(),
                 name,
                 _validation_summary(exc),
             )
-            return DROP.response()
+            return DROP
         if event.name is not None:
             kwargs[event.name] = parsed if event.mode == "event" else parsed.data
         try:
@@ -268,7 +299,13 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
                 "RETRY event %s on %s: handler %s raised", parsed.id, subscription.describe(), name
             )
             return RETRY.response(status_code=500)
-        return _to_response(result)
+        return _answer(result)
+
+    async def single(request: Request, kwargs: dict[str, Any]) -> Response:
+        return _as_response(await handle(await request.body(), request.headers, kwargs))
+
+    async def direct(body: bytes, decoded: Mapping[str, Any] | None) -> Status | Response:
+        return await handle(body, _STRUCTURED, {}, decoded)
 
     async def bulk(request: Request, kwargs: dict[str, Any]) -> Response:
         body = await request.body()
@@ -359,6 +396,8 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
     endpoint.__module__ = getattr(func, "__module__", __name__)
     endpoint.__doc__ = getattr(func, "__doc__", None)
     setattr(endpoint, SUBSCRIPTION_ATTR, subscription)
+    if not fastapi_params and subscription.bulk is None:
+        setattr(endpoint, DIRECT_ATTR, direct)
     return endpoint
 
 
