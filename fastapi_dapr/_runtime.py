@@ -276,6 +276,11 @@ class Runtime:
             stopping=self._stopping,
         )
         self.routes = self.plan_routes(programmatic)
+        limits = {
+            name: asyncio.Semaphore(broker.concurrency)
+            for name, broker in self.brokers.items()
+            if broker.concurrency is not None
+        }
         for route in self.routes:
             broker = self.brokers.get(route.pubsub)
             if broker is None:
@@ -295,7 +300,9 @@ class Runtime:
                 )
                 continue
             consumer = await broker.subscribe(route.topic)
-            worker = Worker(engine, route, consumer, self.concurrency)
+            limit = limits.get(broker.name)
+            runners = min(self.concurrency, broker.concurrency or self.concurrency)
+            worker = Worker(engine, route, consumer, runners, limit)
             worker.start()
             self.workers.append(worker)
         self.ready = True

@@ -73,18 +73,29 @@ class Delivery:
 
 class WaitingLine:
     """Receivers waiting for messages, each on a future of its own; a message wakes
-    exactly one of them (as `asyncio.Queue` does), so many cost nothing while idle."""
+    one of them (as `asyncio.Queue` does), so many cost nothing while idle.
 
-    __slots__ = ("_receivers",)
+    A wake that has not been taken up yet stands for the next ones: the woken
+    receiver looks at what has arrived meanwhile, and takes one message while
+    waking the next receiver if more are left. So a batch of messages costs one
+    wake-up at a time, and a receiver that handles its message without
+    suspending takes the next itself instead of waking another for it.
+    """
+
+    __slots__ = ("_receivers", "_woken")
 
     def __init__(self) -> None:
         self._receivers: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._woken = 0  # receivers woken that have not run yet
 
     def wake_one(self) -> None:
+        if self._woken:
+            return  # one is on its way: it wakes the next if there is more
         while self._receivers:
             receiver = self._receivers.popleft()
             if not receiver.done():
                 receiver.set_result(None)
+                self._woken += 1
                 return
 
     async def wait(self) -> None:
@@ -95,8 +106,10 @@ class WaitingLine:
             await receiver
         except asyncio.CancelledError:
             if receiver.done() and not receiver.cancelled():
+                self._woken -= 1
                 self.wake_one()  # it was this one's turn: pass it on
             raise
+        self._woken -= 1
 
 
 class Consumer:
@@ -120,6 +133,9 @@ class Broker:
     """A pub/sub component instance."""
 
     type_name: str = ""
+    concurrency: int | None = None
+    """Messages handled at once across the subscriptions of this component (daprd's
+    `concurrency` metadata, where the component has one); None: the engine's limit."""
 
     def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
         self.name = name

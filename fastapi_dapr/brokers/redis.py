@@ -21,34 +21,75 @@ Where it differs from daprd, on purpose:
   is merely slow (daprd's #4599).
 - `redeliverInterval` and `processingTimeout` accept Go durations and integer
   milliseconds alike (daprd ignores a duration string for `redeliverInterval`).
+
+The client is redis-py's asyncio client, which connects, authenticates, selects
+the database, sets up TLS and parses replies (with hiredis). The commands of
+the hot path (XADD, XACK, XREADGROUP) go through `_CommandLine`s: connections
+of their own, on which a batch of commands is packed at once and sent in one
+write, its replies read in order under one deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import os
 import secrets
 import socket
+import ssl
+import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._durations import parse_duration
+from .._json import go_dumps
 from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - redis-py depends on async-timeout there
+    from async_timeout import timeout as _deadline  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 __all__ = ["RedisBroker"]
 
 logger = logging.getLogger("fastapi_dapr")
 
 _RETRY_MAX = 5.0  # seconds between reconnection attempts, at most
-_ACK_BATCH = 50  # acks that go out at once without waiting for more
-_ACK_DELAY = 0.002  # seconds a smaller batch of acks waits for company
+_IDLE_RECONNECT = 30.0  # seconds after which an unused command line connects anew
+_Entry = tuple[bytes, Any]  # an entry id and its fields: a flat [field, value, ...] list or a dict
+
+
+def _pack_in_python(args: Sequence[bytes | str | int]) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        value = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    return b"".join(parts)
+
+
+_packer: Callable[[Sequence[bytes | str | int]], bytes]
+try:
+    import hiredis
+
+    _packer = cast(Callable[[Sequence[bytes | str | int]], bytes], hiredis.pack_command)  # the same, in C
+except ImportError:  # pragma: no cover - the redis extra brings hiredis
+    _packer = _pack_in_python
+
+
+def _pack(*args: bytes | str | int) -> bytes:
+    return _packer(args)
 
 
 def _truthy(value: str) -> bool:
@@ -78,13 +119,128 @@ def _integer(metadata: Mapping[str, str], key: str, default: int, *, minimum: in
     return number
 
 
+def _fields(raw: Any) -> Mapping[bytes, bytes]:
+    """An entry's fields: redis-py gives a dict, a raw RESP2 reply a flat list."""
+    if raw is None:
+        return {}
+    if isinstance(raw, Mapping):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+class _TLSConnection(Connection):
+    """A redis-py connection over TLS with a context made once, in memory: daprd's
+    `clientCert` and `clientKey` are PEM values, which need not touch the disk."""
+
+    def __init__(self, *, tls_context: ssl.SSLContext, **kwargs: Any) -> None:
+        self._tls_context = tls_context
+        super().__init__(**kwargs)
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        return {**super()._connection_arguments(), "ssl": self._tls_context}
+
+
+def _tls_context(metadata: Mapping[str, str]) -> ssl.SSLContext:
+    """daprd's TLS settings: the system's trust store (`SSL_CERT_FILE` adds a CA, as
+    for Go), `insecureSkipTLSVerify`, and a client certificate for mutual TLS."""
+    context = ssl.create_default_context()
+    if _truthy(metadata.get("insecureSkipTLSVerify", "false")):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    certificate = metadata.get("clientCert", "").strip()
+    key = metadata.get("clientKey", "").strip()
+    if bool(certificate) != bool(key):
+        raise ValueError("clientCert and clientKey go together: give both or neither")
+    if certificate:
+        # ssl loads a chain only from files: a private folder, gone once it is loaded.
+        with tempfile.TemporaryDirectory(prefix="fastapi-dapr-tls-") as folder:
+            chain = Path(folder) / "client.pem"
+            chain.touch(mode=0o600)
+            chain.write_text(certificate + "\n" + key + "\n")
+            try:
+                context.load_cert_chain(chain)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ValueError(
+                    f"clientCert and clientKey are not a PEM certificate and its key: {exc}"
+                ) from None
+    return context
+
+
+def _reply_reader(connection: Connection) -> Callable[[], Awaitable[Any]]:
+    """Read one raw reply: a `ResponseError` is returned, not raised.
+
+    The connection's parser reads it as `Connection.read_response` would,
+    without that method's per-reply work (a timeout, health-check bookkeeping,
+    error wrapping) which `_CommandLine` does once per batch instead.
+    """
+    parser = getattr(connection, "_parser", None)
+    if parser is not None and hasattr(parser, "read_response"):
+        return functools.partial(parser.read_response, disable_decoding=True)
+
+    async def read() -> Any:  # pragma: no cover - a redis-py without the parser attribute
+        try:
+            return await connection.read_response(disable_decoding=True)
+        except ResponseError as exc:
+            return exc
+
+    return read
+
+
+class _CommandLine:
+    """One connection, kept for one kind of work (the writes; one stream's reads).
+
+    The commands of a batch are sent in one write and their replies read in
+    order, all under one deadline: `readTimeout`, plus the time a blocking read
+    may wait. On any failure the connection is dropped (a late reply must never
+    be read as the answer to the next command) and made again on next use.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._connection: Connection | None = None
+        self._used = 0.0  # when last used (monotonic)
+
+    async def execute(self, packed: Sequence[bytes], *, blocking: float = 0.0) -> list[Any]:
+        """The reply of each command (a `ResponseError` for one Redis refused);
+        raises `RedisError` or `OSError` when the connection fails."""
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        now = time.monotonic()
+        if now - self._used > _IDLE_RECONNECT:
+            # A server's idle timeout, or a peer gone quietly, would fail the batch on
+            # an old connection; a new one costs one handshake per idle spell.
+            await connection.disconnect()
+        self._used = now
+        try:
+            async with _deadline(self._timeout + blocking):
+                await connection.send_packed_command(b"".join(packed), check_health=False)
+                read = _reply_reader(connection)
+                replies = [await read() for _ in packed]
+        except asyncio.TimeoutError:
+            await connection.disconnect(nowait=True)
+            raise RedisTimeoutError(f"no reply from Redis within {self._timeout + blocking:g}s") from None
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        return replies
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.disconnect()
+            await self._pool.release(connection)
+
+
 class _StreamConsumer(Consumer):
     """This process's consumer in the group of one stream.
 
     One reader task fetches batches (`XREADGROUP ... COUNT queueDepth`) into a
     local buffer of at most `queueDepth` messages, from which the engine's
     runners take; claims of other consumers' stale messages go to the same
-    buffer. Acks are gathered and sent as one `XACK` per event-loop turn.
+    buffer. Acks are gathered into one `XACK`, which goes out with the broker's
+    next write (see `RedisBroker.publish`).
     """
 
     def __init__(self, broker: RedisBroker, topic: str) -> None:
@@ -92,14 +248,15 @@ class _StreamConsumer(Consumer):
         self.topic = topic
         self.group = broker.consumer_group
         self.name = broker.consumer_name
+        self._reads = broker.command_line()
         self._buffer: collections.deque[Delivery] = collections.deque()
-        self._line = WaitingLine()
+        self._waiting = WaitingLine()
         self._room = asyncio.Event()
         self._room.set()
         self._held: dict[str, float] = {}  # ids buffered or being handled -> since when
-        self._acks: list[str] = []
-        self._ack_wanted = asyncio.Event()
-        self._acker: asyncio.Task[None] | None = None
+        self._acks: list[str] = []  # gathered, not sent yet
+        self._acks_out = 0  # sent, not answered yet
+        self._acks_settled = asyncio.Event()
         self._closed = False
         self._reader: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -107,14 +264,12 @@ class _StreamConsumer(Consumer):
     async def start(self) -> None:
         await self._broker.ensure_group(self.topic)
         self._reader = asyncio.create_task(self._read_loop(), name=f"redis reader {self.topic}")
-        self._acker = asyncio.create_task(self._ack_loop(), name=f"redis acks {self.topic}")
         if self._broker.processing_timeout > 0:
             self._keeper = asyncio.create_task(self._keep_held(), name=f"redis keeper {self.topic}")
 
     # -- reading -------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        client = self._broker.client
         broker = self._broker
         delay = 0.1
         next_claim = 0.0  # claim stale messages at once on start, then every redeliverInterval
@@ -123,16 +278,13 @@ class _StreamConsumer(Consumer):
             await self._room.wait()
             room = broker.queue_depth - len(self._buffer)
             try:
-                entries: list[tuple[bytes, dict[bytes, bytes] | None]] = []
+                entries: list[_Entry] = []
                 if broker.reclaims and time.monotonic() >= next_claim:
                     claim_from, entries = await self._claim(claim_from, room)
                     if claim_from == "0-0":
                         next_claim = time.monotonic() + broker.redeliver_interval
                 if not entries:
-                    answer: Any = await client.xreadgroup(
-                        self.group, self.name, {self.topic: ">"}, count=room, block=broker.block_ms
-                    )
-                    entries = answer[0][1] if answer else []  # RESP2: [[stream, entries]]
+                    entries = await self._read(room)
                 delay = 0.1
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -154,7 +306,19 @@ class _StreamConsumer(Consumer):
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             for entry_id, fields in entries:
-                self._add(entry_id.decode(), fields)
+                self._add(entry_id.decode(), _fields(fields))
+
+    async def _read(self, count: int) -> list[_Entry]:
+        """New entries for this group (`XREADGROUP ... >`), waiting up to `block_ms` for some."""
+        block = self._broker.block_ms
+        command = _pack(
+            *("XREADGROUP", "GROUP", self.group, self.name, "COUNT", count, "BLOCK", block),
+            *("STREAMS", self.topic, ">"),
+        )
+        (reply,) = await self._reads.execute([command], blocking=block / 1000)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return list(reply[0][1]) if reply else []  # RESP2: [[stream, [[id, fields], ...]]], or nil
 
     async def _retry_later(self, action: Any) -> None:
         try:
@@ -162,9 +326,7 @@ class _StreamConsumer(Consumer):
         except (RedisError, OSError):
             await asyncio.sleep(1.0)
 
-    async def _claim(
-        self, start: str, count: int
-    ) -> tuple[str, list[tuple[bytes, dict[bytes, bytes] | None]]]:
+    async def _claim(self, start: str, count: int) -> tuple[str, list[_Entry]]:
         """Entries other consumers held longer than `processingTimeout` (`XAUTOCLAIM`)."""
         broker = self._broker
         answer = await broker.client.xautoclaim(
@@ -190,14 +352,13 @@ class _StreamConsumer(Consumer):
             )
         return next_start, claimed
 
-    def _add(self, entry_id: str, fields: Mapping[bytes, bytes] | None) -> None:
+    def _add(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         if entry_id in self._held:
             return  # already here (claimed back while buffered)
-        fields = fields or {}
         data = fields.get(b"data", b"")
         metadata: dict[str, str] = {}
         raw = fields.get(b"metadata")
-        if raw:
+        if raw and raw != b"{}":
             try:
                 parsed = json.loads(raw)
                 if isinstance(parsed, dict):
@@ -213,14 +374,14 @@ class _StreamConsumer(Consumer):
         self._buffer.append(Delivery(self, Message(self.topic, data, metadata, entry_id)))
         if len(self._buffer) >= self._broker.queue_depth:
             self._room.clear()
-        self._line.wake_one()
+        self._waiting.wake_one()
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         while not self._buffer:
-            await self._line.wait()
+            await self._waiting.wait()
         batch = [self._buffer.popleft() for _ in range(min(max_count, len(self._buffer)))]
         if self._buffer:
-            self._line.wake_one()
+            self._waiting.wake_one()
         if len(self._buffer) < self._broker.queue_depth:
             self._room.set()
         return batch
@@ -228,40 +389,35 @@ class _StreamConsumer(Consumer):
     # -- settling ------------------------------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Queue the XACK: one command takes every ack gathered while the previous one ran.
+        """Gather the ids for the next `XACK`; the runner goes on at once.
 
-        The runner goes on at once. A process that dies before the XACK went out
-        has its messages delivered again (at least once); a graceful stop sends it.
+        A process that dies before the XACK went out has its messages delivered
+        again (at least once); a graceful stop sends it.
         """
         self._acks.extend(delivery.message.id for delivery in deliveries)
-        self._ack_wanted.set()
+        self._broker.want_ack(self)
 
-    async def _ack_loop(self) -> None:
-        while True:
-            await self._ack_wanted.wait()
-            if len(self._acks) < _ACK_BATCH and not self._closed:
-                await asyncio.sleep(_ACK_DELAY)  # a moment for more acks to join: fewer XACKs
-            self._ack_wanted.clear()
-            ids, self._acks = self._acks, []
-            if ids:
-                await self._flush(ids)
-            if self._closed and not self._acks:
-                return
+    def ack_command(self) -> tuple[bytes, list[str]]:
+        """The XACK of every id gathered so far, for the broker's next write."""
+        ids, self._acks = self._acks, []
+        self._acks_out += len(ids)
+        return _pack("XACK", self.topic, self.group, *ids), ids
 
-    async def _flush(self, ids: list[str]) -> None:
-        try:
-            await self._broker.client.xack(self.topic, self.group, *ids)
-        except (RedisError, OSError) as exc:
+    def acked(self, ids: list[str], reply: Any) -> None:
+        """The answer to an `ack_command()`: a count, or the error it failed with."""
+        self._acks_out -= len(ids)
+        if isinstance(reply, BaseException):
             # Not lost: still pending, they come back after processingTimeout (at least once).
             logger.warning(
                 "redis pubsub %s: acknowledging %d messages of %s failed (%s); they will be delivered again",
                 self._broker.name,
                 len(ids),
                 self.topic,
-                exc,
+                reply,
             )
         for message_id in ids:
             self._held.pop(message_id, None)
+        self._acks_settled.set()
 
     async def nack(self, delivery: Delivery, *, redeliver: bool) -> None:
         """Not processed: left pending in Redis, to be claimed again after `processingTimeout`.
@@ -272,7 +428,7 @@ class _StreamConsumer(Consumer):
         message_id = delivery.message.id
         if redeliver and not self._closed:
             self._buffer.appendleft(delivery)  # handed back to this process: try it again here
-            self._line.wake_one()
+            self._waiting.wake_one()
             return
         self._held.pop(message_id, None)  # its idle time grows again: others may claim it
         if not redeliver:
@@ -321,9 +477,15 @@ class _StreamConsumer(Consumer):
                     logger.exception(
                         "redis pubsub %s: the reader of %s failed", self._broker.name, self.topic
                     )
-        if self._acker is not None:
-            self._ack_wanted.set()  # the acks gathered so far go out, then the loop ends
-            await self._acker
+        await self._reads.close()
+        while self._acks or self._acks_out:  # the acks gathered so far go out
+            self._acks_settled.clear()
+            if self._acks:
+                self._broker.want_ack(self)
+            try:
+                await asyncio.wait_for(self._acks_settled.wait(), self._broker.read_timeout + 1)
+            except asyncio.TimeoutError:
+                break  # unanswered: still pending in Redis, delivered again
         # What is still buffered stays pending in Redis: claimed again after processingTimeout.
         self._buffer.clear()
         self._held.clear()
@@ -366,10 +528,12 @@ class RedisBroker(Broker):
             f"{self.consumer_group}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self._client: aioredis.Redis | None = None
+        self._lines: aioredis.ConnectionPool | None = None
+        self._writes: _CommandLine | None = None
         self._consumers: list[_StreamConsumer] = []
-        self._adds: list[tuple[str, dict[str, bytes | str], dict[str, Any], asyncio.Future[str]]] = []
-        self._adding: asyncio.Future[None] | None = None
-        self._running: set[asyncio.Future[None]] = set()
+        self._adds: list[tuple[bytes, asyncio.Future[str]]] = []
+        self._acking: dict[_StreamConsumer, None] = {}  # consumers with acks to send, in order
+        self._writing: asyncio.Future[None] | None = None
 
     @property
     def reclaims(self) -> bool:
@@ -381,31 +545,52 @@ class RedisBroker(Broker):
             raise BrokerError(f"redis pubsub {self.name} is not started")
         return self._client
 
+    def command_line(self) -> _CommandLine:
+        if self._lines is None:
+            raise BrokerError(f"redis pubsub {self.name} is not started")
+        return _CommandLine(self._lines, self.read_timeout)
+
     async def start(self) -> None:
+        connection: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "db": self.db,
+            "username": self.username,
+            "password": self.password,
+            "protocol": 2,  # the reply shapes read here are RESP2's
+            "socket_connect_timeout": self.dial_timeout,
+            "health_check_interval": 30,
+        }
+        if self.tls:
+            connection["connection_class"] = _TLSConnection
+            connection["tls_context"] = await asyncio.to_thread(_tls_context, self.metadata)
+        # The client's commands time out on their own; the command lines keep their deadlines.
         self._client = aioredis.Redis(
-            host=self.host,
-            port=self.port,
-            db=self.db,
-            username=self.username,
-            password=self.password,
-            ssl=self.tls,
-            protocol=2,  # the reply shapes below are RESP2's
-            socket_connect_timeout=self.dial_timeout,
-            socket_timeout=self.read_timeout,
-            health_check_interval=30,
+            connection_pool=aioredis.ConnectionPool(**connection, socket_timeout=self.read_timeout)
         )
+        self._lines = aioredis.ConnectionPool(**connection, socket_timeout=None)
+        self._writes = self.command_line()
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            await self._client.aclose()
-            self._client = None
+            await self.close()
             raise BrokerError(f"cannot reach Redis at {self.host}:{self.port}: {exc}") from None
 
     async def close(self) -> None:
         for consumer in list(self._consumers):
             await consumer.close()
+        self._consumers.clear()
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)  # the batches already taken
+        if self._writes is not None:
+            await self._writes.close()
+            self._writes = None
+        if self._lines is not None:
+            await self._lines.disconnect()
+            self._lines = None
         if self._client is not None:
             await self._client.aclose()
+            await self._client.connection_pool.disconnect()  # a pool given to the client is not its own
             self._client = None
 
     async def publish(
@@ -416,39 +601,64 @@ class RedisBroker(Broker):
         *,
         decoded: Mapping[str, Any] | None = None,
     ) -> str:
-        fields: dict[str, bytes | str] = {"data": data, "metadata": json.dumps(dict(metadata))}
-        options: dict[str, Any] = {}
+        """XADD as daprd's component writes it (reference 5.1); the entry's id."""
+        if self._writes is None:
+            raise BrokerError(f"redis pubsub {self.name} is not started")
+        trim: tuple[str, ...] = ()
         if self.max_len_approx > 0:
-            options = {"maxlen": self.max_len_approx, "approximate": True}
+            trim = ("MAXLEN", "~", str(self.max_len_approx))
         elif self.stream_ttl > 0:
-            options = {"minid": f"{int((time.time() - self.stream_ttl) * 1000)}-1", "approximate": True}
-        # The XADDs of one event-loop turn go to Redis in one pipeline: one round trip.
+            trim = ("MINID", "~", f"{int((time.time() - self.stream_ttl) * 1000)}-1")
+        fields = go_dumps(metadata) if metadata else b"{}"
         added: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._adds.append((topic, fields, options, added))
-        if self._adding is None:
-            self._adding = adding = asyncio.ensure_future(self._add_soon())
-            self._running.add(adding)  # a strong reference until it is done
-            adding.add_done_callback(self._running.discard)
+        self._adds.append((_pack("XADD", topic, *trim, "*", "data", data, "metadata", fields), added))
+        self._write_soon()
         return await added
 
-    async def _add_soon(self) -> None:
-        await asyncio.sleep(0)  # the other publishers of this turn join in
-        adds, self._adds = self._adds, []
-        self._adding = None
+    def want_ack(self, consumer: _StreamConsumer) -> None:
+        """`consumer` has acks gathered: its XACK goes out with the next write."""
+        self._acking[consumer] = None
+        self._write_soon()
+
+    def _write_soon(self) -> None:
+        if self._writing is None and self._writes is not None:
+            self._writing = asyncio.ensure_future(self._write_batches(self._writes))
+
+    async def _write_batches(self, line: _CommandLine) -> None:
+        """The XADDs and XACKs of one event-loop turn, and of every turn while the
+        previous batch was out, go to Redis in one write.
+
+        (This task first runs in the turn after the one that started it, once
+        every publisher of that turn has added its command.)
+        """
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for topic, fields, options, _ in adds:
-                    pipe.xadd(topic, fields, **options)  # type: ignore[arg-type]
-                results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError, BrokerError) as exc:
-            results = [exc] * len(adds)
-        for (_, _, _, added), result in zip(adds, results, strict=True):
-            if added.done():
-                continue  # the publisher went away
-            if isinstance(result, BaseException):
-                added.set_exception(BrokerError(f"Redis did not take the message: {result}"))
-            else:
-                added.set_result(result.decode() if isinstance(result, bytes) else str(result))
+            while self._adds or self._acking:
+                adds, self._adds = self._adds, []
+                acks = [(consumer, *consumer.ack_command()) for consumer in self._acking]
+                self._acking = {}
+                commands = [command for command, _ in adds] + [command for _, command, _ in acks]
+                try:
+                    replies = await line.execute(commands)
+                except (RedisError, OSError) as exc:
+                    replies = [exc] * len(commands)
+                except BaseException:
+                    self._adds = adds + self._adds  # unanswered: failed below
+                    raise
+                for (_, added), reply in zip(adds, replies, strict=False):
+                    if added.done():
+                        continue  # the publisher went away
+                    if isinstance(reply, BaseException):
+                        added.set_exception(BrokerError(f"Redis did not take the message: {reply}"))
+                    else:
+                        added.set_result(reply.decode())
+                for (consumer, _, ids), reply in zip(acks, replies[len(adds) :], strict=True):
+                    consumer.acked(ids, reply)
+        finally:
+            self._writing = None
+            adds, self._adds = self._adds, []
+            for _, added in adds:
+                if not added.done():
+                    added.set_exception(BrokerError("publishing stopped before Redis answered"))
 
     async def ensure_group(self, topic: str) -> None:
         try:
@@ -462,6 +672,7 @@ class RedisBroker(Broker):
         try:
             await consumer.start()
         except (RedisError, OSError) as exc:
+            await consumer.close()
             raise BrokerError(f"cannot subscribe to {topic} on Redis: {exc}") from None
         self._consumers.append(consumer)
         return consumer
