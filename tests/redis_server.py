@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from .conftest import require_tool
+from .processes import ChildProcess
 
 
 def _free_port() -> int:
@@ -20,65 +20,48 @@ def _free_port() -> int:
         return port
 
 
-class RedisServer:
-    """One redis-server process; `restart()` keeps its port and its data folder."""
+class RedisServer(ChildProcess):
+    """One redis-server; `restart()` keeps its port and its data folder.
 
-    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
-        self.binary = require_tool("redis-server")
+    With `tls` (certificate, key and CA files), it speaks only TLS on its port, and
+    asks clients for a certificate of that CA when `client_certificates` is set.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        persistent: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
+        client_certificates: bool = False,
+    ) -> None:
         self.folder = folder
         self.port = _free_port()
-        self.persistent = persistent
-        self.process: asyncio.subprocess.Process | None = None
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--save", ""]
+        listen = ["--port", str(self.port)]
+        if tls is not None:
+            certificate, key, ca = tls
+            listen = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(certificate), "--tls-key-file", str(key),
+                "--tls-ca-cert-file", str(ca),
+                "--tls-auth-clients", "yes" if client_certificates else "no",
+            ]  # fmt: skip
+        argv = [
+            require_tool("redis-server"),
+            *listen, "--bind", "127.0.0.1", "--dir", str(folder), "--protected-mode", "no", *persistence,
+        ]  # fmt: skip
+        super().__init__(argv, ready=b"Ready to accept connections")
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
-        persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--save", ""]
-        )
-        self.process = await asyncio.create_subprocess_exec(
-            self.binary,
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-            "--protected-mode", "no", *persistence,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        # Ready when it says so: read its log, no polling.
-        seen = []
-        while True:
-            line = await asyncio.wait_for(self.process.stdout.readline(), 30)
-            if not line:
-                raise RuntimeError("redis-server exited:\n" + b"".join(seen).decode(errors="replace"))
-            seen.append(line)
-            if b"Ready to accept connections" in line:
-                break
-        self._drain = asyncio.ensure_future(self._discard_output())
-
-    async def _discard_output(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        while await self.process.stdout.readline():
-            pass
-
-    async def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, sig)
-        await self.process.wait()
-        await self._drain
-        self.process = None
-
     def pause(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
+        self.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
+        self.send_signal(signal.SIGCONT)
 
     async def restart(self) -> None:
         await self.stop()
@@ -86,12 +69,10 @@ class RedisServer:
 
 
 @contextlib.asynccontextmanager
-async def redis_server(folder: Path, *, persistent: bool = False) -> AsyncIterator[RedisServer]:
-    server = RedisServer(folder, persistent=persistent)
+async def redis_server(folder: Path, **options: Any) -> AsyncIterator[RedisServer]:
+    server = RedisServer(folder, **options)
     await server.start()
     try:
         yield server
     finally:
-        if server.process is not None:
-            server.resume()  # a paused server would not hear the signal
         await server.stop()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +16,12 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from fastapi_dapr import RETRY, CloudEvent, Dapr
+from fastapi_dapr import RETRY, CloudEvent, Dapr, ResourceError
 from fastapi_dapr.brokers import Broker, BrokerError
 from fastapi_dapr.brokers.memory import MemoryBroker
 from fastapi_dapr.testing import DaprTest
 
+from .processes import ChildProcess
 from .redis_server import RedisServer, redis_server
 
 redis = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
@@ -258,72 +264,6 @@ def cloudevent(event_id: str, data: Any) -> bytes:
     return json.dumps(envelope).encode()
 
 
-REPLICA = """
-import asyncio, sys
-from pathlib import Path
-from fastapi import FastAPI
-from fastapi_dapr import CloudEvent, Dapr
-from fastapi_dapr.testing import DaprTest
-
-app = FastAPI()
-dapr = Dapr(app, app_id="checkout", resources_path=Path(sys.argv[1]))
-
-@dapr.subscribe("pubsub", "jobs")
-async def on_job(event: CloudEvent[dict[str, int]]) -> None:
-    print("got", event.data["n"], flush=True)
-    await asyncio.Event().wait()  # still working on it when the process is killed
-
-async def main() -> None:
-    async with DaprTest(app):
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
-async def test_a_killed_replicas_messages_are_processed_by_another(
-    server: RedisServer, tmp_path: Path
-) -> None:
-    import signal
-    import sys
-
-    timing = (
-        "  - name: processingTimeout\n    value: 1s\n  - name: redeliverInterval\n    value: '200'\n"
-        "  - name: queueDepth\n    value: '5'\n"
-    )
-    app, dapr, _ = redis_app(tmp_path, server, timing)
-    replica = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", REPLICA, str(tmp_path / "resources"), stdout=asyncio.subprocess.PIPE
-    )
-    assert replica.stdout is not None
-    try:
-        assert await asyncio.wait_for(replica.stdout.readline(), 30) == b"ready\n"
-        publisher = await make_broker("redis", server)
-        for n in range(20):
-            await publisher.publish("jobs", cloudevent(str(n), {"n": n}), {})
-        await publisher.close()
-        # The replica holds some messages (being handled, and buffered): kill it then.
-        assert (await asyncio.wait_for(replica.stdout.readline(), 30)).startswith(b"got ")
-    finally:
-        replica.send_signal(signal.SIGKILL)
-        await replica.wait()
-
-    everything = asyncio.Event()
-    counts: dict[int, int] = {}
-
-    @dapr.subscribe("pubsub", "jobs")
-    async def on_job(event: CloudEvent[dict[str, int]]) -> None:
-        counts[event.data["n"]] = counts.get(event.data["n"], 0) + 1
-        if len(counts) == 20:
-            everything.set()
-
-    async with DaprTest(app):
-        await asyncio.wait_for(everything.wait(), 30)
-    assert sorted(counts) == list(range(20))  # every message, the dead replica's included
-    assert all(count == 1 for count in counts.values()), counts  # none twice here
-
-
 async def publish_until_taken(dapr: Dapr, n: int, refusals: list[tuple[int, str]]) -> None:
     """Publish message `n`; while Redis is away the publish fails, and the caller tries again."""
     from fastapi_dapr import DaprAPIError
@@ -337,7 +277,7 @@ async def publish_until_taken(dapr: Dapr, n: int, refusals: list[tuple[int, str]
             await asyncio.sleep(0.05)  # the publisher's own back-off
 
 
-async def run_fault(dapr: Dapr, app: FastAPI, fault: Any) -> dict[int, int]:
+async def run_fault(dapr: Dapr, app: FastAPI, fault: Any, report: Any) -> dict[int, int]:
     """Publish and deliver numbered messages before, during and after `fault`; every one of
     them must be delivered at least once. Duplicates are counted and reported."""
     counts: dict[int, int] = {}
@@ -369,7 +309,7 @@ async def run_fault(dapr: Dapr, app: FastAPI, fault: Any) -> dict[int, int]:
     assert sorted(counts) == list(range(total))
     assert set(refusals) <= {(500, "ERR_PUBSUB_PUBLISH_MESSAGE")}
     duplicates = sum(count - 1 for count in counts.values())
-    print(f"{total} messages, {len(refusals)} publishes refused during the fault, {duplicates} duplicates")
+    report(f"{total} messages, {len(refusals)} publishes refused during the fault, {duplicates} duplicates")
     return counts
 
 
@@ -379,14 +319,14 @@ FAST = (
 )
 
 
-async def test_nothing_is_lost_when_redis_restarts_under_load(tmp_path: Path) -> None:
+async def test_nothing_is_lost_when_redis_restarts_under_load(tmp_path: Path, fault_report: Any) -> None:
     async with redis_server(tmp_path, persistent=True) as server:
         app, dapr, _ = redis_app(tmp_path, server, FAST)
-        await run_fault(dapr, app, server.restart)
+        await run_fault(dapr, app, server.restart, fault_report)
 
 
 async def test_nothing_is_lost_when_redis_is_paused_longer_than_the_timeouts(
-    server: RedisServer, tmp_path: Path
+    server: RedisServer, tmp_path: Path, fault_report: Any
 ) -> None:
     app, dapr, _ = redis_app(tmp_path, server, FAST)
 
@@ -397,7 +337,7 @@ async def test_nothing_is_lost_when_redis_is_paused_longer_than_the_timeouts(
         finally:
             server.resume()
 
-    await run_fault(dapr, app, pause)
+    await run_fault(dapr, app, pause, fault_report)
 
 
 async def test_a_message_being_handled_is_not_claimed_by_another_replica(server: RedisServer) -> None:
@@ -406,9 +346,9 @@ async def test_a_message_being_handled_is_not_claimed_by_another_replica(server:
     other = await make_broker("redis", server, **timing)
     try:
         slow_consumer = await slow.subscribe("work")
-        other_consumer = await other.subscribe("work")
         await slow.publish("work", b"long job", {})
         (held,) = await asyncio.wait_for(slow_consumer.receive(1), 10)
+        other_consumer = await other.subscribe("work")  # a replica of the same group, started since
         # Held for four times processingTimeout: the other replica's claims must not take it.
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(other_consumer.receive(1), 2.4)
@@ -436,3 +376,347 @@ async def test_a_message_given_up_stays_pending_and_comes_back(server: RedisServ
     finally:
         await client.aclose()
         await broker.close()
+
+
+# -- replicas in processes of their own, killed with SIGKILL -------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CLAIMING = (
+    "  - name: processingTimeout\n    value: 1s\n  - name: redeliverInterval\n    value: 200ms\n"
+    "  - name: queueDepth\n    value: '20'\n"
+)
+
+
+class Replica(ChildProcess):
+    """`tests/apps/redis_replica.py` under uvicorn, in its own process."""
+
+    def __init__(self, server: RedisServer, resources: Path, work: float = 0.02) -> None:
+        environment = {
+            **os.environ,
+            "FASTAPI_DAPR_TEST_REDIS": server.url,
+            "FASTAPI_DAPR_TEST_RESOURCES": str(resources),
+            "FASTAPI_DAPR_TEST_WORK": str(work),
+        }
+        argv = [sys.executable, "-m", "uvicorn", "tests.apps.redis_replica:app", "--port", "0"]
+        # Ready once the lifespan, and so the consumers, started.
+        super().__init__(argv, ready=b"Application startup complete", env=environment, cwd=ROOT)
+
+
+@contextlib.asynccontextmanager
+async def replicas(count: int, server: RedisServer, resources: Path) -> AsyncIterator[list[Replica]]:
+    started = [Replica(server, resources) for _ in range(count)]
+    try:
+        yield started
+    finally:
+        for replica in started:
+            await replica.stop()
+
+
+class HandledLog:
+    """The `handled` stream the replicas write: how often each message was handled, by whom."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.counts: collections.Counter[int] = collections.Counter()
+        self.by_pid: collections.Counter[int] = collections.Counter()
+        self.after: dict[int, list[int]] = collections.defaultdict(list)  # pid -> numbers, in order
+        self._last = "0-0"
+
+    async def until(self, done: Any, timeout: float = 60) -> None:
+        async def follow() -> None:
+            while not done():
+                answer = await self.client.xread({"handled": self._last}, count=1000, block=1000)
+                for _, entries in answer:
+                    for entry_id, fields in entries:
+                        self._last = entry_id
+                        n, pid = int(fields[b"n"]), int(fields[b"pid"])
+                        self.counts[n] += 1
+                        self.by_pid[pid] += 1
+                        self.after[pid].append(n)
+
+        await asyncio.wait_for(follow(), timeout)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(count - 1 for count in self.counts.values())
+
+
+def resources_for(tmp_path: Path, server: RedisServer, extra: str) -> Path:
+    redis_app(tmp_path, server, extra)  # writes the component file
+    return tmp_path / "resources"
+
+
+async def publish_numbered(server: RedisServer, total: int) -> None:
+    publisher = await make_broker("redis", server)
+    try:
+        for n in range(total):
+            await publisher.publish("jobs", cloudevent(str(n), {"n": n}), {})
+    finally:
+        await publisher.close()
+
+
+async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_nothing(
+    server: RedisServer, tmp_path: Path, fault_report: Any
+) -> None:
+    total = 300
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    log = HandledLog(client)
+    async with replicas(1, server, resources_for(tmp_path, server, CLAIMING)) as (replica,):
+        first = await replica.start()
+        await publish_numbered(server, total)
+        await log.until(lambda: log.by_pid[first] >= 30)
+        await replica.stop(signal.SIGKILL)
+        in_flight = (await client.xpending("jobs", "checkout"))["pending"]
+        assert in_flight > 0  # killed while holding messages (handled, or being handled)
+        second = await replica.start()  # a new process: a new consumer in the same group
+        await log.until(lambda: len(log.counts) == total)
+        assert sorted(log.counts) == list(range(total))  # every message, at least once
+        # Only what was unacknowledged at the kill can have been handled twice.
+        assert log.duplicates <= in_flight
+        assert log.by_pid[second] > 0
+        await replica.stop()  # graceful: the last acks go out
+    pending = (await client.xpending("jobs", "checkout"))["pending"]
+    await client.aclose()
+    assert pending == 0
+    fault_report(f"{total} messages; {in_flight} unacknowledged at the kill; {log.duplicates} handled twice")
+
+
+async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
+    server: RedisServer, tmp_path: Path, fault_report: Any
+) -> None:
+    total = 400
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    log = HandledLog(client)
+    async with replicas(2, server, resources_for(tmp_path, server, CLAIMING)) as (victim, survivor):
+        doomed, lasting = await victim.start(), await survivor.start()
+        await publish_numbered(server, total)
+        await log.until(lambda: log.by_pid[doomed] >= 20 and log.by_pid[lasting] >= 20)  # shared
+        await victim.stop(signal.SIGKILL)
+        consumers = {
+            c["name"].decode(): c["pending"] for c in await client.xinfo_consumers("jobs", "checkout")
+        }
+        held = sum(pending for name, pending in consumers.items() if f"-{doomed}-" in name)
+        assert held > 0  # the dead replica held messages
+        handled_before = log.by_pid[doomed]
+        await log.until(lambda: len(log.counts) == total)
+        assert sorted(log.counts) == list(range(total))
+        assert log.by_pid[doomed] == handled_before  # nothing more from the dead one
+        assert log.duplicates <= held
+        await survivor.stop()
+    pending = (await client.xpending("jobs", "checkout"))["pending"]
+    await client.aclose()
+    assert pending == 0
+    fault_report(f"{total} messages; the killed replica held {held}; {log.duplicates} handled twice")
+
+
+# -- graceful shutdown ---------------------------------------------------------------------------
+
+
+async def test_a_graceful_stop_finishes_what_is_in_flight_and_returns_what_waits(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    from fastapi_dapr import RetryPolicy
+
+    app, dapr, finished = redis_app(tmp_path, server, CLAIMING)
+    dapr.retry = RetryPolicy(policy="constant", duration=3600, max_retries=-1)
+    entered, release, refused = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    @dapr.subscribe("pubsub", "slow")
+    async def slow(event: CloudEvent[Any]) -> None:
+        entered.set()
+        await release.wait()
+        finished.append("slow")
+
+    @dapr.subscribe("pubsub", "failing")
+    async def failing(event: CloudEvent[Any]) -> str:
+        refused.set()
+        return "RETRY"
+
+    test = DaprTest(app)
+    await test.__aenter__()
+    failed_once = asyncio.ensure_future(test.wait_for_delivery(topic="failing"))
+    await dapr.publish("pubsub", "failing", 1)
+    await dapr.publish("pubsub", "slow", 1)
+    await entered.wait()
+    await refused.wait()  # its retry is an hour away
+    stopping = asyncio.ensure_future(test.__aexit__(None, None, None))
+    await dapr._running()._stopping.wait()
+    release.set()  # the stop has begun: the slow handler finishes, and is acknowledged
+    await stopping
+    assert finished == ["slow"]
+    assert (await failed_once).outcome == "returned"  # waiting an hour for its retry: handed back
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    slow_pending = (await client.xpending("slow", "checkout"))["pending"]
+    failing_pending = (await client.xpending("failing", "checkout"))["pending"]
+    await client.aclose()
+    assert (slow_pending, failing_pending) == (0, 1)  # the returned one stays pending, not lost
+
+    # The next start of the app gets it again, once processingTimeout has passed.
+    again, dapr_again, _ = redis_app(tmp_path, server, CLAIMING)
+    retried: list[Any] = []
+
+    @dapr_again.subscribe("pubsub", "failing")
+    async def failing_again(event: CloudEvent[Any]) -> None:
+        retried.append(event.data)
+
+    async with DaprTest(again) as second:
+        report = await second.wait_for_delivery(topic="failing", timeout=30)
+    assert report.outcome == "delivered"
+    assert retried == [1]
+
+
+# -- TLS, with certificates made by the tests ----------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Any]:
+    from .certs import CertificateAuthority
+
+    ca = CertificateAuthority()
+    server_pair = ca.issue("localhost", server=True)
+    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem", "key": tmp_path / "server.key"}
+    files["ca"].write_text(ca.pem)
+    files["cert"].write_text(server_pair.certificate)
+    files["key"].write_text(server_pair.private_key)
+    return {"ca": ca, "files": files, "client": ca.issue("checkout", server=False)}
+
+
+def tls_metadata(**values: str) -> str:
+    """Component metadata lines; multi-line values (PEM) as YAML block scalars."""
+    lines = []
+    for name, value in values.items():
+        if "\n" in value:
+            body = "".join(f"      {line}\n" for line in value.strip().splitlines())
+            lines.append(f"  - name: {name}\n    value: |\n{body}")
+        else:
+            lines.append(f"  - name: {name}\n    value: '{value}'\n")
+    return "".join(lines)
+
+
+async def deliver_one_over(server: RedisServer, tmp_path: Path, metadata: str) -> Any:
+    app, dapr, seen = redis_app(tmp_path, server, metadata)
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent[dict[str, int]]) -> None:
+        seen.append(event.data)
+
+    async with DaprTest(app) as test:
+        report = await test.publish_and_wait("pubsub", "orders", {"n": 1}, timeout=10)
+    assert seen == [{"n": 1}]
+    return report
+
+
+async def test_mutual_tls_with_the_ca_in_the_trust_store(
+    pki: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = pki["files"]
+    monkeypatch.setenv("SSL_CERT_FILE", str(files["ca"]))  # as for daprd: the system's trust store
+    tls = (files["cert"], files["key"], files["ca"])
+    async with redis_server(tmp_path, tls=tls, client_certificates=True) as server:
+        client = pki["client"]
+        metadata = tls_metadata(enableTLS="true", clientCert=client.certificate, clientKey=client.private_key)
+        report = await deliver_one_over(server, tmp_path, metadata)
+        assert report.outcome == "delivered"
+
+        # Without its certificate the client is refused: the app does not start.
+        app, _, _ = redis_app(tmp_path, server, tls_metadata(enableTLS="true"))
+        with pytest.raises(ResourceError, match="cannot reach Redis"):
+            async with DaprTest(app):
+                pass
+
+
+async def test_an_untrusted_server_is_refused_unless_verification_is_skipped(
+    pki: dict[str, Any], tmp_path: Path
+) -> None:
+    files = pki["files"]  # the CA is not in the trust store this time
+    async with redis_server(tmp_path, tls=(files["cert"], files["key"], files["ca"])) as server:
+        app, _, _ = redis_app(tmp_path, server, tls_metadata(enableTLS="true"))
+        with pytest.raises(ResourceError, match="certificate verify failed"):
+            async with DaprTest(app):
+                pass
+        skipping = tls_metadata(enableTLS="true", insecureSkipTLSVerify="true")
+        assert (await deliver_one_over(server, tmp_path, skipping)).outcome == "delivered"
+
+
+def test_a_client_certificate_needs_its_key() -> None:
+    from fastapi_dapr.brokers.redis import RedisBroker
+
+    broker = RedisBroker("p", {"redisHost": "x:1", "enableTLS": "true", "clientCert": "PEM"}, app_id="a")
+    with pytest.raises(ValueError, match="clientCert and clientKey go together"):
+        asyncio.run(broker.start())
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+
+async def test_concurrency_bounds_the_messages_handled_at_once_across_the_components_topics(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    app, dapr, _ = redis_app(tmp_path, server, "  - name: concurrency\n    value: '2'\n")
+    active, most = 0, 0
+    two_in, release = asyncio.Event(), asyncio.Event()
+
+    async def handle() -> None:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        if active == 2:
+            two_in.set()
+        await release.wait()
+        active -= 1
+
+    dapr.subscribe("pubsub", "a")(handle)
+    dapr.subscribe("pubsub", "b")(handle)
+    publisher = await make_broker("redis", server)
+    for topic in ("a", "b", "a", "b", "a", "b"):
+        await publisher.publish(topic, cloudevent(topic, {}), {})
+    await publisher.close()
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    async with DaprTest(app) as test:
+        await two_in.wait()
+        while sum([(await client.xpending(t, "checkout"))["pending"] for t in ("a", "b")]) < 6:
+            await client.xinfo_stream("a")  # each round trip lets the readers go on
+        for _ in range(100):  # every message is in the process: nothing else waits but the limit
+            await asyncio.sleep(0)
+        assert (active, most) == (2, 2)
+        release.set()
+        for _ in range(6):
+            await test.wait_for_delivery(timeout=10)
+    await client.aclose()
+    assert most == 2
+
+
+async def test_consumers_gone_for_good_are_forgotten_once_nothing_is_pending_for_them(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi_dapr.brokers import redis as redis_broker
+
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    await client.xgroup_create("work", "app", id="0", mkstream=True)
+    await client.xreadgroup("app", "departed", {"work": ">"})  # read nothing: holds nothing
+    await client.xadd("work", {"data": b"x"})
+    await client.xreadgroup("app", "holding", {"work": ">"})  # holds one message
+    broker = await make_broker("redis", server, processingTimeout="60s")
+    monkeypatch.setattr(redis_broker, "_DEPARTED_AFTER", 0.0)  # any silence counts
+    try:
+        consumer = await broker.subscribe("work")
+        await broker.publish("work", b"y", {})
+        (delivery,) = await asyncio.wait_for(consumer.receive(1), 10)  # this replica: known, idle
+        await delivery.ack()
+        await consumer._forget_departed()  # type: ignore[attr-defined]
+        names = {c["name"] for c in await client.xinfo_consumers("work", "app")}
+    finally:
+        await broker.close()
+        await client.aclose()
+    assert b"departed" not in names
+    assert b"holding" in names  # its message must stay claimable
+    assert broker.consumer_name.encode() in names
+
+
+def test_redis_settings_that_are_not_supported_are_refused_or_named() -> None:
+    from fastapi_dapr.brokers.redis import RedisBroker
+
+    with pytest.raises(ValueError, match="redisType cluster is not supported"):
+        RedisBroker("p", {"redisHost": "x:1", "redisType": "cluster"}, app_id="a")
+    with pytest.raises(ValueError, match="Sentinel"):
+        RedisBroker("p", {"redisHost": "x:1", "failover": "true"}, app_id="a")

@@ -67,6 +67,16 @@ logger = logging.getLogger("fastapi_dapr")
 
 _RETRY_MAX = 5.0  # seconds between reconnection attempts, at most
 _IDLE_RECONNECT = 30.0  # seconds after which an unused command line connects anew
+# A consumer of the group with nothing pending, silent this long (a live one reads every
+# second), is a replica gone for good: its name is removed from the group, checked this often.
+_DEPARTED_AFTER = 3600.0
+_DEPARTED_CHECK = 600.0
+# daprd's settings this component has no use for: named in a warning, not silently dropped.
+_UNUSED_SETTINGS = (
+    "redisMaxRetries", "redisMinRetryInterval", "redisMaxRetryInterval", "writeTimeout", "poolSize",
+    "minIdleConns", "maxConnAge", "poolTimeout", "idleTimeout", "idleCheckFrequency", "useEntraID",
+    "useOIDC",
+)  # fmt: skip
 _Entry = tuple[bytes, Any]  # an entry id and its fields: a flat [field, value, ...] list or a dict
 
 
@@ -273,6 +283,7 @@ class _StreamConsumer(Consumer):
         broker = self._broker
         delay = 0.1
         next_claim = 0.0  # claim stale messages at once on start, then every redeliverInterval
+        next_forget = 0.0
         claim_from = "0-0"
         while not self._closed:
             await self._room.wait()
@@ -283,6 +294,9 @@ class _StreamConsumer(Consumer):
                     claim_from, entries = await self._claim(claim_from, room)
                     if claim_from == "0-0":
                         next_claim = time.monotonic() + broker.redeliver_interval
+                    if claim_from == "0-0" and time.monotonic() >= next_forget:
+                        next_forget = time.monotonic() + _DEPARTED_CHECK
+                        await self._forget_departed()
                 if not entries:
                     entries = await self._read(room)
                 delay = 0.1
@@ -351,6 +365,20 @@ class _StreamConsumer(Consumer):
                 broker.processing_timeout,
             )
         return next_start, claimed
+
+    async def _forget_departed(self) -> None:
+        """Remove from the group the names of replicas gone for good (killed, or moved),
+        once nothing is pending for them: each process reads under a name of its own,
+        and the group would otherwise keep every name it ever saw."""
+        broker = self._broker
+        silent_ms = max(_DEPARTED_AFTER, 10 * broker.processing_timeout) * 1000
+        for consumer in await broker.client.xinfo_consumers(self.topic, self.group):
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+            if name != self.name and consumer["pending"] == 0 and consumer["idle"] >= silent_ms:
+                await broker.client.xgroup_delconsumer(self.topic, self.group, name)
+                logger.info(
+                    "redis pubsub %s: consumer %s of %s is gone; forgotten", broker.name, name, self.topic
+                )
 
     def _add(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         if entry_id in self._held:
@@ -524,6 +552,13 @@ class RedisBroker(Broker):
         self.block_ms = max(10, int(min(1.0, self.read_timeout / 2) * 1000))
         if self.max_len_approx and self.stream_ttl:
             logger.warning("redis pubsub %s: maxLenApprox and streamTTL both set; maxLenApprox wins", name)
+        if self.metadata.get("redisType", "node").strip().lower() not in ("", "node"):
+            raise ValueError("redisType cluster is not supported: a single node (redisType node) only")
+        if _truthy(self.metadata.get("failover", "false")):
+            raise ValueError("failover (Redis Sentinel) is not supported: give the node in redisHost")
+        unused = [key for key in _UNUSED_SETTINGS if self.metadata.get(key, "").strip()]
+        if unused:
+            logger.warning("redis pubsub %s: %s not used here; ignored", name, ", ".join(unused))
         self.consumer_name = (
             f"{self.consumer_group}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
