@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -35,8 +34,9 @@ class AppUnreachable(Exception):
     """The app failed before it sent a response (daprd: a transport error)."""
 
 
-@dataclasses.dataclass
-class AppResponse:
+class AppResponse(NamedTuple):
+    """What the app answered (immutable: the answers of statuses are shared)."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
@@ -152,6 +152,10 @@ def _direct_handler(app: Any, path: str) -> DirectHandler | None:
     return handler
 
 
+# What a handler's status is answered with (Status.response); never changed once made.
+_STATUS_ANSWERS = {status: AppResponse(200, [], status.body) for status in Status}
+
+
 class AppCaller:
     """Calls one app in process, as a server would, but without a socket.
 
@@ -203,7 +207,7 @@ class AppCaller:
         except Exception as exc:
             raise AppUnreachable(f"{type(exc).__name__}: {exc}") from exc
         if isinstance(answer, Status):
-            return AppResponse(200, [], answer.body)  # what its endpoint answers (Status.response)
+            return _STATUS_ANSWERS[answer]
         return await respond(answer)
 
     async def _http_exception(

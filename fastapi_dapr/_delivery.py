@@ -468,9 +468,11 @@ class Worker:
                         raise ValueError("not an object")
                 except ValueError as exc:
                     return prepared, f"the message is not a JSON CloudEvent ({exc})", "invalid"
-            missing = [
-                k for k in ("traceid", "traceparent", "tracestate") if k not in event and k in metadata
-            ]
+            missing = (
+                [k for k in ("traceid", "traceparent", "tracestate") if k not in event and k in metadata]
+                if metadata is not self._plain_metadata  # that one carries no trace
+                else None
+            )
             if missing:
                 event = {**event, **{key: metadata[key] for key in missing}}
                 prepared.exact = False

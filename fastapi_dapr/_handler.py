@@ -166,7 +166,7 @@ def parse_delivery(
     content_type = headers.get("content-type", "")
     if decoded is not None and "specversion" in decoded:
         try:
-            return model.model_validate(decoded)
+            return model.__pydantic_validator__.validate_python(decoded)  # model_validate, inlined
         except ValueError:
             pass  # the paths below give the error, or accept what JSON mode accepts
     # daprd always posts application/cloudevents+json: structured mode, no ce-* headers.
@@ -304,8 +304,8 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
     async def single(request: Request, kwargs: dict[str, Any]) -> Response:
         return _as_response(await handle(await request.body(), request.headers, kwargs))
 
-    async def direct(body: bytes, decoded: Mapping[str, Any] | None) -> Status | Response:
-        return await handle(body, _STRUCTURED, {}, decoded)
+    def direct(body: bytes, decoded: Mapping[str, Any] | None) -> Awaitable[Status | Response]:
+        return handle(body, _STRUCTURED, {}, decoded)  # the coroutine itself: one frame less
 
     async def bulk(request: Request, kwargs: dict[str, Any]) -> Response:
         body = await request.body()

@@ -276,11 +276,7 @@ class Runtime:
             stopping=self._stopping,
         )
         self.routes = self.plan_routes(programmatic)
-        limits = {
-            name: asyncio.Semaphore(broker.concurrency)
-            for name, broker in self.brokers.items()
-            if broker.concurrency is not None
-        }
+        starting: list[tuple[Route, Broker]] = []
         for route in self.routes:
             broker = self.brokers.get(route.pubsub)
             if broker is None:
@@ -299,10 +295,18 @@ class Runtime:
                     self.app_id,
                 )
                 continue
+            starting.append((route, broker))
+        # A component's `concurrency` bounds its subscriptions together: each has at most
+        # that many runners, and when there are several they share one limit.
+        limits = {
+            name: asyncio.Semaphore(broker.concurrency)
+            for name, broker in self.brokers.items()
+            if broker.concurrency is not None and sum(b is broker for _, b in starting) > 1
+        }
+        for route, broker in starting:
             consumer = await broker.subscribe(route.topic)
-            limit = limits.get(broker.name)
             runners = min(self.concurrency, broker.concurrency or self.concurrency)
-            worker = Worker(engine, route, consumer, runners, limit)
+            worker = Worker(engine, route, consumer, runners, limits.get(broker.name))
             worker.start()
             self.workers.append(worker)
         self.ready = True

@@ -129,13 +129,20 @@ def _integer(metadata: Mapping[str, str], key: str, default: int, *, minimum: in
     return number
 
 
-def _fields(raw: Any) -> Mapping[bytes, bytes]:
-    """An entry's fields: redis-py gives a dict, a raw RESP2 reply a flat list."""
-    if raw is None:
-        return {}
-    if isinstance(raw, Mapping):
-        return raw
-    return dict(zip(raw[::2], raw[1::2], strict=True))
+def _data_and_metadata(fields: Any) -> tuple[bytes, bytes | None]:
+    """An entry's `data` and `metadata`: redis-py gives a dict, a raw RESP2 reply a flat list."""
+    if fields is None:
+        return b"", None
+    if isinstance(fields, Mapping):
+        return fields.get(b"data", b""), fields.get(b"metadata")
+    data, metadata = b"", None
+    for index in range(0, len(fields) - 1, 2):
+        name = fields[index]
+        if name == b"data":
+            data = fields[index + 1]
+        elif name == b"metadata":
+            metadata = fields[index + 1]
+    return data, metadata
 
 
 class _TLSConnection(Connection):
@@ -263,7 +270,7 @@ class _StreamConsumer(Consumer):
         self._waiting = WaitingLine()
         self._room = asyncio.Event()
         self._room.set()
-        self._held: dict[str, float] = {}  # ids buffered or being handled -> since when
+        self._held: dict[str, None] = {}  # ids buffered or being handled, in order
         self._acks: list[str] = []  # gathered, not sent yet
         self._acks_out = 0  # sent, not answered yet
         self._acks_settled = asyncio.Event()
@@ -320,7 +327,7 @@ class _StreamConsumer(Consumer):
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             for entry_id, fields in entries:
-                self._add(entry_id.decode(), _fields(fields))
+                self._add(entry_id.decode(), *_data_and_metadata(fields))
 
     async def _read(self, count: int) -> list[_Entry]:
         """New entries for this group (`XREADGROUP ... >`), waiting up to `block_ms` for some."""
@@ -380,12 +387,10 @@ class _StreamConsumer(Consumer):
                     "redis pubsub %s: consumer %s of %s is gone; forgotten", broker.name, name, self.topic
                 )
 
-    def _add(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+    def _add(self, entry_id: str, data: bytes, raw: bytes | None) -> None:
         if entry_id in self._held:
             return  # already here (claimed back while buffered)
-        data = fields.get(b"data", b"")
         metadata: dict[str, str] = {}
-        raw = fields.get(b"metadata")
         if raw and raw != b"{}":
             try:
                 parsed = json.loads(raw)
@@ -398,7 +403,7 @@ class _StreamConsumer(Consumer):
                     entry_id,
                     self.topic,
                 )
-        self._held[entry_id] = time.monotonic()
+        self._held[entry_id] = None
         self._buffer.append(Delivery(self, Message(self.topic, data, metadata, entry_id)))
         if len(self._buffer) >= self._broker.queue_depth:
             self._room.clear()
