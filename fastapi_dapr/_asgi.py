@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.exceptions import ExceptionMiddleware
@@ -18,6 +19,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._handler import DIRECT_ATTR, DirectHandler
+from ._routing import route_entries as _route_entries
 from ._status import Status
 
 try:  # FastAPI >= 0.118 runs its routers inside this middleware
@@ -101,21 +103,27 @@ class _MatchedRoute:
         await self.route.handle(scope, receive, send)
 
 
-def _matched_route(app: Any, method: str, path: str) -> tuple[BaseRoute, dict[str, Any]] | None:
-    """The route the app's router runs for `method path`, when skipping the app's
-    middleware stack changes nothing the app can observe; otherwise None.
+def _plain(app: Any) -> bool:
+    """Whether skipping the app's middleware stack changes nothing the app can observe:
+    no middleware of its own and no handler for 500/Exception (those belong to the
+    error middleware, which is skipped: an exception is then read as a 500, as that
+    middleware answers)."""
+    if getattr(app, "user_middleware", None) != [] or getattr(app, "router", None) is None:
+        return False
+    return not any(key in (500, Exception) for key in getattr(app, "exception_handlers", {}))
 
-    That is when the app has no middleware of its own and no handler for
-    500/Exception (those belong to the error middleware, which is skipped: an
-    exception is then read as a 500, as that middleware answers).
-    """
-    router = getattr(app, "router", None)
-    if getattr(app, "user_middleware", None) != [] or router is None:
+
+def _probe(method: str, path: str) -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+
+
+def _matched_route(app: Any, method: str, path: str) -> tuple[BaseRoute, dict[str, Any]] | None:
+    """The route the app's router runs for `method path`, when the app is plain
+    (see `_plain`); otherwise None."""
+    if not _plain(app):
         return None
-    if any(key in (500, Exception) for key in getattr(app, "exception_handlers", {})):
-        return None
-    probe = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
-    for route in router.routes:
+    probe = _probe(method, path)
+    for route in app.router.routes:
         match, child_scope = route.matches(probe)
         if match == Match.FULL:
             return route, child_scope
@@ -139,17 +147,32 @@ def _direct_target(app: Any, method: str, path: str) -> ASGIApp | None:
 
 def _direct_handler(app: Any, path: str) -> DirectHandler | None:
     """The subscription handler behind `POST path` without its HTTP endpoint, when
-    the endpoint would add nothing: it takes no FastAPI parameters and its route
-    no dependencies (the route's own, its router's or the app's)."""
-    matched = _matched_route(app, "POST", path)
-    if matched is None:
+    the endpoint would add nothing: the app is plain (see `_plain`), the handler
+    takes no FastAPI parameters, and its route is a plain `APIRoute` (no custom
+    route class) with no dependencies (its own, its routers' or the app's).
+
+    Routes are looked at in the order the router tries them, included routers'
+    routes in place (FastAPI >= 0.13x keeps those as lazy wrappers); the first
+    that matches the path fully is the one.
+    """
+    if not _plain(app):
         return None
-    route, child_scope = matched
-    handler: DirectHandler | None = getattr(child_scope.get("endpoint"), DIRECT_ATTR, None)
-    dependant = getattr(route, "dependant", None)
-    if handler is None or dependant is None or dependant.dependencies:
-        return None
-    return handler
+    probe = _probe("POST", path)
+    for entry in _route_entries(app.router.routes):
+        matches = getattr(entry, "matches", None)
+        if matches is None:
+            return None  # a route that cannot be probed: leave the choice to the router
+        match, child_scope = matches(probe)
+        if match == Match.NONE:
+            continue
+        if match != Match.FULL or type(getattr(entry, "original_route", entry)) is not APIRoute:
+            return None
+        handler: DirectHandler | None = getattr(child_scope.get("endpoint"), DIRECT_ATTR, None)
+        dependant = getattr(entry, "dependant", None)
+        if handler is None or dependant is None or dependant.dependencies:
+            return None
+        return handler
+    return None
 
 
 # What a handler's status is answered with (Status.response); never changed once made.

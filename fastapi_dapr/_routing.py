@@ -110,7 +110,7 @@ class DaprRouter(APIRouter):
         )
 
 
-def _route_entries(routes: Sequence[BaseRoute]) -> Iterator[Any]:
+def route_entries(routes: Sequence[BaseRoute]) -> Iterator[Any]:
     # FastAPI >= 0.13x keeps included routers as lazy wrappers and resolves their
     # prefixed paths through iter_route_contexts; older versions copied every
     # route into the parent, with its prefix, at include time.
@@ -123,7 +123,7 @@ def _route_entries(routes: Sequence[BaseRoute]) -> Iterator[Any]:
 
 def collect_handlers(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[RoutedHandler]:
     """Every subscription handler served by these routes, with its full path."""
-    for entry in _route_entries(routes):
+    for entry in route_entries(routes):
         original = getattr(entry, "original_route", entry)
         path = getattr(entry, "path", None)
         if isinstance(original, Mount) and path is not None:

@@ -262,3 +262,53 @@ async def test_the_handler_gets_the_same_event_on_both_paths(annotation: Any, bo
             await test.wait_for_delivery(topic="orders")
     assert len(seen) == 2
     assert seen[0] == seen[1]
+
+
+async def test_a_subscription_on_an_included_router_is_called_directly_too() -> None:
+    app = FastAPI()
+    dapr = Dapr(app, app_id="checkout")
+    router = DaprRouter(prefix="/shop")
+    seen: list[str] = []
+
+    @router.subscribe("pubsub", "orders")
+    async def on_order(order: Order) -> None:
+        seen.append(order.id)
+
+    app.include_router(router, prefix="/v2")
+    async with DaprTest(app) as test:
+        report = await test.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 1})
+        assert dapr._runtime is not None
+        assert dapr._runtime.workers[0].engine.call.handler(report.path or "") is not None
+    assert report.path == "/v2/shop/events/pubsub/orders"
+    assert (report.outcome, seen) == ("delivered", ["o-1"])
+
+
+async def test_a_custom_route_class_keeps_the_endpoint() -> None:
+    from fastapi.routing import APIRoute
+
+    calls: list[str] = []
+
+    class Timed(APIRoute):
+        def get_route_handler(self) -> Callable[..., Any]:
+            handle = super().get_route_handler()
+
+            async def timed(request: Request) -> Response:
+                calls.append("timed")
+                return await handle(request)
+
+            return timed
+
+    app = FastAPI()
+    app.router.route_class = Timed
+    dapr = Dapr(app, app_id="checkout")
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(order: Order) -> None:
+        calls.append(order.id)
+
+    async with DaprTest(app) as test:
+        report = await test.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 1})
+        assert dapr._runtime is not None
+        assert dapr._runtime.workers[0].engine.call.handler(PATH) is None
+    assert report.outcome == "delivered"
+    assert calls == ["timed", "o-1"]

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -720,3 +721,48 @@ def test_redis_settings_that_are_not_supported_are_refused_or_named() -> None:
         RedisBroker("p", {"redisHost": "x:1", "redisType": "cluster"}, app_id="a")
     with pytest.raises(ValueError, match="Sentinel"):
         RedisBroker("p", {"redisHost": "x:1", "failover": "true"}, app_id="a")
+
+
+# -- trimming and reconnection ----------------------------------------------------------------
+
+
+async def test_streams_are_trimmed_by_length_or_by_age_as_daprd_trims_them(server: RedisServer) -> None:
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    by_length = await make_broker("redis", server, maxLenApprox="10")
+    by_age = await make_broker("redis", server, streamTTL="1h")
+    try:
+        for n in range(500):
+            await by_length.publish("short", str(n).encode(), {})
+        # Entries from long ago (ids are milliseconds): a publish drops them, whole nodes at a time.
+        for n in range(1, 301):
+            await client.xadd("recent", {"data": b"old"}, id=f"{n}-0")
+        await by_age.publish("recent", b"new", {})
+        short, recent = await client.xlen("short"), await client.xlen("recent")
+    finally:
+        await by_length.close()
+        await by_age.close()
+        await client.aclose()
+    # `~`: Redis trims whole nodes (100 entries by default), never below what was asked.
+    assert 10 <= short <= 110
+    assert 1 <= recent <= 101
+
+
+async def test_readers_back_off_while_redis_is_down(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = await make_broker("redis", server, readTimeout="500ms", dialTimeout="200ms")
+    try:
+        consumer = await broker.subscribe("t")
+        with caplog.at_level(logging.WARNING, logger="fastapi_dapr"):
+            await server.stop()
+            await asyncio.sleep(2.0)  # the fault's length: two seconds without Redis
+            await server.start()
+            await broker.publish("t", b"after", {})
+            (delivery,) = await asyncio.wait_for(consumer.receive(1), 10)
+        await delivery.ack()
+    finally:
+        await broker.close()
+    failures = [r for r in caplog.records if "reading t failed" in r.getMessage()]
+    # Retried with a doubling delay (0.1, 0.2, 0.4, 0.8 s ...), not in a busy loop.
+    assert 1 <= len(failures) <= 6, [r.getMessage() for r in failures]
+    assert delivery.message.data == b"after"
