@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -40,7 +40,7 @@ class AppResponse(NamedTuple):
     """What the app answered (immutable: the answers of statuses are shared)."""
 
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: Sequence[tuple[bytes, bytes]]
     body: bytes
 
 
@@ -176,7 +176,7 @@ def _direct_handler(app: Any, path: str) -> DirectHandler | None:
 
 
 # What a handler's status is answered with (Status.response); never changed once made.
-_STATUS_ANSWERS = {status: AppResponse(200, [], status.body) for status in Status}
+_STATUS_ANSWERS = {status: AppResponse(200, (), status.body) for status in Status}
 
 
 class AppCaller:
@@ -219,34 +219,40 @@ class AppCaller:
         body: bytes,
         event: Mapping[str, Any] | None,
         *,
+        headers: Callable[[], Sequence[tuple[bytes, bytes]]],
         state: Mapping[str, Any] | None = None,
     ) -> AppResponse:
         """Run `handler` on one delivery (`event`: what `body` encodes, if known):
-        the answer its endpoint would have given."""
+        the answer its endpoint would have given. `headers` gives the delivery's
+        headers, for an exception handler that reads the request."""
         try:
             answer = await handler(body, event)
-        except HTTPException as exc:
-            answer = await self._http_exception(exc, path, state)
-        except Exception as exc:
-            raise AppUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # what the endpoint lets through: HTTPException, or a bug
+            scope = http_scope("POST", path, headers(), state=state)
+            scope.update(app=self.app, router=getattr(self.app, "router", None))
+            answer = await self._exception_answer(exc, scope, body)
         if isinstance(answer, Status):
             return _STATUS_ANSWERS[answer]
-        return await respond(answer)
+        return await _run(answer, http_scope("POST", path, []), b"")
 
-    async def _http_exception(
-        self, exc: HTTPException, path: str, state: Mapping[str, Any] | None
-    ) -> Response:
-        # As the app's exception middleware: the handler registered for the
-        # nearest class of the exception (FastAPI always has one for HTTPException).
+    async def _exception_answer(self, exc: Exception, scope: dict[str, Any], body: bytes) -> Response:
+        """As the app's exception middleware: the handler for the exception's status code,
+        else for the nearest class of it; without one, the app is unreachable, as
+        an exception through a plain app's router is (see `_plain`)."""
         handlers = getattr(self.app, "exception_handlers", {})
-        handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+        handler = handlers.get(exc.status_code) if isinstance(exc, HTTPException) else None
         if handler is None:
-            return Response("Internal Server Error", status_code=500, media_type="text/plain")
-        request = Request(http_scope("POST", path, [], state=state))
-        if asyncio.iscoroutinefunction(handler):
-            response: Response = await handler(request, exc)
-        else:
-            response = await run_in_threadpool(handler, request, exc)
+            handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+        if handler is None:
+            raise AppUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        request = Request(scope, _Exchange(body).receive)
+        try:
+            if _is_async_callable(handler):
+                response: Response = await handler(request, exc)
+            else:
+                response = await run_in_threadpool(handler, request, exc)
+        except Exception as error:
+            raise AppUnreachable(f"{type(error).__name__}: {error}") from error
         return response
 
     async def __call__(
@@ -292,11 +298,30 @@ def http_scope(
     return scope
 
 
-async def respond(response: Response) -> AppResponse:
-    """What `response` sends, background tasks run, as a server would."""
-    exchange = _Exchange(b"")
-    await response(http_scope("POST", "/", []), exchange.receive, exchange.send)
-    exchange.finish()
+def _is_async_callable(obj: Any) -> bool:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return asyncio.iscoroutinefunction(obj) or asyncio.iscoroutinefunction(
+        getattr(obj, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+async def _run(app: ASGIApp, scope: dict[str, Any], body: bytes) -> AppResponse:
+    """One request through `app`, answered as a server would see it: an exception
+    after the answer went out (a background task's) is only logged."""
+    exchange = _Exchange(body)
+    try:
+        await app(scope, exchange.receive, exchange.send)
+    except Exception as exc:
+        if not exchange.finished:
+            raise AppUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        # The answer went out; the exception is only re-raised by Starlette's
+        # error middleware so that servers can log it, which we do.
+        logger.debug("the app raised after answering %s %s", scope["method"], scope["path"], exc_info=True)
+    finally:
+        exchange.finish()
+    if exchange.status == 0:
+        raise AppUnreachable("the app returned without sending a response")
     return AppResponse(exchange.status, exchange.headers, b"".join(exchange.chunks))
 
 
@@ -314,17 +339,4 @@ async def call_app(
     scope = http_scope(method, path, headers, state=state)
     if extra:
         scope.update(extra)
-    exchange = _Exchange(body)
-    try:
-        await app(scope, exchange.receive, exchange.send)
-    except Exception as exc:
-        if not exchange.finished:
-            raise AppUnreachable(f"{type(exc).__name__}: {exc}") from exc
-        # The answer went out; the exception is only re-raised by Starlette's
-        # error middleware so that servers can log it, which we do.
-        logger.debug("the app raised after answering %s %s", method, path, exc_info=True)
-    finally:
-        exchange.finish()
-    if exchange.status == 0:
-        raise AppUnreachable("the app returned without sending a response")
-    return AppResponse(exchange.status, exchange.headers, b"".join(exchange.chunks))
+    return await _run(app, scope, body)

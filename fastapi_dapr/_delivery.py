@@ -256,7 +256,10 @@ class _Prepared:
 
     def __init__(self) -> None:
         self.event: dict[str, Any] = {}
-        self.exact = True  # `event` is what `body` encodes (no trace attributes added)
+        # `event` is what `body` encodes (no trace attributes added), parsed for this
+        # delivery alone (not the publisher's, shared with other subscriptions): the
+        # handler's event may be validated from it, which does not copy what it holds.
+        self.exact = True
         self.event_id: str | None = None
         self.body = b""
         self.metadata: dict[str, str] = {}
@@ -357,11 +360,21 @@ class Worker:
                 await self._deliver(delivery)
             else:
                 async with self._limit:
+                    if self._closing:  # stopped while waiting for a turn: hand it back
+                        await delivery.nack(redeliver=True)
+                        self._report(delivery, None, None, "returned", (), "the engine stopped first")
+                        return
                     await self._deliver(delivery)
         except asyncio.CancelledError:
             await delivery.nack(redeliver=True)
             self._report(delivery, None, None, "returned", (), "the engine stopped first")
             raise
+        except Exception:
+            # A bug of the engine's, not an answer of the app's: the message is not lost,
+            # it is left to the broker to give again (at least once).
+            logger.exception("delivery failed on %s; the message is handed back", self.route.describe())
+            await delivery.nack(redeliver=False)
+            self._report(delivery, None, None, "failed", (), "the engine failed")
 
     # -- one message ---------------------------------------------------------
 
@@ -461,6 +474,7 @@ class Worker:
         else:
             if message.decoded is not None:
                 event = message.decoded  # type: ignore[assignment]  # read-only from here on
+                prepared.exact = False  # shared: the handler gets its own, from the bytes
             else:
                 try:
                     event = _loads(message.data)
@@ -516,6 +530,8 @@ class Worker:
         headers = self._headers(prepared) if direct is None else []
         attempts: list[Attempt] = []
         started = self.engine.clock.monotonic()
+        # The parsed event, for the first attempt only: a handler may change what it got.
+        decoded = prepared.event if prepared.exact else None
         while True:
             try:
                 if direct is None:
@@ -525,9 +541,11 @@ class Worker:
                         direct,
                         prepared.path,
                         prepared.body,
-                        prepared.event if prepared.exact else None,
+                        decoded,
+                        headers=lambda: self._headers(prepared),
                         state=self.engine.lifespan_state(),
                     )
+                    decoded = None
                 attempt = classify(response)
             except AppUnreachable as exc:
                 attempt = Attempt(None, None, str(exc))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable
 
 from ._exceptions import ResourceError
 from ._resources import HTTPEndpoint, MetadataItem
+from ._tls import load_client_certificate
 
 __all__: list[str] = []
 
@@ -50,39 +48,8 @@ def tls_context(
         raise ValueError(f"rootCA is not a PEM certificate: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if certificate is not None and private_key is not None:
-        _load_client_certificate(context, certificate, private_key)
+        load_client_certificate(context, certificate, private_key)
     return context
-
-
-class _EncryptedKey(Exception):
-    pass
-
-
-def _no_password() -> str:
-    raise _EncryptedKey
-
-
-def _load_client_certificate(context: ssl.SSLContext, certificate: str, private_key: str) -> None:
-    # The ssl module loads key pairs from files only: write them where only this
-    # process can read them, load, and remove them at once.
-    with tempfile.TemporaryDirectory(prefix="fastapi-dapr-tls-") as folder:
-        cert_path = os.path.join(folder, "cert.pem")
-        key_path = os.path.join(folder, "key.pem")
-        for path, text in ((cert_path, certificate), (key_path, private_key)):
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(text)
-        try:
-            # A password callback, so that OpenSSL never prompts on a terminal for an encrypted key.
-            context.load_cert_chain(cert_path, key_path, password=_no_password)
-        except _EncryptedKey:
-            raise ValueError("privateKey is encrypted: give it unencrypted (from a secret store)") from None
-        except (ssl.SSLError, ValueError, OSError) as exc:
-            raise ValueError(f"certificate and privateKey are not a PEM key pair: {exc}") from None
-        finally:
-            for path in (cert_path, key_path):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
 
 
 async def resolve_endpoint(endpoint: HTTPEndpoint, read_secret: SecretReader) -> ResolvedEndpoint:

@@ -41,7 +41,13 @@ def make_app(handler: Callable[..., Any], *, plain: bool) -> tuple[FastAPI, Dapr
 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"status": "DROP", "why": exc.detail}, status_code=200)
+        # It reads the request, as handlers do: the app, and the delivery's headers.
+        assert request.app is app
+        return JSONResponse({"status": "DROP", "why": request.headers["pubsubname"]}, status_code=200)
+
+    @app.exception_handler(418)  # by status code: looked at before the classes
+    async def teapot(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"status": "DROP"}, status_code=200)
 
     if not plain:
 
@@ -106,6 +112,18 @@ async def raises_refused(event: CloudEvent[Order]) -> None:
     raise Refused(409, "duplicate")
 
 
+async def raises_http_418(event: CloudEvent[Order]) -> None:
+    raise HTTPException(418, "a teapot")
+
+
+def failing_task() -> None:
+    raise RuntimeError("the background task failed")
+
+
+async def returns_response_whose_background_task_fails(event: CloudEvent[Order]) -> Response:
+    return Response(status_code=204, background=BackgroundTask(failing_task))
+
+
 async def raises_error(event: CloudEvent[Order]) -> None:
     raise RuntimeError("database down")
 
@@ -133,6 +151,8 @@ HANDLERS = [
     raises_http_404,
     raises_http_503,
     raises_refused,
+    raises_http_418,
+    returns_response_whose_background_task_fails,
     raises_error,
     sync_returns_drop,
     sync_raises,
@@ -312,3 +332,21 @@ async def test_a_custom_route_class_keeps_the_endpoint() -> None:
         assert dapr._runtime.workers[0].engine.call.handler(PATH) is None
     assert report.outcome == "delivered"
     assert calls == ["timed", "o-1"]
+
+
+async def test_a_retry_gets_the_event_as_published_even_if_the_first_attempt_changed_it() -> None:
+    seen: list[list[str]] = []
+
+    async def handler(event: CloudEvent[Any]) -> None:
+        seen.append(list(event.data["items"]))
+        event.data["items"].append("changed")
+        raise RuntimeError("the first attempt fails")
+
+    for plain in (False, True):
+        app, dapr = make_app(handler, plain=plain)
+        async with DaprTest(app, clock=FakeClock()) as test:
+            assert dapr._runtime is not None
+            body = HEAD + b'"id":"e-1","data":{"items":[]}}'
+            await dapr._runtime.brokers["pubsub"].publish("orders", body, {})
+            await test.wait_for_delivery(topic="orders")
+    assert seen == [[], [], [], []]  # two attempts on each path, each from the message

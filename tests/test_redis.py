@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -766,3 +767,102 @@ async def test_readers_back_off_while_redis_is_down(
     # Retried with a doubling delay (0.1, 0.2, 0.4, 0.8 s ...), not in a busy loop.
     assert 1 <= len(failures) <= 6, [r.getMessage() for r in failures]
     assert delivery.message.data == b"after"
+
+
+# -- found in review: a paused Redis at the first publish, a close while publishing, errors
+# -- that are not about the connection, a buffer filled by messages handed back -----------------
+
+
+async def test_the_first_publish_to_a_paused_redis_fails_within_the_read_timeout(server: RedisServer) -> None:
+    broker = await make_broker("redis", server, readTimeout="500ms", dialTimeout="500ms")
+    server.pause()  # before the writer's first connection: its handshake would never be answered
+    try:
+        with pytest.raises(BrokerError, match="no reply from Redis within"):
+            await asyncio.wait_for(broker.publish("t", b"x", {}), 10)
+    finally:
+        server.resume()
+        await broker.close()
+
+
+async def test_publishing_while_the_broker_closes_is_refused_or_stored_never_both(
+    server: RedisServer,
+) -> None:
+    broker = await make_broker("redis", server)
+    taken, refused = 0, 0
+    running = asyncio.Event()
+
+    async def publisher() -> None:
+        nonlocal taken, refused
+        while True:
+            try:
+                await broker.publish("t", b"x", {})
+            except BrokerError:
+                refused += 1
+                return
+            taken += 1
+            running.set()
+
+    publishers = [asyncio.ensure_future(publisher()) for _ in range(20)]
+    await running.wait()
+    await broker.close()
+    await asyncio.gather(*publishers)
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    stored = await client.xlen("t")
+    await client.aclose()
+    assert refused == 20  # every publisher was told, none left waiting
+    assert stored == taken  # each answered publish is in the stream, and nothing else
+
+
+async def test_a_reader_outlives_error_replies_such_as_readonly_during_a_failover(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = await make_broker("redis", server)
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        consumer = await broker.subscribe("t")
+        failed = asyncio.Event()
+
+        class Watch(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "reading t failed" in record.getMessage():
+                    failed.set()
+
+        watch = Watch()
+        logging.getLogger("fastapi_dapr").addHandler(watch)
+        try:
+            unused = socket.socket()
+            unused.bind(("127.0.0.1", 0))
+            await client.execute_command("REPLICAOF", "127.0.0.1", str(unused.getsockname()[1]))
+            await asyncio.wait_for(failed.wait(), 10)  # demoted to a read-only replica: refused
+            await client.execute_command("REPLICAOF", "NO", "ONE")
+            unused.close()
+        finally:
+            logging.getLogger("fastapi_dapr").removeHandler(watch)
+        await broker.publish("t", b"after the failover", {})
+        (delivery,) = await asyncio.wait_for(consumer.receive(1), 10)
+        await delivery.ack()
+    finally:
+        await client.aclose()
+        await broker.close()
+    assert delivery.message.data == b"after the failover"
+
+
+async def test_messages_handed_back_never_make_the_reader_fetch_without_a_limit(server: RedisServer) -> None:
+    broker = await make_broker("redis", server, queueDepth="5")
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        consumer = await broker.subscribe("t")
+        for n in range(200):
+            await broker.publish("t", str(n).encode(), {})
+        while len(consumer._buffer) < 5:  # type: ignore[attr-defined]  # the buffer is full
+            await client.ping()
+        # Room for one more, taken again in the same turn by the one handed back:
+        (first,) = await consumer.receive(1)  # the buffer is not empty: no waiting
+        await first.nack(redeliver=True)
+        for _ in range(20):  # round trips, while the reader would read again if it could
+            await client.ping()
+        pending = (await client.xpending("t", "app"))["pending"]
+    finally:
+        await client.aclose()
+        await broker.close()
+    assert pending <= 6  # queueDepth, and the one in hand; COUNT 0 would have taken all 200

@@ -41,10 +41,8 @@ import secrets
 import socket
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -54,10 +52,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._durations import parse_duration
 from .._json import go_dumps
+from .._tls import load_client_certificate
 from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
 
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _deadline
+if sys.version_info >= (3, 11, 3):  # as redis-py chooses (redis-py#2633)
+    from asyncio import timeout as _deadline  # type: ignore[attr-defined,unused-ignore]
 else:  # pragma: no cover - redis-py depends on async-timeout there
     from async_timeout import timeout as _deadline  # type: ignore[import-not-found,no-redef,unused-ignore]
 
@@ -169,17 +168,7 @@ def _tls_context(metadata: Mapping[str, str]) -> ssl.SSLContext:
     if bool(certificate) != bool(key):
         raise ValueError("clientCert and clientKey go together: give both or neither")
     if certificate:
-        # ssl loads a chain only from files: a private folder, gone once it is loaded.
-        with tempfile.TemporaryDirectory(prefix="fastapi-dapr-tls-") as folder:
-            chain = Path(folder) / "client.pem"
-            chain.touch(mode=0o600)
-            chain.write_text(certificate + "\n" + key + "\n")
-            try:
-                context.load_cert_chain(chain)
-            except (ssl.SSLError, ValueError) as exc:
-                raise ValueError(
-                    f"clientCert and clientKey are not a PEM certificate and its key: {exc}"
-                ) from None
+        load_client_certificate(context, certificate, key, names=("clientCert", "clientKey"))
     return context
 
 
@@ -220,34 +209,40 @@ class _CommandLine:
 
     async def execute(self, packed: Sequence[bytes], *, blocking: float = 0.0) -> list[Any]:
         """The reply of each command (a `ResponseError` for one Redis refused);
-        raises `RedisError` or `OSError` when the connection fails."""
+        raises `RedisError` or `OSError` when the connection fails or is too slow."""
+        limit = self._timeout + blocking
         connection = self._connection
-        if connection is None:
-            connection = self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        now = time.monotonic()
-        if now - self._used > _IDLE_RECONNECT:
-            # A server's idle timeout, or a peer gone quietly, would fail the batch on
-            # an old connection; a new one costs one handshake per idle spell.
-            await connection.disconnect()
-        self._used = now
         try:
-            async with _deadline(self._timeout + blocking):
+            # Everything under the deadline, connecting included: a handshake with a paused
+            # Redis must not hang the writer (and every publisher behind it).
+            async with _deadline(limit):
+                if connection is None:
+                    connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                    self._connection, self._used = connection, time.monotonic()
+                elif time.monotonic() - self._used > _IDLE_RECONNECT:
+                    # A server's idle timeout, or a peer gone quietly, would fail the batch on
+                    # an old connection; a new one costs one handshake per idle spell.
+                    await connection.disconnect()
+                self._used = time.monotonic()
                 await connection.send_packed_command(b"".join(packed), check_health=False)
                 read = _reply_reader(connection)
-                replies = [await read() for _ in packed]
+                return [await read() for _ in packed]
         except asyncio.TimeoutError:
-            await connection.disconnect(nowait=True)
-            raise RedisTimeoutError(f"no reply from Redis within {self._timeout + blocking:g}s") from None
+            if connection is not None:
+                await connection.disconnect(nowait=True)
+            raise RedisTimeoutError(f"no reply from Redis within {limit:g}s") from None
         except BaseException:
-            await connection.disconnect(nowait=True)
+            if connection is not None:
+                await connection.disconnect(nowait=True)  # a late reply must not be read as another's
             raise
-        return replies
 
     async def close(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            await connection.disconnect()
-            await self._pool.release(connection)
+            try:
+                await connection.disconnect(nowait=True)
+            finally:
+                await self._pool.release(connection)
 
 
 class _StreamConsumer(Consumer):
@@ -295,6 +290,9 @@ class _StreamConsumer(Consumer):
         while not self._closed:
             await self._room.wait()
             room = broker.queue_depth - len(self._buffer)
+            if room <= 0:  # filled meanwhile (messages handed back): wait for room again
+                self._room.clear()
+                continue
             try:
                 entries: list[_Entry] = []
                 if broker.reclaims and time.monotonic() >= next_claim:
@@ -308,26 +306,29 @@ class _StreamConsumer(Consumer):
                     entries = await self._read(room)
                 delay = 0.1
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    logger.warning(
-                        "redis pubsub %s: group of %s is gone; recreating it", broker.name, self.topic
-                    )
-                    await self._retry_later(lambda: broker.ensure_group(self.topic))
+                if "NOGROUP" not in str(exc):  # READONLY, UNBLOCKED (a failover), MISCONF...: later
+                    await self._back_off(exc, delay)
+                    delay = min(delay * 2, _RETRY_MAX)
                     continue
-                raise
+                logger.warning("redis pubsub %s: group of %s is gone; recreating it", broker.name, self.topic)
+                await self._retry_later(lambda: broker.ensure_group(self.topic))
+                continue
             except (RedisError, OSError) as exc:
-                logger.warning(
-                    "redis pubsub %s: reading %s failed (%s); retrying in %.1fs",
-                    broker.name,
-                    self.topic,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await self._back_off(exc, delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             for entry_id, fields in entries:
                 self._add(entry_id.decode(), *_data_and_metadata(fields))
+
+    async def _back_off(self, error: Exception, delay: float) -> None:
+        logger.warning(
+            "redis pubsub %s: reading %s failed (%s); retrying in %.1fs",
+            self._broker.name,
+            self.topic,
+            error,
+            delay,
+        )
+        await asyncio.sleep(delay)
 
     async def _read(self, count: int) -> list[_Entry]:
         """New entries for this group (`XREADGROUP ... >`), waiting up to `block_ms` for some."""
@@ -461,6 +462,8 @@ class _StreamConsumer(Consumer):
         message_id = delivery.message.id
         if redeliver and not self._closed:
             self._buffer.appendleft(delivery)  # handed back to this process: try it again here
+            if len(self._buffer) >= self._broker.queue_depth:
+                self._room.clear()
             self._waiting.wake_one()
             return
         self._held.pop(message_id, None)  # its idle time grows again: others may claim it
@@ -574,6 +577,7 @@ class RedisBroker(Broker):
         self._adds: list[tuple[bytes, asyncio.Future[str]]] = []
         self._acking: dict[_StreamConsumer, None] = {}  # consumers with acks to send, in order
         self._writing: asyncio.Future[None] | None = None
+        self._closing = False
 
     @property
     def reclaims(self) -> bool:
@@ -618,10 +622,11 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         for consumer in list(self._consumers):
-            await consumer.close()
+            await consumer.close()  # their last acks go out with the writes
         self._consumers.clear()
-        if self._writing is not None:
-            await asyncio.gather(self._writing, return_exceptions=True)  # the batches already taken
+        self._closing = True  # from here on a publish is refused, and nothing new is written
+        while self._writing is not None:  # the batches already taken
+            await asyncio.gather(self._writing, return_exceptions=True)
         if self._writes is not None:
             await self._writes.close()
             self._writes = None
@@ -642,8 +647,8 @@ class RedisBroker(Broker):
         decoded: Mapping[str, Any] | None = None,
     ) -> str:
         """XADD as daprd's component writes it (reference 5.1); the entry's id."""
-        if self._writes is None:
-            raise BrokerError(f"redis pubsub {self.name} is not started")
+        if self._writes is None or self._closing:
+            raise BrokerError(f"redis pubsub {self.name} is not started, or is closing")
         trim: tuple[str, ...] = ()
         if self.max_len_approx > 0:
             trim = ("MAXLEN", "~", str(self.max_len_approx))
@@ -661,7 +666,7 @@ class RedisBroker(Broker):
         self._write_soon()
 
     def _write_soon(self) -> None:
-        if self._writing is None and self._writes is not None:
+        if self._writing is None and self._writes is not None and not self._closing:
             self._writing = asyncio.ensure_future(self._write_batches(self._writes))
 
     async def _write_batches(self, line: _CommandLine) -> None:
@@ -677,28 +682,39 @@ class RedisBroker(Broker):
                 acks = [(consumer, *consumer.ack_command()) for consumer in self._acking]
                 self._acking = {}
                 commands = [command for command, _ in adds] + [command for _, command, _ in acks]
+                replies: list[Any] | None = None
                 try:
                     replies = await line.execute(commands)
                 except (RedisError, OSError) as exc:
                     replies = [exc] * len(commands)
-                except BaseException:
-                    self._adds = adds + self._adds  # unanswered: failed below
-                    raise
-                for (_, added), reply in zip(adds, replies, strict=False):
-                    if added.done():
-                        continue  # the publisher went away
-                    if isinstance(reply, BaseException):
-                        added.set_exception(BrokerError(f"Redis did not take the message: {reply}"))
-                    else:
-                        added.set_result(reply.decode())
-                for (consumer, _, ids), reply in zip(acks, replies[len(adds) :], strict=True):
-                    consumer.acked(ids, reply)
+                finally:
+                    self._settle(adds, acks, replies)  # every publisher and ack answered, whatever happened
         finally:
             self._writing = None
             adds, self._adds = self._adds, []
-            for _, added in adds:
-                if not added.done():
-                    added.set_exception(BrokerError("publishing stopped before Redis answered"))
+            self._settle(adds, [], None)
+
+    @staticmethod
+    def _settle(
+        adds: Sequence[tuple[bytes, asyncio.Future[str]]],
+        acks: Sequence[tuple[_StreamConsumer, bytes, list[str]]],
+        replies: Sequence[Any] | None,
+    ) -> None:
+        """Answer the publishers and the consumers of one batch; `replies` None: it was
+        not answered (the writer was cancelled)."""
+        unanswered = BrokerError("publishing stopped before Redis answered")
+        for index, (_, added) in enumerate(adds):
+            reply = unanswered if replies is None else replies[index]
+            if added.done():
+                continue  # the publisher went away
+            if isinstance(reply, bytes):
+                added.set_result(reply.decode())
+            elif reply is unanswered:
+                added.set_exception(unanswered)
+            else:
+                added.set_exception(BrokerError(f"Redis did not take the message: {reply}"))
+        for index, (consumer, _, ids) in enumerate(acks):
+            consumer.acked(ids, unanswered if replies is None else replies[len(adds) + index])
 
     async def ensure_group(self, topic: str) -> None:
         try:
