@@ -866,3 +866,19 @@ async def test_messages_handed_back_never_make_the_reader_fetch_without_a_limit(
         await client.aclose()
         await broker.close()
     assert pending <= 6  # queueDepth, and the one in hand; COUNT 0 would have taken all 200
+
+
+def test_an_encrypted_client_key_is_refused_without_a_prompt(pki: dict[str, Any]) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from fastapi_dapr.brokers.redis import _tls_context
+
+    key = serialization.load_pem_private_key(pki["client"].private_key.encode(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    ).decode()
+    metadata = {"clientCert": pki["client"].certificate, "clientKey": encrypted}
+    with pytest.raises(ValueError, match="clientKey is encrypted"):
+        _tls_context(metadata)
