@@ -10,6 +10,7 @@ from ._exceptions import (
     SubscriptionError,
 )
 from ._invocation import InvocationSettings, InvokeResponse
+from ._publishing import BulkPublishEntry, FailedEntry
 from ._retry import RetryPolicy
 from ._routing import DaprRouter
 from ._status import DROP, RETRY, SUCCESS, Status
@@ -22,12 +23,14 @@ __all__ = [
     "RETRY",
     "SUCCESS",
     "BulkEntry",
+    "BulkPublishEntry",
     "BulkSubscribe",
     "CloudEvent",
     "Dapr",
     "DaprAPIError",
     "DaprError",
     "DaprRouter",
+    "FailedEntry",
     "HandlerSignatureError",
     "InvocationSettings",
     "InvokeResponse",

@@ -1,34 +1,16 @@
-"""Talking to a real daprd over HTTP (remote mode), and encoding what is published."""
+"""Talking to a real daprd over HTTP (remote mode)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
-from pydantic_core import to_json, to_jsonable_python
 
-from ._cloudevent import CloudEvent
 from ._exceptions import DaprAPIError
-from ._json import NO_VALUE
+from ._publishing import FailedEntry, failed_entries
 
 __all__: list[str] = []
-
-
-def encode_data(data: Any, content_type: str | None) -> tuple[bytes, str, Any]:
-    """The body and Content-Type of a publish of `data`, and the JSON value the
-    body encodes when it is JSON (`NO_VALUE` otherwise)."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data), content_type or "application/octet-stream", NO_VALUE
-    if isinstance(data, str):
-        return data.encode(), content_type or "text/plain", NO_VALUE
-    if isinstance(data, CloudEvent):
-        body = data.model_dump_json(exclude_none=True).encode()
-        return body, content_type or "application/cloudevents+json", NO_VALUE
-    value = data.model_dump(mode="json") if isinstance(data, BaseModel) else to_jsonable_python(data)
-    return to_json(value), content_type or "application/json", value
 
 
 class RemoteSidecar:
@@ -77,3 +59,28 @@ class RemoteSidecar:
             ) from exc
         if response.status_code != 204:
             raise DaprAPIError.from_response(response.status_code, response.content)
+
+    async def publish_bulk(
+        self, pubsub: str, topic: str, body: bytes, metadata: Mapping[str, str]
+    ) -> list[FailedEntry]:
+        path = f"/v1.0-alpha1/publish/bulk/{quote(pubsub, safe='')}/{quote(topic, safe='')}"
+        params = {f"metadata.{key}": value for key, value in metadata.items()}
+        try:
+            response = await self._http().post(
+                path, content=body, headers={"content-type": "application/json"}, params=params
+            )
+        except httpx.HTTPError as exc:
+            raise DaprAPIError(
+                500,
+                "ERR_PUBSUB_PUBLISH_MESSAGE",
+                f"the Dapr sidecar at {self.endpoint} could not be reached: {type(exc).__name__}: {exc}",
+            ) from exc
+        if response.status_code == 204:
+            return []
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code == 500 and isinstance(answer, dict) and "failedEntries" in answer:
+            return failed_entries(answer["failedEntries"])  # daprd's shape: some entries failed
+        raise DaprAPIError.from_response(response.status_code, response.content)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._client import RemoteSidecar
     from ._envelope import PublishRequest
     from ._proxy import Upstreams
+    from ._publishing import FailedEntry
     from ._runtime import Runtime
     from ._sidecar import SidecarAPI
 
@@ -34,9 +35,23 @@ Mode = Literal["embedded", "remote"]
 
 @functools.cache
 def _encode_data() -> Callable[[Any, str | None], tuple[bytes, str, Any]]:
-    from ._client import encode_data  # imported on first use, then kept
+    from ._publishing import encode_data  # imported on first use, then kept
 
     return encode_data
+
+
+@functools.cache
+def _bulk_body() -> Callable[[Iterable[Any]], bytes]:
+    from ._publishing import bulk_body
+
+    return bulk_body
+
+
+@functools.cache
+def _failed_entries() -> Callable[[Iterable[Mapping[str, Any]]], list[FailedEntry]]:
+    from ._publishing import failed_entries
+
+    return failed_entries
 
 
 @functools.cache
@@ -228,6 +243,32 @@ class Dapr:
             await self._remote_sidecar().publish(pubsub, topic, body, media_type, dict(metadata or {}))
             return
         await self._publish_embedded(pubsub, topic, data, content_type, metadata)
+
+    async def publish_bulk(
+        self,
+        pubsub: str,
+        topic: str,
+        entries: Iterable[Any],
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> list[FailedEntry]:
+        """Publish many messages to `topic` in one call, as
+        `POST /v1.0-alpha1/publish/bulk` does (reference 1.8).
+
+        Each entry is a `BulkPublishEntry`, or the data itself (encoded as
+        `publish()` encodes it, its entry id its position). `metadata` is the
+        request's `metadata.*`. Returns the entries that were not published (none:
+        every one was); raises `DaprAPIError` when the request as a whole is
+        refused (no such pubsub, a forbidden topic, a malformed entry).
+        """
+        body = _bulk_body()(entries)
+        if self.mode == "remote":
+            return await self._remote_sidecar().publish_bulk(pubsub, topic, body, dict(metadata or {}))
+        from ._bulk import publish_bulk
+
+        runtime = self._running()
+        failed = await publish_bulk(runtime, pubsub, topic, body, dict(metadata or {}))
+        return _failed_entries()(failed)
 
     async def _publish_embedded(
         self,
