@@ -33,6 +33,21 @@ class RemoteSidecar:
             await self._client.aclose()
             self._client = None
 
+    async def _post(
+        self, path: str, body: bytes, headers: Mapping[str, str], metadata: Mapping[str, str]
+    ) -> httpx.Response:
+        """POST to daprd, `metadata` as its `metadata.*` parameters; daprd out of reach is
+        a publish error."""
+        params = {f"metadata.{key}": value for key, value in metadata.items()}
+        try:
+            return await self._http().post(path, content=body, headers=dict(headers), params=params)
+        except httpx.HTTPError as exc:
+            raise DaprAPIError(
+                500,
+                "ERR_PUBSUB_PUBLISH_MESSAGE",
+                f"the Dapr sidecar at {self.endpoint} could not be reached: {type(exc).__name__}: {exc}",
+            ) from exc
+
     async def publish(
         self,
         pubsub: str,
@@ -48,15 +63,7 @@ class RemoteSidecar:
         headers = {"content-type": content_type}
         if traceparent:
             headers["traceparent"] = traceparent
-        params = {f"metadata.{key}": value for key, value in metadata.items()}
-        try:
-            response = await self._http().post(path, content=body, headers=headers, params=params)
-        except httpx.HTTPError as exc:
-            raise DaprAPIError(
-                500,
-                "ERR_PUBSUB_PUBLISH_MESSAGE",
-                f"the Dapr sidecar at {self.endpoint} could not be reached: {type(exc).__name__}: {exc}",
-            ) from exc
+        response = await self._post(path, body, headers, metadata)
         if response.status_code != 204:
             raise DaprAPIError.from_response(response.status_code, response.content)
 
@@ -64,17 +71,7 @@ class RemoteSidecar:
         self, pubsub: str, topic: str, body: bytes, metadata: Mapping[str, str]
     ) -> list[FailedEntry]:
         path = f"/v1.0-alpha1/publish/bulk/{quote(pubsub, safe='')}/{quote(topic, safe='')}"
-        params = {f"metadata.{key}": value for key, value in metadata.items()}
-        try:
-            response = await self._http().post(
-                path, content=body, headers={"content-type": "application/json"}, params=params
-            )
-        except httpx.HTTPError as exc:
-            raise DaprAPIError(
-                500,
-                "ERR_PUBSUB_PUBLISH_MESSAGE",
-                f"the Dapr sidecar at {self.endpoint} could not be reached: {type(exc).__name__}: {exc}",
-            ) from exc
+        response = await self._post(path, body, {"content-type": "application/json"}, metadata)
         if response.status_code == 204:
             return []
         try:
