@@ -29,10 +29,10 @@ async def publish_bulk(
     traceparent: str = "",
     tracestate: str = "",
 ) -> list[dict[str, str]]:
-    """Publish every entry of `body` (a JSON array, as daprd reads it); the failed
-    entries, `{"entryId", "error"}` each. Raises `DaprAPIError` when the request as
-    a whole is refused: a malformed entry, a forbidden topic."""
-    runtime.check_pubsub(pubsub, topic, metadata)
+    """Publish every entry of `body` (a JSON array, as daprd reads it) to a pubsub the
+    caller has checked (`Runtime.check_pubsub`); the failed entries, `{"entryId",
+    "error"}` each. Raises `DaprAPIError` when the request as a whole is refused: a
+    malformed entry, a forbidden topic."""
     requests = bulk_requests(runtime.app_id, pubsub, topic, body, metadata, traceparent, tracestate)
     # Scopes are checked on the whole request, once the entries are read (reference 1.8).
     runtime.check_scopes(pubsub, topic)

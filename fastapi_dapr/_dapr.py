@@ -267,6 +267,7 @@ class Dapr:
         from ._bulk import publish_bulk
 
         runtime = self._running()
+        runtime.check_pubsub(pubsub, topic, metadata or {})  # as the HTTP API, before the entries
         failed = await publish_bulk(runtime, pubsub, topic, body, dict(metadata or {}))
         return _failed_entries()(failed)
 

@@ -838,12 +838,11 @@ async def test_a_reader_outlives_error_replies_such_as_readonly_during_a_failove
         watch = Watch()
         logging.getLogger("fastapi_dapr").addHandler(watch)
         try:
-            unused = socket.socket()
-            unused.bind(("127.0.0.1", 0))
-            await client.execute_command("REPLICAOF", "127.0.0.1", str(unused.getsockname()[1]))
-            await asyncio.wait_for(failed.wait(), 10)  # demoted to a read-only replica: refused
-            await client.execute_command("REPLICAOF", "NO", "ONE")
-            unused.close()
+            with socket.socket() as unused:  # a port nobody listens on: the master never answers
+                unused.bind(("127.0.0.1", 0))
+                await client.execute_command("REPLICAOF", "127.0.0.1", str(unused.getsockname()[1]))
+                await asyncio.wait_for(failed.wait(), 10)  # demoted to a read-only replica: refused
+                await client.execute_command("REPLICAOF", "NO", "ONE")
         finally:
             logging.getLogger("fastapi_dapr").removeHandler(watch)
         await broker.publish("t", b"after the failover", {})
