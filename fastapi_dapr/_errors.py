@@ -16,9 +16,16 @@ _RESOURCE_INFO = "type.googleapis.com/google.rpc.ResourceInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
+def error_body(error: DaprAPIError) -> bytes:
+    """`error` as daprd writes it: a Go struct, so `errorCode`, `message` and `details` in
+    that order (not sorted); inside `details`, Go maps, so sorted keys (reference 1.3)."""
+    fields = [b'"%s":%s' % (name.encode(), go_dumps(value)) for name, value in error.to_json().items()]
+    return b"{" + b",".join(fields) + b"}"
+
+
 def error_response(error: DaprAPIError) -> Response:
     """The HTTP answer for `error`, serialised as daprd's Go code does."""
-    return Response(go_dumps(error.to_json()), status_code=error.status_code, media_type="application/json")
+    return Response(error_body(error), status_code=error.status_code, media_type="application/json")
 
 
 def kit_error(

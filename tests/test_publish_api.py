@@ -34,11 +34,11 @@ def test_unknown_pubsub_is_daprds_404_body(client: DaprTestClient) -> None:
     answer = client.post("/v1.0/publish/mypubsub/orders", json={})
     assert answer.status_code == 404
     assert answer.headers["content-type"] == "application/json"
-    # Byte for byte the body daprd's own integration test asserts (reference 1.3).
+    # Byte for byte the body of reference 1.3: a Go struct, so errorCode, message, details.
     assert answer.content == (
-        b'{"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","domain":"dapr.io",'
-        b'"metadata":{},"reason":"DAPR_PUBSUB_NOT_FOUND"}],"errorCode":"ERR_PUBSUB_NOT_FOUND",'
-        b'"message":"pubsub mypubsub is not found"}'
+        b'{"errorCode":"ERR_PUBSUB_NOT_FOUND","message":"pubsub mypubsub is not found",'
+        b'"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","domain":"dapr.io",'
+        b'"metadata":{},"reason":"DAPR_PUBSUB_NOT_FOUND"}]}'
     )
 
 
