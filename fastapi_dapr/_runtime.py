@@ -159,6 +159,8 @@ class Runtime:
 
     def _broker_factory(self, component: Component) -> Callable[[dict[str, str]], Broker]:
         def make(values: dict[str, str]) -> Broker:
+            # Scopes that cannot be read refuse the component, as any bad metadata does.
+            self.scopes[component.name] = TopicScopes.from_metadata(values, self.app_id)
             return load_broker_class(component.type)(component.name, values, app_id=self.app_id)
 
         return make
@@ -176,7 +178,8 @@ class Runtime:
             broker = await self._start_component(component, self._broker_factory(component))
             if broker is not None:
                 self.brokers[component.name] = broker
-                self.scopes[component.name] = TopicScopes.from_metadata(broker.metadata, self.app_id)
+            else:
+                self.scopes.pop(component.name, None)
         for component in self.resources.components:
             if not component.type.startswith(("pubsub.", "secretstores.")):
                 logger.info(

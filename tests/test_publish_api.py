@@ -350,22 +350,6 @@ def test_a_forwarded_client_name_is_not_trusted() -> None:
         assert answer.status_code == 403
 
 
-def test_bulk_publish_to_a_forbidden_topic_is_403(tmp_path: Path) -> None:
-    (tmp_path / "pubsub.yaml").write_text(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
-        "spec:\n  type: pubsub.in-memory\n  version: v1\n  metadata:\n"
-        "  - {name: allowedTopics, value: orders}\n"
-    )
-    app = FastAPI()
-    Dapr(app, app_id="app1", resources_path=tmp_path)
-    entries = [{"entryId": "1", "event": {"a": 1}, "contentType": "application/json"}]
-    with DaprTestClient(app) as client:
-        assert client.post("/v1.0-alpha1/publish/bulk/pubsub/orders", json=entries).status_code == 204
-        answer = client.post("/v1.0-alpha1/publish/bulk/pubsub/other", json=entries)
-    assert answer.status_code == 403
-    assert answer.json()["errorCode"] == "ERR_PUBSUB_FORBIDDEN"
-
-
 def test_api_token_is_required_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAPR_API_TOKEN", "tok3n")
     app = FastAPI()
