@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
-from starlette.types import Message
+from starlette.types import Message, Scope
 
 from ._asgi import http_scope
 from ._exceptions import DaprAPIError
@@ -24,6 +24,7 @@ from ._invoke import VERBS, InvalidMethod, invoke_self, normalize_method
 if TYPE_CHECKING:
     from ._dapr import Dapr
     from ._proxy import Body
+    from ._runtime import Runtime
 
 __all__: list[str] = []
 
@@ -84,14 +85,45 @@ async def invoke(
     if dapr.mode == "remote":
         return await _invoke_remote(dapr, target, _Call(method, verb, query, header_list, body, timeout))
     runtime = dapr._running()
-    if target == runtime.app_id and target not in runtime.http_endpoints:
-        return await _invoke_self(dapr, _Call(method, verb, query, header_list, body, timeout))
-    from ._proxy import with_target_headers
+    from ._invoke_policy import built_in_retry, invocation_policy, run_invocation
 
-    found = runtime.find_target(target)
-    header_list = with_target_headers(header_list, found, (runtime.app_id, runtime.namespace))
-    upstream = await runtime.upstreams().open(found, method, verb, query, header_list, body, timeout=timeout)
-    return InvokeResponse(upstream.status, upstream.headers, upstream.chunks(), _closer(upstream.release))
+    if target == runtime.app_id and target not in runtime.http_endpoints:
+        call = _Call(method, verb, query, header_list, body, timeout)
+        policy = invocation_policy(runtime, None, target, method)
+
+        def open_self() -> Awaitable[InvokeResponse]:
+            return _invoke_self(dapr, call)
+
+        opener = open_self
+    else:
+        from ._proxy import with_target_headers
+
+        found = runtime.find_target(target)
+        policy = invocation_policy(runtime, found, target, method)
+        connect_retry = built_in_retry(runtime, found, policy)
+        header_list = with_target_headers(header_list, found, (runtime.app_id, runtime.namespace))
+
+        async def open_network() -> InvokeResponse:
+            upstream = await runtime.upstreams().open(
+                found,
+                method,
+                verb,
+                query,
+                header_list,
+                body,
+                timeout=timeout,
+                connect_retry=connect_retry,
+                clock=runtime.clock,
+            )
+            return InvokeResponse(
+                upstream.status, upstream.headers, upstream.chunks(), _closer(upstream.release)
+            )
+
+        opener = open_network
+    if policy.is_empty:
+        return await opener()
+    replayable = body is None or isinstance(body, bytes)
+    return await run_invocation(runtime, policy, target, opener, replayable=replayable)
 
 
 class _Call(NamedTuple):
@@ -138,10 +170,33 @@ async def _invoke_self(dapr: Dapr, call: _Call) -> InvokeResponse:
         query_string=call.query.encode(),
         state=runtime.lifespan_state,
     )
+    return await open_in_process(
+        runtime,
+        scope,
+        call.body,
+        call.timeout,
+        method=call.method,
+        via_header=False,
+        api_token_configured=False,
+        max_body_size=dapr.sidecar.max_body_size if dapr.sidecar is not None else 4 << 20,
+    )
+
+
+async def open_in_process(
+    runtime: Runtime,
+    scope: Scope,
+    body: Body,
+    timeout: float | None,
+    *,
+    method: str,
+    via_header: bool,
+    api_token_configured: bool,
+    max_body_size: int,
+) -> InvokeResponse:
+    """Call this app's own route for `method` (a `/v1.0/invoke` of this app's id); the
+    answer once its headers came, its body streaming, as a network target's answer."""
     messages: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=16)
     finished = asyncio.Event()
-
-    body, timeout = call.body, call.timeout
 
     async def receive() -> Message:
         if body is None or isinstance(body, bytes):
@@ -169,13 +224,13 @@ async def _invoke_self(dapr: Dapr, call: _Call) -> InvokeResponse:
                 scope,
                 receive,
                 send,
-                method=call.method,
-                via_header=False,
-                api_token_configured=False,
+                method=method,
+                via_header=via_header,
+                api_token_configured=api_token_configured,
                 app_api_token=runtime.app_api_token,
                 app_id=runtime.app_id,
                 namespace=runtime.namespace,
-                max_body_size=dapr.sidecar.max_body_size if dapr.sidecar is not None else 4 << 20,
+                max_body_size=max_body_size,
             )
         finally:
             await messages.put(None)
@@ -183,8 +238,10 @@ async def _invoke_self(dapr: Dapr, call: _Call) -> InvokeResponse:
     task = asyncio.create_task(run())
     try:
         start = await asyncio.wait_for(messages.get(), timeout)
-    except asyncio.TimeoutError:
-        task.cancel()
+    except BaseException as exc:
+        task.cancel()  # cancelled (a policy's timeout) or timed out: the app sees the caller go
+        if not isinstance(exc, asyncio.TimeoutError):
+            raise
         raise DaprAPIError(
             500,
             "ERR_DIRECT_INVOKE",
@@ -225,6 +282,6 @@ async def _invoke_self(dapr: Dapr, call: _Call) -> InvokeResponse:
             if complete:
                 raise
         except Exception:
-            logger.debug("the app raised after answering an invocation of %s", call.method, exc_info=True)
+            logger.debug("the app raised after answering an invocation of %s", method, exc_info=True)
 
     return InvokeResponse(start["status"], start.get("headers", []), chunks(), close)

@@ -27,7 +27,8 @@ from ._cel import RoutingError, Rules
 from ._envelope import has_expired, raw_payload_event
 from ._invoke import HOP_BY_HOP
 from ._json import go_dumps
-from ._retry import Clock, RetryPolicy
+from ._resiliency import CircuitBusy, CircuitOpen, Policy, PolicyError
+from ._retry import Clock
 from ._status import Status
 from ._subscription import BulkSubscribe, is_raw
 from .brokers import Consumer, Delivery, Message
@@ -194,6 +195,11 @@ def _bulk_statuses(response: AppResponse, entry_ids: Sequence[str]) -> dict[str,
     return failed
 
 
+def _answered(attempt: Attempt) -> bool:
+    """For a circuit breaker: the app took the message (SUCCESS, or DROP: its decision)."""
+    return attempt.status is Status.SUCCESS or attempt.status is Status.DROP
+
+
 DeadLetter = Callable[[Route, Message, Mapping[str, str]], Awaitable[bool]]
 Observer = Callable[[DeliveryReport], None]
 
@@ -206,7 +212,7 @@ class Engine:
         *,
         app: ASGIApp,
         app_api_token: str | None,
-        retry: RetryPolicy,
+        inbound: Callable[[str], Policy],
         clock: Clock,
         dead_letter: DeadLetter,
         observers: list[Observer],
@@ -216,7 +222,7 @@ class Engine:
         self.app = app
         self.call = AppCaller(app)
         self.app_api_token = app_api_token
-        self.retry = retry
+        self.inbound = inbound  # a component's inbound policy: retries, timeout, circuit breaker
         self.clock = clock
         self.dead_letter = dead_letter
         self.observers = observers  # shared with the runtime: reports are built only if watched
@@ -297,6 +303,7 @@ class Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        self.policy = engine.inbound(route.pubsub)
         # What every message without metadata of its own carries (reference 3.1).
         self._plain_metadata: dict[str, str] = {"pubsubName": route.pubsub}
         self._pubsub_header = (b"pubsubname", route.pubsub.encode())
@@ -532,22 +539,37 @@ class Worker:
         started = self.engine.clock.monotonic()
         # The parsed event, for the first attempt only: a handler may change what it got.
         decoded = prepared.event if prepared.exact else None
+        policy = self.policy
+        path = prepared.path
+
+        async def post() -> Attempt:
+            nonlocal decoded
+            if direct is None:
+                response = await self.engine.post(path, headers, prepared.body)
+            else:
+                given, decoded = decoded, None
+                response = await self.engine.call.deliver(
+                    direct,
+                    path,
+                    prepared.body,
+                    given,
+                    headers=lambda: self._headers(prepared),
+                    state=self.engine.lifespan_state(),
+                )
+            return classify(response)
+
         while True:
+            final = False
             try:
-                if direct is None:
-                    response = await self.engine.post(prepared.path, headers, prepared.body)
+                if policy.bare:
+                    attempt = await post()
                 else:
-                    response = await self.engine.call.deliver(
-                        direct,
-                        prepared.path,
-                        prepared.body,
-                        decoded,
-                        headers=lambda: self._headers(prepared),
-                        state=self.engine.lifespan_state(),
-                    )
-                    decoded = None
-                attempt = classify(response)
+                    attempt = await policy.attempt(post, self.engine.clock, _answered)
             except AppUnreachable as exc:
+                attempt = Attempt(None, None, str(exc))
+            except (CircuitOpen, CircuitBusy) as exc:
+                attempt, final = Attempt(None, None, f"{policy.name}: {exc}"), True
+            except PolicyError as exc:  # the attempt's timeout: the handler was cancelled
                 attempt = Attempt(None, None, str(exc))
             attempts.append(attempt)
             if attempt.status is Status.SUCCESS:
@@ -563,10 +585,10 @@ class Worker:
                     attempts,
                 )
                 return
-            policy = self.engine.retry
+            retry = policy.retry
             delay = (
-                policy.delay(len(attempts), self.engine.clock.monotonic() - started)
-                if policy.retries_status(attempt.http_status)
+                retry.delay(len(attempts), self.engine.clock.monotonic() - started)
+                if retry is not None and not final and retry.retries_status(attempt.http_status)
                 else None
             )
             if delay is None:
@@ -675,6 +697,12 @@ class Worker:
             }
         )
 
+    async def _post_batch(
+        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, entry_ids: list[str]
+    ) -> dict[str, Attempt]:
+        response = await self.engine.post(path, headers, body)
+        return _bulk_statuses(response, entry_ids)
+
     async def _post_bulk(
         self,
         path: str,
@@ -683,6 +711,7 @@ class Worker:
         settled: set[int],
     ) -> None:
         history: dict[str, list[Attempt]] = {entry_id: [] for _, entry_id, _ in entries}
+        policy = self.policy
         pending = entries
         started = self.engine.clock.monotonic()
         retry = 0
@@ -690,11 +719,25 @@ class Worker:
             body = self._bulk_body(pending)
             headers = self.engine.base_headers(b"application/json", body)
             headers.append((b"pubsubname", self.route.pubsub.encode()))
+            entry_ids = [entry_id for _, entry_id, _ in pending]
+            final = False
+
+            post = functools.partial(self._post_batch, path, headers, body, entry_ids)
             try:
-                response = await self.engine.post(path, headers, body)
-                results = _bulk_statuses(response, [entry_id for _, entry_id, _ in pending])
+                if policy.bare:
+                    results = await post()
+                else:
+                    # The breaker counts the POST: a failure when any entry failed.
+                    results = await policy.attempt(
+                        post, self.engine.clock, lambda got: all(map(_answered, got.values()))
+                    )
             except AppUnreachable as exc:
-                results = {entry_id: Attempt(None, None, str(exc)) for _, entry_id, _ in pending}
+                results = {entry_id: Attempt(None, None, str(exc)) for entry_id in entry_ids}
+            except (CircuitOpen, CircuitBusy) as exc:
+                final = True
+                results = {entry_id: Attempt(None, None, f"{policy.name}: {exc}") for entry_id in entry_ids}
+            except PolicyError as exc:
+                results = {entry_id: Attempt(None, None, str(exc)) for entry_id in entry_ids}
             failed = []
             for index, entry_id, prepared in pending:
                 attempt = results[entry_id]
@@ -720,8 +763,17 @@ class Worker:
             if not failed:
                 return
             retry += 1
-            worth = all(self.engine.retry.retries_status(results[e].http_status) for _, e, _ in failed)
-            delay = self.engine.retry.delay(retry, self.engine.clock.monotonic() - started) if worth else None
+            policy_retry = policy.retry
+            worth = (
+                policy_retry is not None
+                and not final
+                and all(policy_retry.retries_status(results[e].http_status) for _, e, _ in failed)
+            )
+            delay = (
+                policy_retry.delay(retry, self.engine.clock.monotonic() - started)
+                if policy_retry is not None and worth
+                else None
+            )
             if delay is None:
                 for index, entry_id, prepared in failed:
                     last = history[entry_id][-1]

@@ -36,6 +36,10 @@ class UpstreamError(OSError):
     """The upstream broke the exchange (closed early, sent something that is not HTTP)."""
 
 
+class ConnectTimeout(UpstreamError):
+    """No connection could be made within the connect timeout (nothing was sent)."""
+
+
 class _NotSent(UpstreamError):
     """The connection was found closed before anything of the request was written."""
 
@@ -393,7 +397,7 @@ class Pool:
                     self._connect_timeout,
                 )
             except asyncio.TimeoutError:
-                last = UpstreamError(f"could not connect within {self._connect_timeout:g}s")
+                last = ConnectTimeout(f"could not connect within {self._connect_timeout:g}s")
                 continue
             except OSError as exc:
                 last = exc

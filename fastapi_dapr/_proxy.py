@@ -27,9 +27,10 @@ from starlette.types import Receive, Scope, Send
 from ._endpoints import ResolvedEndpoint
 from ._errors import error_response
 from ._exceptions import DaprAPIError
-from ._http1 import Pool, Refused, Response, UpstreamError
+from ._http1 import ConnectTimeout, Pool, Refused, Response, UpstreamError
 from ._invocation import InvocationSettings
 from ._invoke import HOP_BY_HOP, VERBS
+from ._retry import Clock, RetryPolicy
 
 __all__: list[str] = []
 
@@ -332,6 +333,14 @@ def invoke_error(status: int, target: str, message: str) -> DaprAPIError:
     return DaprAPIError(status, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: {message}")
 
 
+def connect_failed(error: DaprAPIError) -> bool:
+    """Whether an invocation failed before anything was sent: no connection could be made."""
+    cause = error.__cause__
+    if isinstance(cause, ConnectTimeout):
+        return True
+    return isinstance(cause, OSError) and not isinstance(cause, (UpstreamError, ssl.SSLError))
+
+
 class Upstreams:
     """The targets this app can invoke over the network, and a connection pool for each."""
 
@@ -407,18 +416,25 @@ class Upstreams:
         *,
         timeout: float | None = None,
         escaped: bool = False,
+        connect_retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
     ) -> Upstream:
         """Send the request; the answer once its headers arrived. Raises `DaprAPIError`.
 
-        `method` is the decoded path below the target's base URL (`escaped`: already escaped).
+        `method` is the decoded path below the target's base URL (`escaped`: already
+        escaped). `connect_retry` retries, on `clock`, a first request that could not
+        connect at all (daprd's built-in retry of another app's sidecar): nothing of it
+        was sent, so even a streamed body is whole.
         """
         try:
             url = target_url(target.base_url, method, raw_query, escaped=escaped)
         except ValueError as exc:
             raise invoke_error(500, target.name, f"not a valid URL: {exc}") from None
         hop_target = target
-        for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._send(hop_target, url, verb, headers, body, timeout)
+        response = await self._send_first(target, url, verb, headers, body, timeout, connect_retry, clock)
+        for hop in range(_MAX_REDIRECTS + 1):
+            if hop:
+                response = await self._send(hop_target, url, verb, headers, body, timeout)
             if target.kind != "endpoint" or response.status not in _REDIRECTS:
                 return response
             # daprd's HTTPEndpoint channels follow redirects as Go's client does; URL
@@ -448,6 +464,31 @@ class Upstreams:
                 hop_target = Target("url", str(next_url), str(next_url))
             url = next_url
         raise invoke_error(500, target.name, f"stopped after {_MAX_REDIRECTS} redirects")
+
+    async def _send_first(
+        self,
+        target: Target,
+        url: URL,
+        verb: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        timeout: float | None,
+        connect_retry: RetryPolicy | None,
+        clock: Clock | None,
+    ) -> Upstream:
+        retries = 0
+        while True:
+            try:
+                return await self._send(target, url, verb, headers, body, timeout)
+            except DaprAPIError as exc:
+                if connect_retry is None or not connect_failed(exc):
+                    raise
+                retries += 1
+                delay = connect_retry.delay(retries, 0.0)
+                if delay is None:
+                    raise
+                logger.warning("invocation of %s: %s; retrying in %gs", target.name, exc.message, delay)
+                await (clock or Clock()).sleep(delay)
 
     async def _send(
         self,
@@ -497,7 +538,7 @@ class ClientGone(Exception):
     pass
 
 
-class _RequestBody:
+class RequestBody:
     """The caller's body, passed on chunk by chunk and counted against the limit."""
 
     def __init__(self, receive: Receive, limit: int) -> None:
@@ -543,6 +584,8 @@ async def proxy_asgi(
     *,
     via_header: bool,
     max_body_size: int,
+    connect_retry: RetryPolicy | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """Serve one `/v1.0/invoke` request by streaming it to `target` and its answer back."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
@@ -555,7 +598,7 @@ async def proxy_asgi(
     content_length = next((value for name, value in raw if name == b"content-length"), None)
     if content_length is not None and content_length.strip().isdigit():
         headers.append(("content-length", content_length.decode("latin-1").strip()))
-    body = _RequestBody(receive, max_body_size) if _has_body(raw) else None
+    body = RequestBody(receive, max_body_size) if _has_body(raw) else None
     verb = scope["method"].upper()
     if verb not in VERBS:
         verb = "POST"  # as daprd sends a verb it does not know
@@ -567,6 +610,8 @@ async def proxy_asgi(
             scope.get("query_string", b"").decode("latin-1"),
             headers,
             body.__aiter__() if body is not None else None,
+            connect_retry=connect_retry,
+            clock=clock,
         )
     except DaprAPIError as exc:
         if body is not None and body.gone:

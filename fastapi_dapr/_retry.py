@@ -11,19 +11,28 @@ import asyncio
 import dataclasses
 import random
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, Protocol
 
 __all__ = ["RetryPolicy"]
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
 class Clock:
-    """Real time: `asyncio.sleep` and the event loop's monotonic clock."""
+    """Real time: `asyncio.sleep`, the monotonic clock and the event loop's timers."""
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Call `callback` once `seconds` have passed (a timeout's deadline)."""
+        return asyncio.get_running_loop().call_later(seconds, callback)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +44,8 @@ class RetryPolicy:
     `max_interval`, each wait randomised by +/- `randomization_factor` (daprd's
     fixed values: 0.5 s, 1.5 and 0.5). `max_retries` counts retries after the
     first attempt; -1 retries until `max_elapsed` (exponential) or forever.
-    `http_status_codes`, when given, are the statuses worth retrying.
+    `http_status_codes`, when given, are the statuses worth retrying, and
+    `grpc_status_codes` the gRPC codes (0 to 16) of components' errors.
     """
 
     policy: Literal["constant", "exponential"] = "exponential"
@@ -47,6 +57,7 @@ class RetryPolicy:
     max_retries: int = -1
     max_elapsed: float | None = 900.0
     http_status_codes: frozenset[int] | None = None
+    grpc_status_codes: frozenset[int] | None = None
 
     def delay(self, retry: int, elapsed: float, rng: random.Random | None = None) -> float | None:
         """Seconds to wait before retry number `retry` (1-based), or None to stop."""
@@ -63,10 +74,18 @@ class RetryPolicy:
         return interval
 
     def retries_status(self, status_code: int | None) -> bool:
-        """Whether a failure with this HTTP status (None: no status) is worth retrying."""
-        if status_code is None or self.http_status_codes is None:
+        """Whether a failure with this status (None: no status) is worth retrying.
+
+        As daprd's `matching`: 0 to 16 is a gRPC code, 100 to 599 an HTTP status,
+        anything else is not retried; an unset list retries every code of its kind.
+        """
+        if status_code is None:
             return True
-        return status_code in self.http_status_codes
+        if 0 <= status_code <= 16:
+            return self.grpc_status_codes is None or status_code in self.grpc_status_codes
+        if 100 <= status_code <= 599:
+            return self.http_status_codes is None or status_code in self.http_status_codes
+        return False
 
 
 # Without a Resiliency policy daprd does not retry deliveries at all, and the

@@ -21,6 +21,7 @@ from ._envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
 from ._errors import PubSubErrors
 from ._exceptions import DaprAPIError, ResourceError
 from ._invocation import InvocationSettings
+from ._resiliency import NotRetried, Policy, PolicyError, Resiliency
 from ._resources import Component, Resources
 from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
 from ._scopes import TopicScopes
@@ -63,6 +64,8 @@ class Runtime:
         self.resources = resources
         self.retry = retry or DEFAULT_DELIVERY_RETRY
         self.clock = clock or Clock()
+        self.resiliency = Resiliency(resources.resiliencies, clock=self.clock)
+        self._outbound: dict[str, Policy] = {}
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
         self.brokers: dict[str, Broker] = {}
@@ -271,7 +274,7 @@ class Runtime:
         engine = Engine(
             app=self.app,
             app_api_token=self.app_api_token,
-            retry=self.retry,
+            inbound=self.inbound_policy,
             clock=self.clock,
             dead_letter=self._dead_letter,
             observers=self._observers,
@@ -313,6 +316,24 @@ class Runtime:
             worker.start()
             self.workers.append(worker)
         self.ready = True
+
+    def inbound_policy(self, pubsub: str) -> Policy:
+        """The policy of deliveries from `pubsub`: its Resiliency policy, else the default retry.
+
+        daprd does not retry a delivery no policy covers (reference 3.4); here such a
+        delivery is retried by `Dapr(retry=...)`, by default a minute of backoff.
+        """
+        policy = self.resiliency.component_policy(pubsub, "Inbound")
+        if policy.is_empty and not self.resiliency.component_defined(pubsub):
+            return Policy(f"component[{pubsub}] input (fastapi-dapr's default retry)", retry=self.retry)
+        return policy
+
+    def outbound_policy(self, pubsub: str) -> Policy:
+        """The policy of publishing to `pubsub` (the API, bulk entries, dead letters)."""
+        policy = self._outbound.get(pubsub)
+        if policy is None:
+            policy = self._outbound[pubsub] = self.resiliency.component_policy(pubsub, "Outbound")
+        return policy
 
     async def stop_subscriptions(self) -> None:
         self._stopping.set()
@@ -358,13 +379,36 @@ class Runtime:
         metadata: Mapping[str, str],
         event: Mapping[str, Any] | None = None,
     ) -> str:
+        policy = self.outbound_policy(broker.name)
+        try:
+            if policy.is_empty:
+                return await self._publish_once(broker, topic, data, metadata, event)
+            return await policy.run(
+                lambda: self._publish_once(broker, topic, data, metadata, event), self.clock
+            )
+        except NotRetried as exc:
+            raise exc.error from exc.__cause__
+        except PolicyError as exc:  # an open circuit, or the last attempt's timeout
+            raise PubSubErrors.publish_failed(broker.name, topic, str(exc)) from exc
+
+    async def _publish_once(
+        self,
+        broker: Broker,
+        topic: str,
+        data: bytes,
+        metadata: Mapping[str, str],
+        event: Mapping[str, Any] | None,
+    ) -> str:
         try:
             return await broker.publish(topic, data, metadata, decoded=event)
         except BrokerError as exc:
             raise PubSubErrors.publish_failed(broker.name, topic, str(exc)) from exc
         except Exception as exc:
             logger.exception("pubsub %s failed to publish to %s", broker.name, topic)
-            raise PubSubErrors.publish_failed(broker.name, topic, f"{type(exc).__name__}: {exc}") from exc
+            # A bug, not a broker's error: retrying would not help.
+            raise NotRetried(
+                PubSubErrors.publish_failed(broker.name, topic, f"{type(exc).__name__}: {exc}")
+            ) from exc
 
     async def _dead_letter(self, route: Route, message: Message, metadata: Mapping[str, str]) -> bool:
         # daprd republishes the broker's bytes unchanged, with the message's

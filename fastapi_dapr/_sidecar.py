@@ -9,13 +9,14 @@ parameter unescaped with Go's `url.QueryUnescape` (reference 1.1).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import ipaddress
 import logging
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
@@ -26,11 +27,15 @@ from ._bulk import publish_bulk
 from ._envelope import PublishRequest
 from ._errors import direct_invoke_error, error_response
 from ._exceptions import DaprAPIError
+from ._invocation import InvokeResponse
 from ._invoke import InvalidMethod, find_target, invoke_self, normalize_method
+from ._invoke_policy import built_in_retry, invocation_policy, run_invocation, send_response
 from ._json import go_dumps
+from ._resiliency import Policy
 from ._runtime import Runtime
 
 if TYPE_CHECKING:
+    from ._http1 import Response as Upstream
     from ._proxy import Target
 from .secretstores import SecretStoreError
 
@@ -191,6 +196,13 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
     return b"".join(chunks)
 
 
+def _release(upstream: Upstream) -> Callable[[], Awaitable[None]]:
+    async def release() -> None:
+        upstream.release()
+
+    return release
+
+
 class SidecarAPI:
     """The Dapr HTTP API of one runtime.
 
@@ -231,6 +243,15 @@ class SidecarAPI:
             await send(_NO_CONTENT_START)
             await send(_EMPTY_BODY)
             return
+        if isinstance(response, (_SelfInvocation, _NetworkInvocation)):
+            runtime = self._runtime()
+            assert runtime is not None
+            target = response.target if isinstance(response, _NetworkInvocation) else None
+            name = target.name if target is not None else runtime.app_id
+            policy = invocation_policy(runtime, target, name, response.method)
+            if not policy.is_empty:
+                await self._invoke_with_policy(runtime, policy, name, target, response, scope, receive, send)
+                return
         if isinstance(response, _SelfInvocation):
             runtime = self._runtime()
             assert runtime is not None
@@ -262,9 +283,91 @@ class SidecarAPI:
                 send,
                 via_header=response.via_header,
                 max_body_size=self.max_body_size,
+                connect_retry=built_in_retry(runtime, response.target, policy),
+                clock=runtime.clock,
             )
             return
         await response(scope, receive, send)
+
+    async def _invoke_with_policy(
+        self,
+        runtime: Runtime,
+        policy: Policy,
+        name: str,
+        target: Target | None,
+        call: _SelfInvocation | _NetworkInvocation,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """An invocation under a Resiliency policy: its body read whole when it has a length,
+        so that it can be sent again (reference 8)."""
+        from ._calls import open_in_process
+        from ._proxy import RequestBody, outbound_headers
+
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}
+        declared = headers.get("content-length", "").strip()
+        body: bytes | AsyncIterator[bytes] | None = None
+        streamed: RequestBody | None = None
+        if declared.isdigit():
+            try:
+                body = await read_body(receive, headers, self.max_body_size)
+            except _ClientGone:
+                return
+            except _TooLarge:
+                limit = f"the request body is larger than the limit of {self.max_body_size} bytes"
+                refusal = error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))
+                await refusal(scope, receive, send)
+                return
+        elif "transfer-encoding" in headers:
+            streamed = RequestBody(receive, self.max_body_size)
+            body = streamed.__aiter__()
+        verb = scope["method"].upper()
+        opener: Callable[[], Awaitable[InvokeResponse]]
+        if target is None:
+
+            def opener() -> Awaitable[InvokeResponse]:
+                return open_in_process(
+                    runtime,
+                    scope,
+                    body,
+                    None,
+                    method=call.method,
+                    via_header=call.via_header,
+                    api_token_configured=self.api_token is not None,
+                    max_body_size=self.max_body_size,
+                )
+
+        else:
+            upstreams = runtime.upstreams()
+            outbound = outbound_headers(
+                raw, drop_app_id=call.via_header, target=target, identity=(runtime.app_id, runtime.namespace)
+            )
+            if isinstance(body, bytes):
+                outbound.append(("content-length", str(len(body))))
+            query = scope.get("query_string", b"").decode("latin-1")
+            network = target
+
+            async def opener() -> InvokeResponse:
+                upstream = await upstreams.open(network, call.method, verb, query, outbound, body)
+                return InvokeResponse(
+                    upstream.status, upstream.headers, upstream.chunks(), _release(upstream)
+                )
+
+        try:
+            answer = await run_invocation(runtime, policy, name, opener, replayable=streamed is None)
+        except DaprAPIError as exc:
+            if streamed is not None and streamed.gone:
+                return
+            error = exc
+            if streamed is not None and streamed.too_large:
+                limit = f"the request body is larger than the limit of {self.max_body_size} bytes"
+                error = DaprAPIError(413, "ERR_DIRECT_INVOKE", limit)
+            await error_response(error)(scope, receive, send)
+            return
+        with contextlib.suppress(OSError):  # the caller went away
+            await send_response(answer, send)
 
     def _refusal(self, scope: Scope, headers: Mapping[str, str], path: str) -> Response | None:
         if path in HEALTH_PATHS and scope["method"] in ("GET", "HEAD"):

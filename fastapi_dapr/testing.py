@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
+import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -37,24 +39,55 @@ __all__ = ["Attempt", "DaprTest", "DaprTestClient", "DeliveryReport", "FakeClock
 DEFAULT_TIMEOUT = 10.0
 
 
-class FakeClock(Clock):
-    """A clock whose waits take no time, and are remembered in `sleeps`.
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled", "when")
 
-    Give it to `DaprTest` or `DaprTestClient` to check a retry schedule
-    without waiting for it.
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock(Clock):
+    """A clock whose time moves only when it is told to.
+
+    A wait (a retry's backoff) takes no time: it moves the clock forward by
+    its length at once, and is remembered in `sleeps`. `advance(seconds)` moves
+    it forward from a test. Deadlines (a Resiliency timeout, a circuit
+    breaker's open period) pass when the clock passes them, however it is moved.
+    Give it to `DaprTest` or `DaprTestClient` to check a retry schedule, a
+    timeout or a circuit breaker without waiting for them.
     """
 
     def __init__(self) -> None:
         self.now = 0.0
         self.sleeps: list[float] = []
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
+        self._order = itertools.count()
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now += seconds
+        self.advance(seconds)
         await asyncio.sleep(0)
 
     def monotonic(self) -> float:
         return self.now
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> _FakeTimer:
+        timer = _FakeTimer(self.now + seconds, callback)
+        heapq.heappush(self._timers, (timer.when, next(self._order), timer))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward, and run the deadlines it passes, earliest first."""
+        self.now += seconds
+        while self._timers and self._timers[0][0] <= self.now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
 
 
 def _dapr_of(app: FastAPI) -> Dapr:
