@@ -389,7 +389,7 @@ class StandaloneSidecar:
 
         if self.channel is None:
             runtime.ready = True  # no app: no subscriptions, as daprd without an app channel
-            logger.info("app id %s: ready (no --app-port: no app, no subscriptions)", runtime.app_id)
+            logger.info("app id %s: ready: no app (no --app-port), no subscriptions", runtime.app_id)
             return
         await self.channel.wait_until_listening(self.options.app_wait_timeout)
         try:

@@ -3,8 +3,7 @@ process of its own, behind the standalone sidecar (tests/test_standalone.py).
 
 It advertises its subscriptions on `GET /dapr/subscribe` (v1 `route`, v2 `routes`, a
 dead-letter topic), answers deliveries with `{"status": ...}`, and has an invocable route.
-Everything it receives is recorded; `GET /received?count=N` waits until N records are
-there (or 10 s), so the test awaits what it expects instead of polling.
+Everything it receives is recorded, for the test to read (`tests/apps/received.py`).
 """
 
 from __future__ import annotations
@@ -16,29 +15,26 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from .received import record, router, subscribe_headers
+
 app = FastAPI()
-received: list[dict[str, Any]] = []
-arrived = asyncio.Condition()
+app.include_router(router)  # GET /received, for the test
 attempts: dict[str, int] = {}
-subscribe_headers: list[dict[str, str]] = []
-
-
-async def record(kind: str, request: Request, body: Any) -> None:
-    async with arrived:
-        received.append({"kind": kind, "path": request.url.path, "headers": dict(request.headers), "body": body})
-        arrived.notify_all()
 
 
 @app.get("/dapr/subscribe")
 async def subscribe(request: Request) -> Any:
     subscribe_headers.append(dict(request.headers))
     if os.environ.get("PLAIN_APP_SUBSCRIBE") == "broken":
-        return [{"pubsubname": "pubsub", "topic": "orders", "route": "/orders", "metadata": {"rawPayload": True}}]
+        return [
+            {"pubsubname": "pubsub", "topic": "orders", "route": "/orders", "metadata": {"rawPayload": True}}
+        ]
     return [
         {"pubsubname": "pubsub", "topic": "orders", "route": "/orders"},
         {"pubsubname": "pubsub", "topic": "flaky", "route": "/flaky"},
         {"pubsubname": "pubsub", "topic": "poison", "route": "/poison", "deadLetterTopic": "poison-dead"},
         {"pubsubname": "pubsub", "topic": "poison-dead", "route": "/dead-letters"},
+        {"pubsubname": "pubsub", "topic": "slow", "route": "/slow"},
         {
             "pubsubname": "pubsub",
             "topic": "widgets",
@@ -90,6 +86,17 @@ async def other_widgets(request: Request) -> Any:
     return {"status": "SUCCESS"}
 
 
+@app.api_route("/slow", methods=["GET", "POST"])
+async def slow(request: Request, seconds: float = 0.5) -> Any:
+    """Takes `seconds` (a delivery: its event's `data.seconds`): in flight for that long."""
+    if request.method == "POST":
+        seconds = float((await request.json())["data"]["seconds"])
+    await record(f"slow-{request.method}-start", request, None)
+    await asyncio.sleep(seconds)
+    await record(f"slow-{request.method}-done", request, None)
+    return {"status": "SUCCESS"}
+
+
 @app.api_route("/hello/{name}", methods=["GET", "POST"])
 async def hello(name: str, request: Request) -> Any:
     body = await request.body()
@@ -103,16 +110,3 @@ async def hello(name: str, request: Request) -> Any:
         "callee": request.headers.get("dapr-callee-app-id"),
         "token": request.headers.get("dapr-api-token"),
     }
-
-
-@app.get("/received")
-async def get_received(count: int = 0, kind: str = "") -> Any:
-    def matching() -> list[dict[str, Any]]:
-        return [item for item in received if not kind or item["kind"] == kind]
-
-    async with arrived:
-        try:
-            await asyncio.wait_for(arrived.wait_for(lambda: len(matching()) >= count), 10)
-        except asyncio.TimeoutError:
-            pass
-        return {"received": matching(), "subscribe_headers": subscribe_headers}
