@@ -157,6 +157,8 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
     for flag, reason in REFUSED_FLAGS.items():
         if getattr(arguments, flag[2:].replace("-", "_")) is not None:
             fail(f"{flag} is not supported: {reason}")
+    if arguments.app_port == 0:
+        fail("--app-port 0: the app's port is the one it listens on (1 to 65535)")
     if arguments.app_protocol != "http":
         fail(
             f"--app-protocol {arguments.app_protocol}: only http is supported (not grpc, grpcs, https or h2c)"

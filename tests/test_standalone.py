@@ -150,6 +150,7 @@ async def test_a_plain_fastapi_app_gets_deliveries_and_invocations(tmp_path: Pat
             ("poison", "PROGRAMMATIC"),
             ("poison-dead", "PROGRAMMATIC"),
             ("widgets", "PROGRAMMATIC"),
+            ("slow", "PROGRAMMATIC"),
             ("audits", "DECLARATIVE"),
         }
         assert listed[("poison", "PROGRAMMATIC")]["deadLetterTopic"] == "poison-dead"
@@ -469,6 +470,8 @@ SIDECAR = [sys.executable, "-m", "fastapi_dapr", "sidecar"]
         (["--app-id", "x", "--app-protocol", "grpc"], "--app-protocol grpc: only http is supported"),
         (["--app-id", "x", "--app-port", "http"], "'http' is not a port number"),
         (["--app-id", "x", "--app-port", "70000"], "70000 is not a port number"),
+        (["--app-id", "x", "--app-port", "0"], "--app-port 0: the app's port is the one it listens on"),
+        (["--app-id", "x", "--dapr-http-max-request-size", "0"], "0 must be at least 1 (MB)"),
         (["--app-id", "x", "--enable-mtls"], "--enable-mtls is not supported"),
         (["--app-id", "x", "--dapr-listen-addresses", "0.0.0.0"], "listens on one loopback address only"),
         (["--app-id", "x", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
