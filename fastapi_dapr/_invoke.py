@@ -112,6 +112,7 @@ def _forwarded_headers(
     app_api_token: str | None,
     app_id: str,
     namespace: str,
+    caller: tuple[str, str] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     listed = set()
@@ -126,12 +127,14 @@ def _forwarded_headers(
         if (drop_app_id and key == "dapr-app-id") or (drop_api_token and key == "dapr-api-token"):
             continue
         headers.append((name, value))
-    # A self-invocation carries this app's identity as caller and callee (daprd's invokeLocal),
-    # and the app's token as any delivery from the sidecar does.
+    # A self-invocation carries this app's identity as caller and callee (daprd's invokeLocal);
+    # a call another sidecar passed on carries its app's (`caller`: id and namespace). And
+    # the app's token, as any delivery from the sidecar does.
+    caller_id, caller_namespace = caller or (app_id, namespace)
     headers += [
-        (b"dapr-caller-app-id", app_id.encode()),
+        (b"dapr-caller-app-id", caller_id.encode()),
         (b"dapr-callee-app-id", app_id.encode()),
-        (b"dapr-caller-namespace", namespace.encode()),
+        (b"dapr-caller-namespace", caller_namespace.encode()),
     ]
     if app_api_token:
         headers.append((b"dapr-api-token", app_api_token.encode()))
@@ -151,8 +154,12 @@ async def invoke_self(
     app_id: str,
     namespace: str,
     max_body_size: int,
+    caller: tuple[str, str] | None = None,
 ) -> None:
-    """Serve the request with the app's own route for `method`, streaming both ways."""
+    """Serve the request with the app's own route for `method`, streaming both ways.
+
+    `caller` is the calling app's id and namespace when another sidecar passed the
+    call on (the standalone sidecar's name resolution); by default this app's own."""
     verb = scope["method"].upper()
     child = dict(scope)
     child.update(
@@ -168,6 +175,7 @@ async def invoke_self(
                 app_api_token=app_api_token,
                 app_id=app_id,
                 namespace=namespace,
+                caller=caller,
             ),
         }
     )

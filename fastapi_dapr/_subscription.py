@@ -8,6 +8,7 @@ merged into one `TopicSubscription`, whose `to_wire()` is daprd's JSON
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -294,3 +295,135 @@ def merge_subscriptions(handlers: Iterable[RoutedHandler]) -> list[TopicSubscrip
             )
         )
     return result
+
+
+# -- reading an app's `GET /dapr/subscribe` answer (the standalone sidecar's side) --
+
+
+def _lower_keys(item: Mapping[str, Any]) -> dict[str, Any]:
+    # Go's encoding/json matches field names case-insensitively (reference 2.1).
+    return {str(key).lower(): value for key, value in item.items()}
+
+
+def _wire_string(item: Mapping[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SubscriptionError(f"{where}.{key}: must be a string, not {type(value).__name__}")
+    return value
+
+
+def _wire_int(item: Mapping[str, Any], key: str, where: str) -> int:
+    value = item.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise SubscriptionError(f"{where}.{key}: must be an integer, not {value!r}")
+    return int(value)
+
+
+def _wire_bulk(raw: Any, where: str) -> BulkSubscribe | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SubscriptionError(f"{where}: must be an object")
+    bulk = _lower_keys(raw)
+    enabled = bulk.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SubscriptionError(f"{where}.enabled: must be true or false, not {enabled!r}")
+    if not enabled:
+        return None
+    count = _wire_int(bulk, "maxmessagescount", where) or 100
+    wait = _wire_int(bulk, "maxawaitdurationms", where) or 1000
+    try:
+        return BulkSubscribe(max_messages_count=count, max_await_duration_ms=wait)
+    except ValueError as exc:
+        raise SubscriptionError(f"{where}: {exc}") from None
+
+
+def _wire_item(raw: Any, index: int) -> TopicSubscription | None:
+    where = f"item {index}"
+    if not isinstance(raw, dict):
+        raise SubscriptionError(f"{where}: must be an object, not {type(raw).__name__}")
+    item = _lower_keys(raw)
+    metadata = item.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise SubscriptionError(f"{where}.metadata: must be an object of strings")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            # daprd decodes map[string]string: one such value fails the whole list.
+            raise SubscriptionError(f"{where}.metadata.{key}: must be a string, not {value!r}")
+    routes = item.get("routes") or {}
+    if not isinstance(routes, dict):
+        raise SubscriptionError(f"{where}.routes: must be an object with rules and default")
+    routes = _lower_keys(routes)
+    raw_rules = routes.get("rules") or []
+    if not isinstance(raw_rules, list):
+        raise SubscriptionError(f"{where}.routes.rules: must be a list")
+    rules: list[tuple[str, str]] = []
+    for number, raw_rule in enumerate(raw_rules):
+        field = f"{where}.routes.rules[{number}]"
+        if not isinstance(raw_rule, dict):
+            raise SubscriptionError(f"{field}: must be an object with match and path")
+        rule = _lower_keys(raw_rule)
+        match = _wire_string(rule, "match", field)
+        check_match(match, field)  # a rule that does not compile fails the whole list, as in daprd
+        rules.append((match, _wire_string(rule, "path", field)))
+    # One default: routes.default, else route (reference 2.1).
+    default = _wire_string(routes, "default", f"{where}.routes") or _wire_string(item, "route", where) or None
+    pubsub = _wire_string(item, "pubsubname", where)
+    topic = _wire_string(item, "topic", where)
+    dead_letter = _wire_string(item, "deadlettertopic", where) or None
+    bulk = _wire_bulk(item.get("bulksubscribe"), f"{where}.bulkSubscribe")
+    if not rules and default is None:
+        return None  # daprd removes it with a warning
+    return TopicSubscription(
+        pubsub=pubsub,
+        topic=topic,
+        rules=tuple(rules),
+        default=default,
+        dead_letter_topic=dead_letter,
+        metadata=MappingProxyType(dict(metadata)),
+        bulk=bulk,
+        handlers=(),
+    )
+
+
+def parse_subscribe_answer(body: bytes) -> tuple[list[TopicSubscription], list[str]]:
+    """The subscriptions of an app's `GET /dapr/subscribe` body (status 200), read as
+    daprd reads them (reference 2.1), and the warnings about items left out.
+
+    Raises `SubscriptionError` when daprd would refuse the whole list: not JSON,
+    not a list, a non-string metadata value, a routing rule that does not compile.
+    """
+    if not body.strip():
+        return [], []  # an empty body: no subscriptions
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise SubscriptionError(f"the answer is not JSON: {exc}") from None
+    if data is None:
+        return [], []
+    if not isinstance(data, list):
+        raise SubscriptionError(f"the answer must be a JSON list of subscriptions, not {type(data).__name__}")
+    result: list[TopicSubscription] = []
+    warnings: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for index, raw in enumerate(data):
+        subscription = _wire_item(raw, index)
+        if subscription is None:
+            warnings.append(f"item {index}: no route and no routing rule: left out")
+            continue
+        if not subscription.pubsub or not subscription.topic:
+            warnings.append(f"item {index}: pubsubname and topic are required: left out")
+            continue
+        key = (subscription.pubsub, subscription.topic)
+        if key in seen:
+            warnings.append(
+                f"item {index}: a second subscription to pubsub {key[0]!r} topic {key[1]!r}: left out"
+            )
+            continue
+        seen.add(key)
+        result.append(subscription)
+    return result, warnings

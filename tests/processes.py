@@ -28,6 +28,8 @@ class ChildProcess:
         self.cwd = cwd
         self.process: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Future[None] | None = None
+        self.output: list[bytes] = []  # every line it printed, ready line included
+        self._printed = asyncio.Condition()
 
     async def start(self) -> int:
         """Run it; return its PID once it has printed the `ready` text."""
@@ -40,33 +42,63 @@ class ChildProcess:
         )
         output = self.process.stdout
         assert output is not None
-        seen: list[bytes] = []
+        seen = self.output = []
         while True:
             line = await asyncio.wait_for(output.readline(), 30)
             if not line:
+                await self.process.wait()
+                self.process = None
                 raise RuntimeError(f"{self.argv[0]} exited:\n" + b"".join(seen).decode(errors="replace"))
             seen.append(line)
             if self.ready in line:
                 break
-        self._drain = asyncio.ensure_future(self._discard(output))  # a full pipe would block it
+        self._drain = asyncio.ensure_future(self._collect(output))  # a full pipe would block it
         return self.process.pid
 
-    @staticmethod
-    async def _discard(output: asyncio.StreamReader) -> None:
-        while await output.readline():
-            pass
+    async def _collect(self, output: asyncio.StreamReader) -> None:
+        while line := await output.readline():
+            async with self._printed:
+                self.output.append(line)
+                self._printed.notify_all()
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.output).decode(errors="replace")
+
+    async def printed(self, text: bytes, timeout: float = 15) -> bytes:
+        """The first line it printed that contains `text`, once it has printed it."""
+
+        def found() -> bytes | None:
+            return next((line for line in self.output if text in line), None)
+
+        async with self._printed:
+            await asyncio.wait_for(self._printed.wait_for(found), timeout)
+        line = found()
+        assert line is not None
+        return line
 
     def send_signal(self, sig: int) -> None:
         assert self.process is not None
         os.kill(self.process.pid, sig)
 
-    async def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGCONT)  # a paused process would not hear `sig`
-            os.kill(self.process.pid, sig)
-        await self.process.wait()
+    async def wait(self, timeout: float = 30) -> int:
+        """Its exit status, once it has exited by itself (or been signalled)."""
+        assert self.process is not None
+        status = await asyncio.wait_for(self.process.wait(), timeout)
         if self._drain is not None:
             await self._drain
         self.process = None
+        return status
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop it by its PID; its exit status (None if it was not running)."""
+        if self.process is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGCONT)  # a paused process would not hear `sig`
+            os.kill(self.process.pid, sig)
+        status = await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+        self.process = None
+        return status

@@ -63,6 +63,7 @@ def test_the_package_needs_only_its_declared_dependencies() -> None:
         "import fastapi_dapr, fastapi_dapr._proxy, fastapi_dapr._http1, fastapi_dapr._calls\n"
         "import fastapi_dapr._sidecar, fastapi_dapr._runtime, fastapi_dapr.testing\n"
         "import fastapi_dapr.brokers.memory, fastapi_dapr.secretstores.local\n"
+        "import fastapi_dapr._standalone, fastapi_dapr._cli, fastapi_dapr.__main__\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,407 @@
+"""The standalone sidecar: Dapr's HTTP API on a port of its own, for an app in another process.
+
+`fastapi-dapr sidecar --app-id ID --app-port PORT ...` runs it. The runtime is
+the embedded sidecar's, given an `AppChannel` (an ASGI application that
+forwards to the app's port) as its app: deliveries, self-invocation, publish,
+secrets and metadata are the same code as in embedded mode.
+
+Other app ids are found in the name-resolution file (`_name_resolution`). A call
+to another app goes from this sidecar to that app's sidecar, at the path
+`INTERNAL_PREFIX + method` with that sidecar's token in `SIDECAR_TOKEN_HEADER`
+and this app's id in `dapr-caller-app-id`; that sidecar calls its app with its
+own `APP_API_TOKEN`. Neither this API's token nor this app's token leaves the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from ._app_channel import AppChannel, AppChannelError
+from ._errors import direct_invoke_error, error_response
+from ._exceptions import DaprAPIError, ResourceError
+from ._invoke import InvalidMethod, invoke_self, normalize_method
+from ._name_resolution import NameResolutionError, NameResolutionFile, Registration, new_token
+from ._proxy import Target
+from ._resources import Resources, load_resources
+from ._runtime import Runtime
+from ._sidecar import SidecarAPI, route_path
+
+__all__: list[str] = []
+
+logger = logging.getLogger("fastapi_dapr")
+
+INTERNAL_PREFIX = "/fastapi-dapr/v1/invoke/"
+SIDECAR_TOKEN_HEADER = "dapr-sidecar-token"
+
+
+@dataclasses.dataclass(frozen=True)
+class SidecarOptions:
+    """What the command line says (`_cli`), in Python's names."""
+
+    app_id: str
+    app_port: int | None = None
+    app_channel_address: str = "127.0.0.1"
+    dapr_http_port: int = 3500
+    resources_paths: Sequence[str] = ()
+    max_body_size: int = 4 * 1024 * 1024
+    api_token: str | None = None
+    app_api_token: str | None = None
+    name_resolution: str | None = None
+    app_wait_timeout: float | None = None
+    graceful_shutdown_seconds: float = 5.0
+    log_level: str = "info"
+    listen_host: str = "127.0.0.1"
+
+
+class _NoApp:
+    """The app channel when there is no `--app-port`: every call fails as unreachable."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise AppChannelError("the sidecar was started without --app-port: there is no app to call")
+
+
+class StandaloneRuntime(Runtime):
+    """The runtime, with app ids resolved through the name-resolution file."""
+
+    def __init__(
+        self,
+        *,
+        names: NameResolutionFile | None,
+        channel: AppChannel | None,
+        **options: Any,
+    ) -> None:
+        super().__init__(app=channel if channel is not None else _NoApp(), **options)
+        self.names = names
+        self.channel = channel
+
+    def find_target(self, name: str) -> Target:
+        target = self.upstreams().resolve(name)  # an HTTPEndpoint, an allowed URL
+        if target is not None:
+            return target
+        where = "no --name-resolution file is given"
+        if self.names is not None:
+            app_id, dot, namespace = name.partition(".")
+            namespace = namespace if dot else self.namespace
+            try:
+                found = self.names.lookup(app_id)
+            except NameResolutionError as exc:
+                raise DaprAPIError(
+                    500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {name}, err: {exc}"
+                ) from None
+            if found is not None and found.namespace == namespace:
+                return Target(
+                    "app",
+                    app_id,
+                    found.base_url + INTERNAL_PREFIX.rstrip("/"),
+                    headers=((SIDECAR_TOKEN_HEADER, found.token),),
+                )
+            where = f"no running sidecar registered it in {self.names.path}"
+        raise DaprAPIError(
+            500,
+            "ERR_DIRECT_INVOKE",
+            f"failed to invoke, id: {name}, err: couldn't find service: {name} (not this app's id "
+            f"{self.app_id!r}, not an HTTPEndpoint resource, and {where})",
+        )
+
+    def metadata(self, *, channel_port: int | None = None) -> dict[str, Any]:
+        body = super().metadata(channel_port=self.channel.port if self.channel is not None else None)
+        connection = body["appConnectionProperties"]
+        connection["channelAddress"] = self.channel.host if self.channel is not None else ""
+        body["extended"]["runtime"] = "fastapi-dapr standalone"
+        return body
+
+
+class _Server:
+    """uvicorn's server without its signal handling: the sidecar handles SIGTERM and SIGINT."""
+
+    def __init__(self, app: Any, *, log_level: str, grace: float, max_header_size: int) -> None:
+        try:
+            import uvicorn
+        except ImportError:  # pragma: no cover - an install without the `server` extra
+            raise SystemExit(
+                "fastapi-dapr sidecar needs uvicorn: pip install 'fastapi-dapr[server]'"
+            ) from None
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="debug" if log_level == "debug" else "warning",
+            access_log=log_level == "debug",
+            timeout_graceful_shutdown=max(1, round(grace)),
+            h11_max_incomplete_event_size=max_header_size,
+        )
+        self.server = Server(config)
+
+    async def serve(self, sock: socket.socket) -> None:
+        await self.server.serve(sockets=[sock])
+
+    def stop(self, *, force: bool = False) -> None:
+        self.server.should_exit = True
+        if force:
+            self.server.force_exit = True
+
+
+class StandaloneSidecar:
+    """One sidecar process: the front ASGI application and its life cycle (`run`)."""
+
+    def __init__(self, options: SidecarOptions) -> None:
+        self.options = options
+        self.runtime: StandaloneRuntime | None = None
+        self.registration: Registration | None = None
+        self.names = NameResolutionFile(options.name_resolution) if options.name_resolution else None
+        self.channel = AppChannel(options.app_channel_address, options.app_port) if options.app_port else None
+        self.api = SidecarAPI(
+            lambda: self.runtime, api_token=options.api_token, max_body_size=options.max_body_size
+        )
+        self.port = 0
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._server: _Server | None = None
+
+    # -- the front door --------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and route_path(scope).startswith(INTERNAL_PREFIX):
+            await self._guarded(self._from_sidecar, scope, receive, send)
+            return
+        await self._guarded(self.api, scope, receive, send)
+
+    async def _guarded(self, app: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run `app`; when the app process can't be reached, daprd's 500 `ERR_DIRECT_INVOKE`."""
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await app(scope, receive, tracking_send)
+        except AppChannelError as exc:
+            if started:  # too late for an error answer: the caller sees the answer cut short
+                logger.warning("invocation of %s: %s", self.options.app_id, exc)
+                return
+            error = direct_invoke_error(500, f"failed to invoke, id: {self.options.app_id}, err: {exc}")
+            await error_response(error)(scope, receive, send)
+
+    async def _from_sidecar(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A call another sidecar passed on: checked by its token, then given to the app."""
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        given = headers.get(SIDECAR_TOKEN_HEADER, "").encode()
+        runtime = self.runtime
+        if (
+            runtime is None
+            or self.registration is None
+            or not hmac.compare_digest(given, self.registration.token.encode())
+        ):
+            response = JSONResponse(
+                {"errorCode": "ERR_FORBIDDEN", "message": "sidecar-to-sidecar calls need the sidecar token"},
+                status_code=401,
+            )
+            await response(scope, receive, send)
+            return
+        callee = headers.get("dapr-callee-app-id", "")
+        caller = headers.get("dapr-caller-app-id", "")
+        if callee != runtime.app_id or not caller:
+            error = direct_invoke_error(
+                404, f"failed to invoke, id: {callee}, err: this sidecar serves app {runtime.app_id!r}"
+            )
+            await error_response(error)(scope, receive, send)
+            return
+        try:
+            method = normalize_method(route_path(scope)[len(INTERNAL_PREFIX) :])
+        except InvalidMethod as exc:
+            error = direct_invoke_error(500, f"failed to invoke, id: {callee}, err: invalid method: {exc}")
+            await error_response(error)(scope, receive, send)
+            return
+        child = dict(scope)
+        child["headers"] = [
+            (name, value) for name, value in scope["headers"] if name != SIDECAR_TOKEN_HEADER.encode()
+        ]
+        await invoke_self(
+            runtime.app,
+            child,
+            receive,
+            send,
+            method=method,
+            via_header=False,
+            api_token_configured=True,  # nothing of the caller's side reaches the app
+            app_api_token=runtime.app_api_token,
+            app_id=runtime.app_id,
+            namespace=runtime.namespace,
+            max_body_size=self.api.max_body_size,
+            caller=(caller, headers.get("dapr-caller-namespace") or runtime.namespace),
+        )
+
+    # -- the life cycle --------------------------------------------------------
+
+    def _on_signal(self, number: int) -> None:
+        self._signals += 1
+        logger.info("%s received: stopping", signal.Signals(number).name)
+        self._stop.set()
+        if self._signals > 1 and self._server is not None:
+            self._server.stop(force=True)  # a second signal: stop waiting for in-flight calls
+
+    def _listen(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.options.listen_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.options.listen_host, self.options.dapr_http_port))
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            raise ResourceError(
+                f"cannot listen on {self.options.listen_host}:{self.options.dapr_http_port}: "
+                f"{exc.strerror or exc} (--dapr-http-port)"
+            ) from None
+        sock.setblocking(False)
+        return sock
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; the process's exit status."""
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, self._on_signal, number)
+        sock: socket.socket | None = None
+        status = 0
+        try:
+            sock = self._listen()
+            self.port = sock.getsockname()[1]
+            status = await self._serve(sock)
+        except (ResourceError, NameResolutionError) as exc:
+            logger.error("%s", exc)
+            status = 1
+        finally:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(number)
+            if sock is not None:
+                sock.close()
+        return status
+
+    async def _serve(self, sock: socket.socket) -> int:
+        options = self.options
+        resources = (
+            load_resources(options.resources_paths, app_id=options.app_id)
+            if options.resources_paths
+            else Resources()
+        )
+        runtime = StandaloneRuntime(
+            names=self.names,
+            channel=self.channel,
+            app_id=options.app_id,
+            app_api_token=options.app_api_token,
+            resources=resources,
+            shutdown_grace=options.graceful_shutdown_seconds,
+        )
+        status = 0
+        try:
+            await runtime.start_components()  # publishing works from here on
+            self.runtime = runtime
+            if self.names is not None:
+                self.registration = Registration(
+                    options.app_id,
+                    options.listen_host,
+                    self.port,
+                    os.getpid(),
+                    new_token(),
+                    runtime.namespace,
+                )
+                await asyncio.to_thread(self.names.register, self.registration)
+            self._server = _Server(
+                self,
+                log_level=options.log_level,
+                grace=options.graceful_shutdown_seconds,
+                max_header_size=self.api.max_header_size,
+            )
+            serving = asyncio.ensure_future(self._server.serve(sock))
+            logger.info(
+                "app id %s: Dapr API listening on http://%s:%d",
+                options.app_id,
+                options.listen_host,
+                self.port,
+            )
+            connecting = asyncio.ensure_future(self._connect_app(runtime))
+            stopping = asyncio.ensure_future(self._stop.wait())
+            try:
+                pending: set[asyncio.Future[Any]] = {serving, connecting, stopping}
+                while True:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    if connecting in done and not connecting.cancelled() and connecting.exception():
+                        problem = connecting.exception()
+                        if isinstance(problem, AppChannelError):
+                            logger.error("%s", problem)
+                        else:
+                            logger.error("connecting to the app failed", exc_info=problem)
+                        status = 1
+                        break
+                    if serving in done or stopping in done:
+                        break
+                    pending = {serving, stopping}
+            finally:
+                stopping.cancel()
+                await self._deregister()
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
+                self._server.stop()
+                # In-flight API calls and in-flight deliveries finish within the grace, together.
+                await asyncio.gather(serving, runtime.stop_subscriptions())
+        finally:
+            await self._deregister()
+            self.runtime = None
+            await runtime.close()
+            if self.channel is not None:
+                await self.channel.close()
+        logger.info("app id %s: stopped", options.app_id)
+        return status
+
+    async def _deregister(self) -> None:
+        registration, self.registration = self.registration, None
+        if registration is not None and self.names is not None:
+            try:
+                await asyncio.to_thread(self.names.deregister, registration)
+            except (OSError, NameResolutionError) as exc:
+                logger.error(
+                    "could not remove app id %s from %s: %s", registration.app_id, self.names.path, exc
+                )
+
+    async def _connect_app(self, runtime: StandaloneRuntime) -> None:
+        """Wait for the app, read its subscriptions, start deliveries (raises `AppChannelError`)."""
+        from ._exceptions import SubscriptionError
+
+        if self.channel is None:
+            runtime.ready = True  # no app: no subscriptions, as daprd without an app channel
+            logger.info("app id %s: ready: no app (no --app-port), no subscriptions", runtime.app_id)
+            return
+        await self.channel.wait_until_listening(self.options.app_wait_timeout)
+        try:
+            programmatic = await self.channel.subscriptions(runtime.app_id, runtime.app_api_token)
+        except SubscriptionError as exc:
+            # daprd logs it and goes on without the app's own subscriptions (reference 2.1).
+            logger.error("%s: no programmatic subscriptions", exc)
+            programmatic = []
+        await runtime.start_subscriptions(programmatic)
+        logger.info(
+            "app id %s: ready: app at %s, %d subscriptions",
+            runtime.app_id,
+            self.channel.address,
+            len(runtime.routes),
+        )

@@ -1,0 +1,555 @@
+"""The standalone sidecar (`python -m fastapi_dapr sidecar`) in a process of its own, in front
+of apps in other processes that use no fastapi-dapr code: a plain FastAPI app written as
+Dapr's docs show, the official SDKs' servers, and the official SDKs' clients against it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import require_tool
+from .processes import ChildProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+JS = Path(__file__).resolve().parent / "js"
+DAPR_JS_SDK = "@dapr/dapr@3.18.0"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def environment(**values: str | None) -> dict[str, str]:
+    """This process's environment without Dapr's variables, plus `values` (None: left out)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DAPR_API_TOKEN", "APP_API_TOKEN", "DAPR_HTTP_PORT", "DAPR_HTTP_ENDPOINT", "APP_ID")
+    }
+    env.update({key: value for key, value in values.items() if value is not None})
+    return env
+
+
+class App(ChildProcess):
+    """A test app (`tests/apps/<module>.py`) under uvicorn on a free loopback port."""
+
+    def __init__(self, module: str = "plain_app", **env: str | None) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", f"tests.apps.{module}:app"]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
+        super().__init__(argv, ready=b"Uvicorn running on", env=environment(**env), cwd=ROOT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def received(self, count: int, kind: str = "") -> list[dict[str, Any]]:
+        """What the app recorded, once it has `count` records of `kind` (it waits up to 10 s)."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=15) as client:
+            answer = await client.get("/received", params={"count": count, "kind": kind})
+        records: list[dict[str, Any]] = answer.json()["received"]
+        return records
+
+    async def subscribe_headers(self) -> list[dict[str, str]]:
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            headers: list[dict[str, str]] = (await client.get("/received")).json()["subscribe_headers"]
+        return headers
+
+
+class Sidecar(ChildProcess):
+    """`python -m fastapi_dapr sidecar` on a free loopback port."""
+
+    def __init__(
+        self,
+        app_id: str,
+        app_port: int | None,
+        *extra: str,
+        ready: bytes = b": ready: ",
+        port: int | None = None,
+        **env: str | None,
+    ) -> None:
+        self.app_id = app_id
+        self.port = port or free_port()
+        argv = [sys.executable, "-m", "fastapi_dapr", "sidecar", "--app-id", app_id]
+        argv += ["--dapr-http-port", str(self.port), *extra]
+        if app_port is not None:
+            argv += ["--app-port", str(app_port)]
+        super().__init__(argv, ready=ready, env=environment(**env), cwd=ROOT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"dapr-api-token": token} if token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=15)
+
+
+@contextlib.asynccontextmanager
+async def running(*processes: ChildProcess) -> AsyncIterator[None]:
+    """Start each in turn (once the one before is ready); stop them all by their PID at the end."""
+    try:
+        for process in processes:
+            await process.start()
+        yield
+    finally:
+        for process in reversed(processes):
+            await process.stop()
+
+
+def resources(folder: Path) -> Path:
+    """A declarative Subscription beside the app's own: one for a topic the app does not
+    advertise, one for a topic it does (the app's own replaces it, as in daprd)."""
+    folder.mkdir()
+    (folder / "subscriptions.yaml").write_text(
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: audits}\n"
+        "spec: {pubsubname: pubsub, topic: audits, routes: {default: /orders}}\n"
+        "---\n"
+        "apiVersion: dapr.io/v1alpha1\nkind: Subscription\nmetadata: {name: orders}\n"
+        "spec: {pubsubname: pubsub, topic: orders, route: /nowhere}\n"
+    )
+    return folder
+
+
+async def test_a_plain_fastapi_app_gets_deliveries_and_invocations(tmp_path: Path) -> None:
+    app = App(APP_API_TOKEN="app-secret")
+    sidecar = Sidecar(
+        "plain",
+        app.port,
+        "--resources-path",
+        str(resources(tmp_path / "resources")),
+        APP_API_TOKEN="app-secret",
+        DAPR_API_TOKEN="api-secret",
+    )
+    async with running(app, sidecar), sidecar.client("api-secret") as client:
+        # The sidecar read GET /dapr/subscribe as daprd does: with its id and the app's token.
+        (asked,) = await app.subscribe_headers()
+        assert asked["dapr-app-id"] == "plain"
+        assert asked["dapr-api-token"] == "app-secret"
+        listed = {
+            (s["topic"], s["type"]): s for s in (await client.get("/v1.0/metadata")).json()["subscriptions"]
+        }
+        assert set(listed) == {
+            ("orders", "PROGRAMMATIC"),
+            ("flaky", "PROGRAMMATIC"),
+            ("poison", "PROGRAMMATIC"),
+            ("poison-dead", "PROGRAMMATIC"),
+            ("widgets", "PROGRAMMATIC"),
+            ("slow", "PROGRAMMATIC"),
+            ("audits", "DECLARATIVE"),
+        }
+        assert listed[("poison", "PROGRAMMATIC")]["deadLetterTopic"] == "poison-dead"
+
+        for topic, data in [
+            ("orders", {"n": 1}),
+            ("flaky", {"n": 2}),
+            ("poison", {"n": 3}),
+            ("widgets", {"size": "big"}),
+            ("widgets", {"size": "small"}),
+            ("audits", {"n": 4}),
+        ]:
+            answer = await client.post(f"/v1.0/publish/pubsub/{topic}", json=data)
+            assert answer.status_code == 204, answer.text
+
+        orders = await app.received(2, "orders")
+        by_topic = {record["body"]["topic"]: record for record in orders}
+        assert by_topic["orders"]["body"]["data"] == {"n": 1}
+        assert by_topic["orders"]["body"]["source"] == "plain"
+        assert by_topic["orders"]["headers"]["content-type"] == "application/cloudevents+json"
+        assert by_topic["orders"]["headers"]["dapr-api-token"] == "app-secret"
+        assert by_topic["orders"]["headers"]["pubsubname"] == "pubsub"
+        assert by_topic["audits"]["body"]["data"] == {"n": 4}  # the declarative subscription
+        (flaky,) = await app.received(1, "flaky")
+        assert flaky["body"]["attempt"] == 2  # RETRY, then delivered again
+        (dropped,) = await app.received(1, "poison")
+        (dead,) = await app.received(1, "dead-letters")
+        assert dead["body"]["id"] == dropped["body"]["id"]  # DROP: to the dead-letter topic
+        assert dead["body"]["data"] == {"n": 3}
+        (big,) = await app.received(1, "widgets-big")
+        (other,) = await app.received(1, "widgets-other")
+        assert (big["body"]["data"], other["body"]["data"]) == ({"size": "big"}, {"size": "small"})
+
+        # Invocation of the sidecar's own app id goes to the app, with the app's token.
+        answer = await client.post("/v1.0/invoke/plain/method/hello/ada?x=1", json={"q": 1})
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "hello": "ada",
+            "app": "",
+            "query": "x=1",
+            "body": {"q": 1},
+            "caller": "plain",
+            "callee": "plain",
+            "token": "app-secret",
+        }
+        answer = await client.get("/hello/grace", headers={"dapr-app-id": "plain"})
+        assert answer.json()["hello"] == "grace"
+        assert (await client.get("/v1.0/invoke/plain/method/missing")).status_code == 404  # the app's own 404
+
+        # The API is the embedded sidecar's: without DAPR_API_TOKEN nothing but health.
+        async with sidecar.client() as anonymous:
+            assert (await anonymous.get("/v1.0/healthz")).status_code == 204
+            refused = await anonymous.post("/v1.0/publish/pubsub/orders", json={})
+            assert (refused.status_code, refused.text) == (401, "invalid api token\n")
+            assert (await anonymous.get("/v1.0/invoke/plain/method/hello/x")).status_code == 401
+    assert sidecar.text.count("sent to dead-letter topic poison-dead") == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_stops_it_gracefully_and_in_flight_work_finishes(sig: signal.Signals) -> None:
+    app = App()
+    sidecar = Sidecar("plain", app.port, "--dapr-graceful-shutdown-seconds", "5")
+    async with running(app, sidecar), sidecar.client() as client:
+        assert (await client.post("/v1.0/publish/pubsub/slow", json={"seconds": 2})).status_code == 204
+        call = asyncio.ensure_future(client.get("/v1.0/invoke/plain/method/slow"))
+        await app.received(1, "slow-POST-start")  # a delivery in flight
+        await app.received(1, "slow-GET-start")  # and an invocation
+        sidecar.send_signal(sig)
+        await sidecar.printed(f"{sig.name} received: stopping".encode())
+        answer = await call  # the call in flight got its answer
+        assert (answer.status_code, answer.json()) == (200, {"status": "SUCCESS"})
+        assert await sidecar.wait() == 0
+        # The delivery takes the app 2 s: the sidecar waited for it before it exited.
+        assert len(await app.received(0, "slow-POST-done")) == 1
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/v1.0/healthz")
+    assert "app id plain: stopped" in sidecar.text
+    assert "Traceback" not in sidecar.text
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "fastapi-dapr"
+    if not script.exists():
+        pytest.skip(f"{script} is not installed (pip install -e .)")
+    done = subprocess.run([str(script), "sidecar", "--help"], capture_output=True, text=True, check=True)
+    assert "--app-id" in done.stdout
+    assert "--name-resolution" in done.stdout
+
+
+SDK_INVOKE = """
+import json, sys
+from dapr.conf import settings
+settings.DAPR_HTTP_ENDPOINT = sys.argv[1]
+settings.DAPR_API_METHOD_INVOCATION_PROTOCOL = "http"
+from dapr.clients import DaprClient
+with DaprClient() as client:
+    response = client.invoke_method(
+        "plain", "hello/py", data=b'{"a": 1}', http_verb="POST", content_type="application/json"
+    )
+    print(json.dumps([response.json(), response.status_code]))
+"""
+
+
+async def test_the_official_python_sdk_invokes_through_the_sidecar() -> None:
+    app = App(APP_API_TOKEN="app-secret")
+    sidecar = Sidecar("plain", app.port, APP_API_TOKEN="app-secret", DAPR_API_TOKEN="api-secret")
+    async with running(app, sidecar):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            SDK_INVOKE,
+            sidecar.url,
+            stdout=asyncio.subprocess.PIPE,
+            env=environment(DAPR_API_TOKEN="api-secret"),  # the SDK sends it as dapr-api-token
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    body, status = json.loads(out)
+    assert status == 200
+    assert (body["hello"], body["body"], body["token"], body["caller"]) == (
+        "py",
+        {"a": 1},
+        "app-secret",
+        "plain",
+    )
+
+
+# -- the official JavaScript SDK ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """`@dapr/dapr` installed with npm into a cache folder (once; kept between runs)."""
+    node, npm = require_tool("node"), require_tool("npm")
+    cache = Path(os.environ.get("FASTAPI_DAPR_NODE_CACHE", Path.home() / ".cache" / "fastapi-dapr-tests"))
+    folder = cache / DAPR_JS_SDK.replace("/", "+")
+    modules = folder / "node_modules"
+    if not (modules / "@dapr" / "dapr" / "package.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--loglevel=error"]
+        try:
+            subprocess.run([*command, DAPR_JS_SDK], check=True, capture_output=True, timeout=600)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            output = (getattr(exc, "stderr", None) or b"").decode(errors="replace")
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"npm install {DAPR_JS_SDK} failed: {exc}\n{output}")
+            pytest.skip(f"npm install {DAPR_JS_SDK} failed (no registry?): {output.strip()[-300:]}")
+    assert Path(node).exists()
+    return modules
+
+
+def node_env(modules: Path, **values: str | None) -> dict[str, str]:
+    return environment(NODE_PATH=str(modules), **values)
+
+
+async def test_the_official_js_sdk_publishes_and_invokes_over_http(node_modules: Path) -> None:
+    app = App(APP_API_TOKEN="app-secret")
+    sidecar = Sidecar("plain", app.port, APP_API_TOKEN="app-secret", DAPR_API_TOKEN="api-secret")
+    async with running(app, sidecar):
+        process = await asyncio.create_subprocess_exec(
+            "node",
+            str(JS / "client.js"),
+            str(sidecar.port),
+            "plain",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=node_env(node_modules, DAPR_API_TOKEN="api-secret"),
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        orders = await app.received(2, "orders")
+    assert sorted(record["body"]["data"]["from"] for record in orders) == ["js", "js-bulk"]
+    assert result["bulk"]["failedMessages"] == []
+    assert result["invoked"]["hello"] == "js"
+    assert result["invoked"]["query"] == "via=sdk"
+    assert result["invoked"]["body"] == {"n": 3}
+    assert result["invoked"]["token"] == "app-secret"
+
+
+async def test_the_official_js_sdk_server_receives_deliveries(node_modules: Path) -> None:
+    port = free_port()
+    sidecar_port = free_port()
+    server = ChildProcess(
+        ["node", str(JS / "server.js"), str(port), str(sidecar_port)],
+        ready=f"Listening on {port}".encode(),
+        env=node_env(node_modules, APP_API_TOKEN="app-secret"),
+        cwd=ROOT,
+    )
+    sidecar = Sidecar("jsapp", port, port=sidecar_port, APP_API_TOKEN="app-secret")
+    async with running(server, sidecar), sidecar.client() as client:
+        await server.printed(b"JS SERVER STARTED")
+        answer = await client.post("/v1.0/publish/pubsub/orders", json={"from": "python", "n": 7})
+        assert answer.status_code == 204
+        line = await server.printed(b"RECEIVED ")
+    received = json.loads(line.split(b"RECEIVED ", 1)[1])
+    assert received == {"data": {"from": "python", "n": 7}, "token": "app-secret"}
+    assert "sent to dead-letter" not in sidecar.text
+
+
+async def test_the_official_python_sdk_fastapi_extension_receives_deliveries() -> None:
+    app = App("sdk_fastapi_app")
+    sidecar = Sidecar("pyapp", app.port)
+    async with running(app, sidecar), sidecar.client() as client:
+        answer = await client.post("/v1.0/publish/pubsub/orders", json={"from": "python", "n": 8})
+        assert answer.status_code == 204
+        (order,) = await app.received(1, "orders")
+    assert order["body"]["data"] == {"from": "python", "n": 8}
+    assert order["path"] == "/events/pubsub/orders"  # the extension's own route for the topic
+
+
+# -- several apps: the name-resolution file -------------------------------------------------
+
+
+async def test_two_sidecars_share_a_name_resolution_file(tmp_path: Path) -> None:
+    names = tmp_path / "names.json"
+    app_a = App(PLAIN_APP_NAME="A", APP_API_TOKEN="a-app-secret")
+    app_b = App(PLAIN_APP_NAME="B", APP_API_TOKEN="b-app-secret")
+    flags = ("--name-resolution", str(names))
+    sidecar_a = Sidecar("a", app_a.port, *flags, APP_API_TOKEN="a-app-secret", DAPR_API_TOKEN="a-api")
+    sidecar_b = Sidecar("b", app_b.port, *flags, APP_API_TOKEN="b-app-secret", DAPR_API_TOKEN="b-api")
+    async with running(app_a, app_b, sidecar_a, sidecar_b), sidecar_a.client("a-api") as client:
+        table = json.loads(names.read_text())["apps"]
+        assert {key: (entry["host"], entry["port"]) for key, entry in table.items()} == {
+            "a": ("127.0.0.1", sidecar_a.port),
+            "b": ("127.0.0.1", sidecar_b.port),
+        }
+        assert names.stat().st_mode & 0o777 == 0o600
+
+        # A's sidecar passes the call to B's sidecar, which calls B with B's own token.
+        answer = await client.post("/v1.0/invoke/b/method/hello/from-a?x=2", json={"q": 2})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "hello": "from-a",
+            "app": "B",
+            "query": "x=2",
+            "body": {"q": 2},
+            "caller": "a",
+            "callee": "b",
+            "token": "b-app-secret",
+        }
+        (call,) = await app_b.received(1, "hello")
+        assert "a-api" not in json.dumps(call["headers"])  # A's API token stays with A
+        assert "a-app-secret" not in json.dumps(call["headers"])
+        via_header = await client.get("/hello/header", headers={"dapr-app-id": "b.default"})
+        assert via_header.json()["app"] == "B"
+
+        # B's sidecar-to-sidecar door takes nobody without B's sidecar token.
+        async with httpx.AsyncClient(base_url=sidecar_b.url) as direct:
+            forged = await direct.get(
+                "/fastapi-dapr/v1/invoke/hello/forged",
+                headers={"dapr-caller-app-id": "a", "dapr-callee-app-id": "b", "dapr-sidecar-token": "guess"},
+            )
+            assert forged.status_code == 401
+            assert (await direct.get("/v1.0/invoke/b/method/hello/x")).status_code == 401  # B's API token
+
+        # B stops: it leaves the file, and A can no longer reach it.
+        assert await sidecar_b.stop() == 0
+        assert set(json.loads(names.read_text())["apps"]) == {"a"}
+        gone = await client.get("/v1.0/invoke/b/method/hello/again")
+        assert gone.status_code == 500
+        assert gone.json()["errorCode"] == "ERR_DIRECT_INVOKE"
+        assert "couldn't find service: b" in gone.json()["message"]
+    assert json.loads(names.read_text())["apps"] == {}
+    assert leftovers(names) == []
+
+
+def leftovers(names: Path) -> list[Path]:
+    """Temporary files of the atomic replace left behind in the folder (none, if all went well)."""
+    return [
+        path
+        for path in names.parent.iterdir()
+        if path.name.startswith(names.name + ".") and path.suffix != ".lock"
+    ]
+
+
+async def test_an_app_id_taken_by_a_running_sidecar_is_refused(tmp_path: Path) -> None:
+    names = tmp_path / "names.json"
+    first = Sidecar("a", None, "--name-resolution", str(names))
+    async with running(first):
+        second = Sidecar("a", None, "--name-resolution", str(names), ready=b"never printed")
+        status, output = await run_to_end(second.argv)
+        assert status == 1
+        assert f"app id 'a' is already registered by the sidecar of process {first.process.pid}" in output  # type: ignore[union-attr]
+        assert "Traceback" not in output
+        assert json.loads(names.read_text())["apps"]["a"]["port"] == first.port
+
+
+# -- bad input: a clear error, not a traceback ----------------------------------------------
+
+
+async def run_to_end(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=dict(env) if env is not None else environment(),
+        cwd=ROOT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(errors="replace")
+
+
+SIDECAR = [sys.executable, "-m", "fastapi_dapr", "sidecar"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--app-port", "1"], "the following arguments are required: --app-id"),
+        (["--app-id", "x", "--app-protocol", "grpc"], "--app-protocol grpc: only http is supported"),
+        (["--app-id", "x", "--app-port", "http"], "'http' is not a port number"),
+        (["--app-id", "x", "--app-port", "70000"], "70000 is not a port number"),
+        (["--app-id", "x", "--app-port", "0"], "--app-port 0: the app's port is the one it listens on"),
+        (["--app-id", "x", "--dapr-http-max-request-size", "0"], "0 must be at least 1 (MB)"),
+        (["--app-id", "x", "--enable-mtls"], "--enable-mtls is not supported"),
+        (["--app-id", "x", "--dapr-listen-addresses", "0.0.0.0"], "listens on one loopback address only"),
+        (["--app-id", "x", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+async def test_bad_flags_are_named(flags: list[str], message: str) -> None:
+    status, output = await run_to_end([*SIDECAR, *flags])
+    assert status == 2
+    assert message in output
+    assert "Traceback" not in output
+
+
+async def test_an_app_that_never_listens_is_a_clear_error() -> None:
+    port = free_port()  # nothing listens there
+    status, output = await run_to_end(
+        [
+            *SIDECAR,
+            "--app-id",
+            "x",
+            "--app-port",
+            str(port),
+            "--dapr-http-port",
+            "0",
+            "--app-wait-timeout",
+            "0.5",
+        ]
+    )
+    assert status == 1
+    assert f"the app did not open 127.0.0.1:{port} within 0.5s" in output
+    assert "Traceback" not in output
+
+
+async def test_bad_resources_and_configuration_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: p}\n")
+    status, output = await run_to_end([*SIDECAR, "--app-id", "x", "--resources-path", str(tmp_path)])
+    assert status == 1
+    assert "bad.yaml: Component 'p'" in output
+    assert "Traceback" not in output
+
+    config = tmp_path / "config.txt"
+    config.write_text("kind: Component\n")
+    status, output = await run_to_end([*SIDECAR, "--app-id", "x", "--config", str(config)])
+    assert (status, "is not a Dapr Configuration resource" in output) == (1, True)
+
+
+async def test_a_configuration_is_read_and_what_is_not_applied_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: appconfig}\n"
+        "spec:\n  tracing: {samplingRate: '1'}\n  features: []\n"
+    )
+    sidecar = Sidecar("x", None, "--config", str(config), "--dapr-grpc-port", "50001")
+    async with running(sidecar):
+        pass
+    assert "Configuration 'appconfig': spec.tracing is not applied" in sidecar.text
+    assert "Configuration 'appconfig': spec.features is not applied" in sidecar.text
+    assert "--dapr-grpc-port is ignored" in sidecar.text
+
+
+async def test_a_bad_subscribe_answer_is_logged_and_the_sidecar_goes_on() -> None:
+    app = App(PLAIN_APP_SUBSCRIBE="broken")
+    sidecar = Sidecar("plain", app.port)
+    async with running(app, sidecar), sidecar.client() as client:
+        assert "item 0.metadata.rawPayload: must be a string, not True" in sidecar.text
+        assert (await client.get("/v1.0/metadata")).json()["subscriptions"] == []
+        assert (await client.get("/v1.0/healthz")).status_code == 204
+        answer = await client.get("/v1.0/invoke/plain/method/hello/still")  # invocation still works
+        assert answer.json()["hello"] == "still"
+    assert "Traceback" not in sidecar.text
+
+
+async def test_an_app_that_goes_away_is_daprs_invoke_error() -> None:
+    app = App()
+    sidecar = Sidecar("plain", app.port)
+    async with running(app, sidecar), sidecar.client() as client:
+        await app.stop()
+        answer = await client.get("/v1.0/invoke/plain/method/hello/gone")
+        assert answer.status_code == 500
+        assert answer.json()["errorCode"] == "ERR_DIRECT_INVOKE"
+        assert f"the app at 127.0.0.1:{app.port} could not be reached" in answer.json()["message"]
+    assert "Traceback" not in sidecar.text
