@@ -585,11 +585,14 @@ class SidecarAPI:
         )
         if not failed:
             return None
-        # Not the kit error format: daprd's own shape for bulk results (reference 1.8).
+        # Not the kit error format: daprd's own shape for bulk results (reference 1.8), a Go
+        # struct, so its fields in this order; the same JSON in `metadata.responseData`.
+        data = b'{"failedEntries":' + go_dumps(failed) + b',"errorCode":"ERR_PUBSUB_PUBLISH_MESSAGE"}'
         return Response(
-            go_dumps({"failedEntries": failed, "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE"}),
+            data,
             status_code=500,
             media_type="application/json",
+            headers={"metadata.responseData": data.decode()},
         )
 
 

@@ -71,9 +71,11 @@ def test_mixed_good_and_bad_entries_answer_the_failed_ones_in_daprds_shape() -> 
     assert answer.status_code == 500
     assert answer.headers["content-type"] == "application/json"
     body = answer.json()
+    assert list(body) == ["failedEntries", "errorCode"]  # daprd's struct order, on the wire
     assert body["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"
     assert [entry["entryId"] for entry in body["failedEntries"]] == ["bad"]
     assert "ttlInSeconds value must be a valid integer" in body["failedEntries"][0]["error"]
+    assert answer.headers["metadata.responseData"] == answer.text
     assert sorted(event.data["n"] for event in got) == [1, 3]  # the good ones went out
 
 
