@@ -1,26 +1,37 @@
 """The example checkout service.
 
-Run it with `uvicorn example_app.main:app`, or behind a real Dapr sidecar with
-`dapr run --app-id checkout --app-port 8000 -- uvicorn example_app.main:app`.
+Run it from the repository's root with `uvicorn example_app.main:app` (in-memory pub/sub),
+`EXAMPLE_PUBSUB=redis uvicorn example_app.main:app` (Redis Streams on 127.0.0.1:6379), or
+behind a real Dapr sidecar with the same resources:
+`dapr run --app-id checkout --app-port 8000 --resources-path example_app/resources/common
+--resources-path example_app/resources/memory -- uvicorn example_app.main:app`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 
-from fastapi_dapr import DROP, CloudEvent, Dapr
+from fastapi_dapr import DROP, CloudEvent, Dapr, DaprAPIError
 
-from . import billing
+from . import billing, shipping
 from .models import Order, Payment, PaymentIn
 from .store import store
 
 log = logging.getLogger("example_app")
 
+RESOURCES = Path(__file__).parent / "resources"
+PUBSUB = os.environ.get("EXAMPLE_PUBSUB", "memory")  # which folder's pubsub component
+if PUBSUB not in ("memory", "redis"):
+    raise RuntimeError(f"EXAMPLE_PUBSUB is 'memory' or 'redis', not {PUBSUB!r}")
+
 app = FastAPI(title="checkout")
-dapr = Dapr(app, app_id="checkout")
+dapr = Dapr(app, app_id="checkout", resources_path=[RESOURCES / "common", RESOURCES / PUBSUB])
 app.include_router(billing.router)
+app.include_router(shipping.router)
 
 MAX_QUANTITY = 100
 
@@ -70,3 +81,24 @@ async def get_order(order_id: str) -> dict[str, object]:
     if order is None:
         raise HTTPException(status_code=404, detail=f"no order {order_id}")
     return order
+
+
+@app.get("/orders/{order_id}/shipping")
+async def shipping_quote(order_id: str) -> dict[str, object]:
+    """Ask the carrier (the `shipping` HTTPEndpoint) what shipping the order costs."""
+    order = store.get(order_id)
+    if order is None or "item" not in order:
+        raise HTTPException(status_code=404, detail=f"no order {order_id}")
+    try:
+        answer = await dapr.invoke(
+            "shipping",
+            "quotes",
+            http_method="POST",
+            json={"item": order["item"], "quantity": order["quantity"]},
+        )
+    except DaprAPIError as exc:  # the carrier could not be reached
+        raise HTTPException(status_code=502, detail=exc.message) from None
+    if not answer.is_success:
+        raise HTTPException(status_code=502, detail=f"the carrier answered {answer.status_code}")
+    quote: dict[str, object] = answer.json()
+    return {"order": order_id, **quote}

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from .main import app
+from fastapi_dapr.testing import DaprTest
+
+from .main import RESOURCES, app, dapr
 from .store import store
 
 
@@ -102,26 +107,99 @@ def test_dead_letter_handler_records_the_rejection(client: TestClient) -> None:
     assert client.get("/orders/o-2").json() == {"id": "o-2", "status": "rejected", "original": dead}
 
 
-def test_the_full_flow_through_the_embedded_sidecar() -> None:
-    from fastapi_dapr.testing import DaprTestClient
+@contextlib.contextmanager
+def resources(tmp_path: Path, *, app_url: str = "http://127.0.0.1:8000", redis: str = "") -> Iterator[None]:
+    """The example's own resources, copied, with this test's addresses in them."""
+    common = tmp_path / "common"
+    shutil.copytree(RESOURCES / "common", common)
+    shipping = common / "shipping.yaml"
+    shipping.write_text(shipping.read_text().replace("http://127.0.0.1:8000", app_url))
+    secrets = common / "secrets.yaml"
+    relative = "example_app/resources/common/secrets.json"
+    secrets.write_text(secrets.read_text().replace(relative, str(common / "secrets.json")))
+    pubsub = tmp_path / ("redis" if redis else "memory")
+    shutil.copytree(RESOURCES / pubsub.name, pubsub)
+    if redis:
+        component = pubsub / "pubsub.yaml"
+        component.write_text(component.read_text().replace("127.0.0.1:6379", redis))
+    before = dapr.resources_paths
+    dapr.resources_paths = [common, pubsub]
+    try:
+        yield
+    finally:
+        dapr.resources_paths = before
+
+
+async def test_the_full_flow_through_the_embedded_sidecar(tmp_path: Path) -> None:
+    store.clear()
+    with resources(tmp_path):
+        async with DaprTest(app) as test:
+            await full_flow(test)
+
+
+async def full_flow(test: DaprTest) -> None:
+    client = test.client
+    answer = await client.post("/orders", json={"id": "o-9", "item": "lamp", "quantity": 1})
+    assert answer.status_code == 202
+    assert (await test.wait_for_delivery(topic="orders")).outcome == "delivered"
+    assert (await client.get("/orders/o-9")).json()["status"] == "accepted"
+
+    await client.post("/orders/o-9/payments", json={"amount": 30})
+    report = await test.wait_for_delivery(topic="payments")
+    assert report.path == "/billing/events/pubsub/payments/on_payment"
+    assert (await client.get("/orders/o-9")).json()["status"] == "paid"
+
+    await client.post("/orders/o-9/payments", json={"amount": 30, "refund": True})
+    assert (await test.wait_for_delivery(topic="payments")).path == "/billing/events/pubsub/payments"
+    assert (await client.get("/orders/o-9")).json()["status"] == "refunded"
+
+    # Too large: dropped by the handler, then handled on the dead-letter topic.
+    await client.post("/orders", json={"id": "o-10", "item": "pallet", "quantity": 500})
+    assert (await test.wait_for_delivery(topic="orders")).outcome == "dead-lettered"
+    assert (await test.wait_for_delivery(topic="orders-dead")).outcome == "delivered"
+    assert (await client.get("/orders/o-10")).json()["status"] == "rejected"
+
+
+async def test_the_full_flow_over_redis_streams(tmp_path: Path) -> None:
+    """The Redis variant of the resources, against a redis-server of the test's own."""
+    from tests.redis_server import redis_server
 
     store.clear()
-    with DaprTestClient(app) as client:
-        assert client.post("/orders", json={"id": "o-9", "item": "lamp", "quantity": 1}).status_code == 202
-        assert client.wait_for_delivery(topic="orders").outcome == "delivered"
-        assert client.get("/orders/o-9").json()["status"] == "accepted"
+    async with redis_server(tmp_path) as server:
+        with resources(tmp_path, redis=server.url):
+            async with DaprTest(app) as test:
+                assert app.state.fastapi_dapr._runtime.brokers["pubsub"].type_name == "pubsub.redis"
+                await full_flow(test)
 
-        client.post("/orders/o-9/payments", json={"amount": 30})
-        report = client.wait_for_delivery(topic="payments")
-        assert report.path == "/billing/events/pubsub/payments/on_payment"
-        assert client.get("/orders/o-9").json()["status"] == "paid"
 
-        client.post("/orders/o-9/payments", json={"amount": 30, "refund": True})
-        assert client.wait_for_delivery(topic="payments").path == "/billing/events/pubsub/payments"
-        assert client.get("/orders/o-9").json()["status"] == "refunded"
+async def test_a_shipping_quote_comes_from_the_carrier_endpoint(tmp_path: Path) -> None:
+    from tests.servers import serve
 
-        # Too large: dropped by the handler, then handled on the dead-letter topic.
-        client.post("/orders", json={"id": "o-10", "item": "pallet", "quantity": 500})
-        assert client.wait_for_delivery(topic="orders").outcome == "dead-lettered"
-        assert client.wait_for_delivery(topic="orders-dead").outcome == "delivered"
-        assert client.get("/orders/o-10").json()["status"] == "rejected"
+    store.clear()
+    async with serve(app) as base_url:
+        with resources(tmp_path, app_url=base_url):
+            async with DaprTest(app) as test:
+                await test.client.post("/orders", json={"id": "o-5", "item": "chair", "quantity": 2})
+                assert (await test.wait_for_delivery(topic="orders")).outcome == "delivered"
+                quote = await test.client.get("/orders/o-5/shipping")
+                # The carrier wants the token the HTTPEndpoint adds from the secret store.
+                refused = await test.client.post(
+                    "/partners/shipping/quotes", json={"item": "x", "quantity": 1}
+                )
+    assert quote.status_code == 200, quote.text
+    assert quote.json() == {"order": "o-5", "carrier": "Parcel & Co", "price": 7.0, "days": 2}
+    assert refused.status_code == 401
+
+
+async def test_an_unreachable_carrier_is_a_502(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store.add("o-6", item="desk", quantity=1, status="accepted")
+    with resources(tmp_path, app_url=f"http://127.0.0.1:{port}"):
+        async with DaprTest(app) as test:
+            answer = await test.client.get("/orders/o-6/shipping")
+    assert answer.status_code == 502
+    assert "could not connect" in answer.json()["detail"]
