@@ -268,3 +268,28 @@ SUPPORT = {"__init__.py", "orders_service.py"}  # not shown: what the shown exam
 def test_every_example_file_is_included_by_a_page(path: Path) -> None:
     pages = "".join(page.read_text() for page in (ROOT / "docs").glob("*.md"))
     assert f"docs/examples/{path.name}" in pages
+
+
+def test_every_error_code_the_package_answers_is_in_the_error_table() -> None:
+    source = "".join(path.read_text() for path in (ROOT / "fastapi_dapr").rglob("*.py"))
+    codes = set(re.findall(r'"(ERR_[A-Z_]+)"', source))
+    table = (ROOT / "docs" / "errors.md").read_text()
+    documented = set(re.findall(r"^\| `(ERR_[A-Z_]+)` \|", table, re.M))
+    assert codes - documented == set(), "error codes missing from docs/errors.md"
+    assert documented - codes == set(), "docs/errors.md lists codes the package never answers"
+
+
+def test_the_getting_started_test_passes() -> None:
+    example("getting_started_test").test_large_orders_are_dead_lettered()
+
+
+def test_every_option_is_on_the_configuration_page() -> None:
+    import inspect
+
+    from fastapi_dapr import Dapr, InvocationSettings, RetryPolicy
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    names = [name for name in inspect.signature(Dapr).parameters if name != "app"]
+    names += [field.name for field in dataclasses.fields(InvocationSettings)]
+    names += [field.name for field in dataclasses.fields(RetryPolicy)]
+    assert [name for name in names if f"| `{name}` |" not in page] == []

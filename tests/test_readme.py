@@ -23,7 +23,11 @@ def quickstart_shell() -> list[tuple[str, str | None]]:
     section = README.read_text().split("## Quickstart", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block is not None
-    lines = block.group(1).replace("\\\n", " ").splitlines()
+    return curl_commands(block.group(1))
+
+
+def curl_commands(shell: str) -> list[tuple[str, str | None]]:
+    lines = shell.replace("\\\n", " ").splitlines()
     commands: list[tuple[str, str | None]] = []
     for line in lines:
         if line.startswith("curl"):
@@ -55,3 +59,25 @@ async def test_quickstart_curl_reaches_the_example_handler() -> None:
         answer = await run(read[0], base_url)
     assert read[1] is not None
     assert json.loads(answer) == json.loads(read[1])
+
+
+async def test_getting_started_commands_reach_the_example(tmp_path: Path) -> None:
+    """docs/getting-started.md's curl commands, run as written, and the outputs it shows."""
+    from example_app.test_app import resources
+
+    require_tool("curl")
+    page = (README.parent / "docs" / "getting-started.md").read_text()
+    commands = [c for block in re.findall(r"```bash\n(.*?)```", page, re.S) for c in curl_commands(block)]
+    assert len(commands) == 3
+    store.clear()
+    async with serve(app) as base_url:
+        with resources(tmp_path, app_url=base_url):
+            async with DaprTest(app) as dapr_test:
+                outputs = []
+                for command, _ in commands:
+                    outputs.append(await run(command, base_url))
+                    if "/v1.0/publish/" in command:
+                        assert (await dapr_test.wait_for_delivery(topic="orders")).outcome == "delivered"
+    for (command, shown), output in zip(commands, outputs, strict=True):
+        if shown is not None:
+            assert json.loads(output) == json.loads(shown), command
