@@ -100,7 +100,7 @@ async def invoke(
 
         found = runtime.find_target(target)
         policy = invocation_policy(runtime, found, target, method)
-        connect_retry = built_in_retry(runtime, found, policy)
+        connect_retry = built_in_retry(runtime, found)
         header_list = with_target_headers(header_list, found, (runtime.app_id, runtime.namespace))
 
         async def open_network() -> InvokeResponse:

@@ -542,7 +542,7 @@ class Worker:
         policy = self.policy
         path = prepared.path
 
-        async def post() -> Attempt:
+        async def post() -> Attempt:  # one attempt, for a policy that wraps it
             nonlocal decoded
             if direct is None:
                 response = await self.engine.post(path, headers, prepared.body)
@@ -561,10 +561,21 @@ class Worker:
         while True:
             final = False
             try:
-                if policy.bare:
-                    attempt = await post()
-                else:
+                if not policy.bare:
                     attempt = await policy.attempt(post, self.engine.clock, _answered)
+                elif direct is None:  # the same as post(), inline: the hot path
+                    attempt = classify(await self.engine.post(path, headers, prepared.body))
+                else:
+                    given, decoded = decoded, None
+                    response = await self.engine.call.deliver(
+                        direct,
+                        path,
+                        prepared.body,
+                        given,
+                        headers=lambda: self._headers(prepared),
+                        state=self.engine.lifespan_state(),
+                    )
+                    attempt = classify(response)
             except AppUnreachable as exc:
                 attempt = Attempt(None, None, str(exc))
             except (CircuitOpen, CircuitBusy) as exc:

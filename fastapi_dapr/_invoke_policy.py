@@ -13,10 +13,12 @@ running its attempts as daprd's `/v1.0/invoke` does.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from starlette.types import Send
+from starlette.types import Receive, Send
 
 from ._exceptions import DaprAPIError
 from ._invocation import InvokeResponse
@@ -44,9 +46,10 @@ def invocation_policy(runtime: Runtime, target: Target | None, name: str, method
     return runtime.resiliency.endpoint_policy(name, endpoint_key(target, name, method))
 
 
-def built_in_retry(runtime: Runtime, target: Target, policy: Policy) -> RetryPolicy | None:
-    """daprd's built-in retry of another app that can't be connected to, where no policy applies."""
-    if target.kind != "app" or runtime.resiliency.app_defined(target.name) or not policy.is_empty:
+def built_in_retry(runtime: Runtime, target: Target | None) -> RetryPolicy | None:
+    """daprd's built-in retry of another app that can't be connected to, unless a Resiliency
+    targets that app by name (a default policy does not stop it: daprd nests the two)."""
+    if target is None or target.kind != "app" or runtime.resiliency.app_defined(target.name):
         return None
     return runtime.resiliency.built_in_service_retries
 
@@ -70,8 +73,10 @@ async def run_invocation(
         try:
             response = await open_attempt()
         except DaprAPIError as exc:
-            if exc.status_code != 500 or not replayable:
-                raise NotRetried(exc) from exc  # refused (403, 413...), or a body already sent
+            if exc.status_code != 500:  # refused here (403, 413): the target was not reached
+                raise NotRetried(exc, counts=False) from exc
+            if not replayable:
+                raise NotRetried(exc) from exc  # a body already streamed can't be sent again
             raise
         if retrying and not _succeeded(response):
             # Read whole, to be retried or to be the caller's answer (daprd's codeError).
@@ -91,15 +96,36 @@ async def run_invocation(
         raise DaprAPIError(500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {name}, err: {exc}") from None
 
 
-async def send_response(response: InvokeResponse, send: Send, *, head: bool = False) -> None:
-    """Stream an invocation's answer to an ASGI caller."""
+async def send_response(
+    response: InvokeResponse, send: Send, receive: Receive, *, event_stream: bool = False
+) -> None:
+    """Stream an invocation's answer to an ASGI caller, as the proxy does: an event stream
+    answered 200, and the answer given up (its connection closed, an in-process route
+    cancelled) as soon as the caller goes away."""
+    status = response.status_code
+    if event_stream and 200 <= status < 300:
+        status = 200  # as daprd
+    streaming = asyncio.current_task()
+    watcher: asyncio.Future[None] | None = None
     try:
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": response.headers.raw}
-        )
-        if not head:
-            async for chunk in response.aiter_bytes():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.start", "status": status, "headers": response.headers.raw})
+        if streaming is not None:
+            watcher = asyncio.ensure_future(_wait_disconnect(receive))
+            watcher.add_done_callback(lambda done: None if done.cancelled() else streaming.cancel())
+        async for chunk in response.aiter_bytes():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if watcher is None or not watcher.done() or watcher.cancelled():
+            raise
+        if sys.version_info >= (3, 11) and streaming is not None:
+            streaming.uncancel()  # our own cancellation: the caller left, nothing more to send
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await response.aclose()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

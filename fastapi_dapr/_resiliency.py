@@ -13,7 +13,6 @@ import asyncio
 import collections
 import dataclasses
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
@@ -48,7 +47,7 @@ class CircuitBusy(PolicyError):
 
 class AttemptTimeout(PolicyError):
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"context deadline exceeded (the policy's timeout of {seconds:g}s)")
+        super().__init__("context deadline exceeded")  # daprd's words (Go's context error)
         self.seconds = seconds
 
 
@@ -66,11 +65,17 @@ class CodeFailure(Exception):
 
 
 class NotRetried(Exception):
-    """Raised by an operation for a failure no retry can help; the runner raises `error`."""
+    """Raised by an operation for a failure no retry can help; the runner raises `error`.
 
-    def __init__(self, error: BaseException) -> None:
+    `counts=False` for a refusal made here, before the target was reached (a URL the
+    rules refuse, a body over the limit): it says nothing of the target's health, so the
+    circuit breaker does not count it.
+    """
+
+    def __init__(self, error: BaseException, *, counts: bool = True) -> None:
         super().__init__(str(error))
         self.error = error
+        self.counts = counts
 
 
 # -- circuit breakers ----------------------------------------------------------
@@ -261,32 +266,55 @@ class CircuitBreaker:
 # -- running an operation under a policy ------------------------------------------
 
 
-def _cancelled_from_outside() -> bool:
-    task = asyncio.current_task()
-    if task is None or sys.version_info < (3, 11):
-        return False  # Python 3.10 can't tell; a timeout is assumed
-    return task.cancelling() > 0
+def _abandoned(task: asyncio.Future[Any]) -> None:
+    """The end of an attempt given up at its deadline: its error retrieved, its answer closed."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        logger.debug("an attempt abandoned at its deadline failed afterwards: %r", error)
+        return
+    close = getattr(task.result(), "aclose", None)  # an invocation's answer holds a connection
+    if close is not None:
+        closing = asyncio.ensure_future(close())
+        _BACKGROUND.add(closing)
+        closing.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 async def with_timeout(operation: Callable[[], Awaitable[T]], seconds: float, clock: Clock) -> T:
-    """Run `operation`, cancelling it after `seconds` on `clock` (then `AttemptTimeout`)."""
-    task = asyncio.ensure_future(operation())
-    expired = False
+    """Run `operation`; at `seconds` on `clock` cancel it and raise `AttemptTimeout` at once.
+
+    As daprd's runner: the deadline answers the caller whether or not the operation
+    stops when cancelled; one that goes on is left to finish on its own (its error
+    logged, an answer it gives closed). A cancellation of the caller cancels the
+    operation and is raised, on every Python version.
+    """
+    task: asyncio.Future[T] = asyncio.ensure_future(operation())
+    deadline: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
+        if not deadline.done():
+            deadline.set_result(None)
 
     timer = clock.call_later(seconds, expire)
     try:
-        return await task
+        waiting: set[asyncio.Future[Any]] = {task, deadline}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        if expired and task.cancelled() and not _cancelled_from_outside():
-            raise AttemptTimeout(seconds) from None
+        task.cancel()
+        task.add_done_callback(_abandoned)
         raise
     finally:
         timer.cancel()
+        deadline.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    task.add_done_callback(_abandoned)
+    raise AttemptTimeout(seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +344,7 @@ class Policy:
         """One attempt: through the circuit breaker, under the timeout.
 
         A result counts as a failure for the breaker when `succeeded` says so; an
-        exception always does, except a cancellation from outside (a shutdown).
+        exception always does (a cancellation too), except a refusal made here.
         """
         breaker = self.breaker
         generation = breaker.before() if breaker is not None else 0
@@ -325,9 +353,13 @@ class Policy:
                 result = await operation()
             else:
                 result = await with_timeout(operation, self.timeout, clock)
-        except asyncio.CancelledError:
+        except NotRetried as exc:
+            if breaker is not None:
+                breaker.after(generation, success=not exc.counts)
             raise
         except BaseException:
+            # A cancellation too (the caller gave up, a shutdown): as daprd counts a
+            # cancelled context; uncounted, a half-open trial would hold its place for ever.
             if breaker is not None:
                 breaker.after(generation, False)
             raise
@@ -387,6 +419,9 @@ class Policy:
                 await clock.sleep(delay)
 
 
+NO_POLICY = Policy("no policy")
+
+
 # -- the Resiliency resources, merged ---------------------------------------------
 
 
@@ -428,6 +463,7 @@ class ResiliencyResource:
     components: Mapping[str, ComponentTarget] = dataclasses.field(default_factory=dict)
 
 
+_NO_NAMES = PolicyNames()
 Direction = Literal["Inbound", "Outbound"]
 _KINDS = (("timeout", "Timeout"), ("retry", "Retry"), ("circuitBreaker", "CircuitBreaker"))
 
@@ -469,7 +505,7 @@ class Resiliency:
             self.names.append(resource.name)
             self.timeouts.update(resource.timeouts)
             for name, policy in resource.retries.items():
-                if name == BUILT_IN_SERVICE_RETRIES and 0 <= policy.max_retries < 3:
+                if name == BUILT_IN_SERVICE_RETRIES and policy.max_retries < 3:  # -1 too, as daprd
                     logger.warning(
                         "%s: Resiliency %r: %s may not retry fewer than 3 times: 3 it is",
                         resource.source,
@@ -486,6 +522,7 @@ class Resiliency:
             self.apps.update(resource.apps)
             self.components.update(resource.components)
         self._check(sources)
+        self._app_defaults = self._defaults(("App",))
         self._component_breakers: dict[tuple[str, Direction], CircuitBreaker] = {}
         self._endpoint_breakers: dict[str, _LRU] = {}
 
@@ -530,6 +567,10 @@ class Resiliency:
             circuit_breaker=self._default("circuitBreaker", levels),
         )
 
+    def _timeout(self, name: str | None) -> float | None:
+        """A named timeout in seconds; 0 is no timeout, as in daprd."""
+        return (self.timeouts.get(name) or None) if name else None
+
     def component_defined(self, component: str) -> bool:
         return component in self.components
 
@@ -550,7 +591,7 @@ class Resiliency:
                 self._component_breakers[key] = breaker
         return Policy(
             f"component[{component}] {'input' if direction == 'Inbound' else 'output'}",
-            self.timeouts.get(names.timeout) if names.timeout else None,
+            self._timeout(names.timeout),
             self.retries.get(names.retry) if names.retry else None,
             breaker,
         )
@@ -568,7 +609,9 @@ class Resiliency:
         if target is not None:
             names, size = target.policies, target.cache_size
         else:
-            names, size = self._defaults(("App",)), 100
+            names, size = self._app_defaults, 100
+            if names == _NO_NAMES:
+                return NO_POLICY  # the common case, every call: nothing to build
         breaker = None
         if names.circuit_breaker is not None:
             template = self.breakers[names.circuit_breaker]
@@ -578,7 +621,7 @@ class Resiliency:
             breaker = cache.take(endpoint, lambda: template.create(endpoint, self.clock))
         return Policy(
             f"endpoint[{app}, {endpoint}]",
-            self.timeouts.get(names.timeout) if names.timeout else None,
+            self._timeout(names.timeout),
             self.retries.get(names.retry) if names.retry else None,
             breaker,
         )

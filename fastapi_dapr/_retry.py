@@ -65,12 +65,12 @@ class RetryPolicy:
             return None
         if self.policy == "constant":
             return self.duration
-        if self.max_elapsed is not None and elapsed >= self.max_elapsed:
-            return None
         interval = min(self.initial_interval * self.multiplier ** (retry - 1), self.max_interval)
         if self.randomization_factor:
             spread = self.randomization_factor * interval
             interval = (rng or random).uniform(interval - spread, interval + spread)
+        if self.max_elapsed is not None and elapsed + interval > self.max_elapsed:
+            return None  # as daprd's backoff: the next try would start past the limit
         return interval
 
     def retries_status(self, status_code: int | None) -> bool:

@@ -21,7 +21,7 @@ from ._envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
 from ._errors import PubSubErrors
 from ._exceptions import DaprAPIError, ResourceError
 from ._invocation import InvocationSettings
-from ._resiliency import NotRetried, Policy, PolicyError, Resiliency
+from ._resiliency import AttemptTimeout, NotRetried, Policy, PolicyError, Resiliency, with_timeout
 from ._resources import Component, Resources
 from ._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
 from ._scopes import TopicScopes
@@ -40,6 +40,7 @@ DEFAULT_PUBSUB = Component(
     name="pubsub", type="pubsub.in-memory", version="v1", metadata=(), source="<built-in default>"
 )
 RUNTIME_VERSION = "fastapi-dapr"
+DEAD_LETTER_TIMEOUT = 30.0
 
 
 class Runtime:
@@ -426,12 +427,19 @@ class Runtime:
                 self.app_id,
             )
             return False
+        topic = route.dead_letter_topic
         try:
-            await self._publish_message(
-                broker, route.dead_letter_topic, message.data, metadata, message.decoded
+            # As daprd (deadLetterPublishTimeout): 30 s at most, outbound retries included.
+            await with_timeout(
+                lambda: self._publish_message(broker, topic, message.data, metadata, message.decoded),
+                DEAD_LETTER_TIMEOUT,
+                self.clock,
             )
         except DaprAPIError as exc:
-            logger.error("dead-letter publish to %s failed: %s", route.dead_letter_topic, exc.message)
+            logger.error("dead-letter publish to %s failed: %s", topic, exc.message)
+            return False
+        except AttemptTimeout:
+            logger.error("dead-letter publish to %s failed: not done within %gs", topic, DEAD_LETTER_TIMEOUT)
             return False
         return True
 

@@ -19,6 +19,7 @@ In an async test::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import heapq
@@ -67,22 +68,48 @@ class FakeClock(Clock):
         self.sleeps: list[float] = []
         self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._order = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.advance(seconds)
+        self._advance(seconds)
         await asyncio.sleep(0)
 
     def monotonic(self) -> float:
         return self.now
 
     def call_later(self, seconds: float, callback: Callable[[], None]) -> _FakeTimer:
+        self._loop = asyncio.get_running_loop()  # where the deadlines run
         timer = _FakeTimer(self.now + seconds, callback)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return timer
 
     def advance(self, seconds: float) -> None:
-        """Move the clock forward, and run the deadlines it passes, earliest first."""
+        """Move the clock forward, and run the deadlines it passes, earliest first.
+
+        From a synchronous test (`DaprTestClient` runs the app in a thread of its own)
+        the deadlines run in the app's event loop, and this returns once they have.
+        """
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or loop is here or not loop.is_running():
+            self._advance(seconds)
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                self._advance(seconds)
+            finally:
+                done.set_result(None)
+
+        loop.call_soon_threadsafe(run)
+        done.result(timeout=DEFAULT_TIMEOUT)
+
+    def _advance(self, seconds: float) -> None:
         self.now += seconds
         while self._timers and self._timers[0][0] <= self.now:
             _, _, timer = heapq.heappop(self._timers)

@@ -368,6 +368,32 @@ async def test_a_caller_leaving_any_endless_answer_stops_the_upstream(
         await asyncio.wait_for(server.ndjson_stopped.wait(), 10)
 
 
+DEFAULT_RETRY = (
+    "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {name: everywhere}\n"
+    "spec:\n  policies:\n    retries:\n      DefaultRetryPolicy: {policy: constant, maxRetries: 2}\n---\n"
+)
+
+
+@pytest.mark.parametrize("path", ["sse-forever", "ndjson-forever"])
+async def test_a_caller_leaving_an_endless_answer_stops_the_upstream_under_a_policy_too(
+    tmp_path: Path, upstream: tuple[Upstream, str], path: str
+) -> None:
+    server, url = upstream
+    accept = indent("headers:\n- name: Accept\n  value: text/event-stream", 2) + "\n"
+    extra = accept if path.startswith("sse") else ""
+    app, _ = make_app(tmp_path, endpoint_yaml("svc", url, extra) + DEFAULT_RETRY)
+    async with DaprTest(app), serve(app) as app_url:
+        async with (
+            httpx.AsyncClient(base_url=app_url) as client,
+            client.stream("GET", f"/v1.0/invoke/svc/method/{path}") as answer,
+        ):
+            assert answer.status_code == 200
+            first = await anext(answer.aiter_lines())
+            assert first in ("data: only", '{"n": 1}')
+        stopped = server.sse_stopped if path.startswith("sse") else server.ndjson_stopped
+        await asyncio.wait_for(stopped.wait(), 10)
+
+
 async def test_body_limit_is_counted_while_streaming(tmp_path: Path, upstream: tuple[Upstream, str]) -> None:
     server, url = upstream
     app, _ = make_app(tmp_path, endpoint_yaml("svc", url), max_body_size=100_000)

@@ -849,3 +849,158 @@ async def test_a_policy_for_the_app_replaces_the_built_in_retries(tmp_path: Path
         response = await test.client.get("/v1.0/invoke/payments/method/pay")
     assert response.status_code == 500
     assert clock.sleeps == [1.0]
+
+
+# -- regressions of the review ---------------------------------------------------------
+
+
+async def test_a_cancelled_trial_counts_as_a_failure_and_does_not_hold_the_circuit() -> None:
+    from fastapi_dapr._resiliency import Policy
+
+    clock = FakeClock()
+    breaker = CircuitBreaker("cb", timeout=10.0, trip=compile_trip("consecutiveFailures >= 1"), clock=clock)
+    breaker.after(breaker.before(), success=False)
+    clock.advance(11)
+    assert breaker.state == "half-open"
+    trial = asyncio.create_task(Policy("p", breaker=breaker).attempt(asyncio.Event().wait, clock))
+    await asyncio.sleep(0)  # the trial is admitted and waits
+    trial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    assert breaker.state == "open"  # counted as a failed trial, not left holding the only place
+    clock.advance(11)
+    breaker.after(breaker.before(), success=True)
+    assert breaker.state == "closed"
+
+
+async def test_a_caller_cancelled_with_the_deadline_is_cancelled_not_timed_out() -> None:
+    from fastapi_dapr._resiliency import with_timeout
+
+    clock = FakeClock()
+    call = asyncio.create_task(with_timeout(asyncio.Event().wait, 5.0, clock))
+    await asyncio.sleep(0)
+    clock.advance(5.0)  # the deadline and the cancellation in the same turn
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
+async def test_the_deadline_answers_even_when_the_operation_ignores_its_cancellation() -> None:
+    from fastapi_dapr._resiliency import AttemptTimeout, with_timeout
+
+    clock = FakeClock()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # goes on after being cancelled
+        finished.append("late")
+        return "late answer"
+
+    call = asyncio.create_task(with_timeout(stubborn, 1.0, clock))
+    await asyncio.sleep(0)
+    clock.advance(1.0)
+    with pytest.raises(AttemptTimeout, match=r"^context deadline exceeded$"):
+        await asyncio.wait_for(call, 10)
+    assert finished == []  # answered at the deadline, not when the operation ended
+    release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert finished == ["late"]
+
+
+def test_a_timeout_of_zero_is_no_timeout(tmp_path: Path) -> None:
+    from fastapi_dapr._resiliency import Resiliency
+
+    spec = (
+        "  policies:\n    timeouts: {none: 0s}\n"
+        "  targets:\n    components: {pubsub: {inbound: {timeout: none}}}\n"
+    )
+    loaded = load_resources([folder_with(tmp_path, resiliency(spec))], app_id="orders")
+    assert Resiliency(loaded.resiliencies).component_policy("pubsub", "Inbound").timeout is None
+
+
+@pytest.mark.parametrize("max_retries", [-1, 0, 2])
+def test_the_built_in_service_retries_keep_at_least_three(tmp_path: Path, max_retries: int) -> None:
+    from fastapi_dapr._resiliency import Resiliency
+
+    retry = f"{{policy: constant, maxRetries: {max_retries}}}"
+    spec = f"  policies:\n    retries:\n      DaprBuiltInServiceRetries: {retry}\n"
+    loaded = load_resources([folder_with(tmp_path, resiliency(spec))], app_id="orders")
+    assert Resiliency(loaded.resiliencies).built_in_service_retries.max_retries == 3
+
+
+def test_exponential_retries_stop_when_the_next_would_start_past_fifteen_minutes() -> None:
+    from fastapi_dapr import RetryPolicy
+
+    policy = RetryPolicy(policy="exponential", randomization_factor=0.0, max_retries=-1)
+    assert policy.delay(1, elapsed=899.4) == 0.5
+    assert policy.delay(1, elapsed=899.6) is None  # 899.6 + 0.5 > 900
+
+
+async def test_a_default_policy_keeps_the_built_in_retries_of_another_app(tmp_path: Path) -> None:
+    spec = "  policies:\n    timeouts:\n      DefaultTimeoutPolicy: 5s\n"
+    folder = folder_with(tmp_path, resiliency(spec))
+    app, _ = invoking_app(folder, apps={"payments": f"http://127.0.0.1:{closed_port()}"})
+    clock = FakeClock()
+    async with DaprTest(app, clock=clock) as test:
+        response = await test.client.get("/v1.0/invoke/payments/method/pay")
+    assert response.status_code == 500
+    assert clock.sleeps == [1.0, 1.0, 1.0]  # as daprd, which nests the two
+
+
+async def test_a_refusal_made_here_does_not_count_against_the_circuit(tmp_path: Path) -> None:
+    spec = """  policies:
+    circuitBreakers:
+      DefaultCircuitBreakerPolicy: {timeout: 30s, trip: consecutiveFailures >= 1}
+"""
+    app, _ = invoking_app(folder_with(tmp_path, resiliency(spec)))
+    async with DaprTest(app, clock=FakeClock()) as test:
+        target = "/v1.0/invoke/http%3A%2F%2Fapi.example.com/method/x"
+        answers = [await test.client.get(target) for _ in range(3)]
+    # The URL rules refuse it (no allowed_urls) every time; the circuit never opens.
+    assert [a.status_code for a in answers] == [403, 403, 403]
+    assert all("circuit breaker" not in a.json()["message"] for a in answers)
+
+
+@pytest.mark.usefixtures("flaky")
+async def test_a_dead_letter_publish_is_given_up_after_thirty_seconds(tmp_path: Path) -> None:
+    spec = OUTBOUND.replace("maxRetries: {retries}", "maxRetries: -1").format(extra="")
+    folder = folder_with(tmp_path, flaky_component(10**6, topic="dead"), resiliency(spec))
+    app, _ = failing_app(folder, [Response(status_code=404)])
+    clock = FakeClock()
+    async with DaprTest(app, clock=clock) as test:
+        report = await test.publish_and_wait("pubsub", "orders", {"n": 1})
+    assert report.outcome == "failed"  # not dead-lettered, and settled, not left hanging
+    assert "dead-letter publish to dead failed" in report.reason
+    assert 29 <= len(clock.sleeps) <= 31  # one-second retries for daprd's 30 s
+
+
+def test_advancing_the_clock_from_a_synchronous_test(tmp_path: Path) -> None:
+    import threading
+
+    from fastapi_dapr.testing import DaprTestClient
+
+    app = FastAPI()
+    dapr = Dapr(app, app_id="orders", resources_path=folder_with(tmp_path, resiliency(TIMEOUT)))
+    started = threading.Event()
+    calls: list[int] = []
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent[dict[str, int]]) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            await asyncio.Event().wait()
+
+    clock = FakeClock()
+    with DaprTestClient(app, clock=clock) as client:
+        client.post("/v1.0/publish/pubsub/orders", json={"n": 1})
+        assert started.wait(10)
+        clock.advance(6)  # from this thread: the deadline runs in the app's loop
+        report = client.wait_for_delivery(topic="orders")
+    assert report.outcome == "delivered"
+    assert len(calls) == 2
