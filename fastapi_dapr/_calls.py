@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -235,6 +236,10 @@ async def open_in_process(
         finally:
             await messages.put(None)
 
+    metrics = runtime.metrics
+    if metrics is not None:
+        metrics.invocation_sent(runtime.app_id, body is not None and not isinstance(body, bytes))
+    started = time.perf_counter()
     task = asyncio.create_task(run())
     try:
         start = await asyncio.wait_for(messages.get(), timeout)
@@ -257,6 +262,10 @@ async def open_in_process(
             f"failed to invoke, id: {runtime.app_id}, err: the app failed before answering: {problem!r}",
         )
 
+    if metrics is not None:
+        streaming = body is not None and not isinstance(body, bytes)
+        elapsed = (time.perf_counter() - started) * 1000
+        metrics.invocation_answered(runtime.app_id, start["status"], streaming, elapsed)
     complete = False
 
     async def chunks() -> AsyncIterator[bytes]:

@@ -22,6 +22,7 @@ from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
 if TYPE_CHECKING:
     from ._client import RemoteSidecar
     from ._envelope import PublishRequest
+    from ._metrics import Metrics
     from ._proxy import Upstreams
     from ._publishing import FailedEntry
     from ._runtime import Runtime
@@ -90,6 +91,10 @@ class Dapr:
     (daprd's `--max-body-size`, 4 MiB), `max_header_size` their headers (431
     beyond). `invocation` says which other apps
     and which URLs service invocation may reach (`InvocationSettings`).
+    `metrics=True` (embedded mode) counts publishes, deliveries, retries, dead
+    letters and invocations, and serves them in Prometheus's text format at
+    `GET /metrics` on the app's port, protected as the rest of the sidecar API
+    is (docs/observability.md).
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class Dapr:
         max_body_size: int = 4 * 1024 * 1024,
         max_header_size: int = 16 * 1024,
         invocation: InvocationSettings | None = None,
+        metrics: bool = False,
     ) -> None:
         existing = getattr(app.state, "fastapi_dapr", None)
         if existing is not None:
@@ -148,6 +154,11 @@ class Dapr:
             )
         self._api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
         self.sidecar: SidecarAPI | None = None
+        self.metrics: Metrics | None = None
+        if metrics and mode == "embedded":
+            from ._metrics import Metrics
+
+            self.metrics = Metrics(self.app_id)
         if mode == "embedded":
             from ._sidecar import SidecarAPI
 
@@ -156,6 +167,7 @@ class Dapr:
                 api_token=self._api_token,
                 max_body_size=max_body_size,
                 max_header_size=max_header_size,
+                metrics=self.metrics,
             )
             if serve_api:
                 self._serve_sidecar_api(app, self.sidecar)
@@ -404,4 +416,5 @@ class Dapr:
             retry=self.retry,
             clock=self._clock,
             invocation=self.invocation,
+            metrics=self.metrics,
         )

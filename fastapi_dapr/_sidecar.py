@@ -28,7 +28,7 @@ from ._envelope import PublishRequest
 from ._errors import direct_invoke_error, error_response
 from ._exceptions import DaprAPIError
 from ._invocation import InvokeResponse
-from ._invoke import InvalidMethod, find_target, invoke_self, normalize_method
+from ._invoke import InvalidMethod, find_target, invoke_self, is_streaming, measured, normalize_method
 from ._invoke_policy import built_in_retry, invocation_policy, run_invocation, send_response
 from ._json import go_dumps
 from ._resiliency import Policy
@@ -36,6 +36,7 @@ from ._runtime import Runtime
 
 if TYPE_CHECKING:
     from ._http1 import Response as Upstream
+    from ._metrics import Metrics
     from ._proxy import Target
 from .secretstores import SecretStoreError
 
@@ -45,6 +46,8 @@ logger = logging.getLogger("fastapi_dapr")
 
 API_PREFIXES = ("/v1.0/", "/v1.0-alpha1/")
 HEALTH_PATHS = ("/v1.0/healthz", "/v1.0/healthz/outbound")
+METRICS_PATH = "/metrics"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # daprd's --max-body-size default
 DEFAULT_MAX_HEADERS = 16 * 1024  # what uvicorn's h11 server accepts by default
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -120,7 +123,7 @@ def query_unescape(value: str) -> str:
     return unquote_plus(value, errors="replace")
 
 
-def _is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
+def is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
     """Whether a request without the API token may be answered: it comes from this machine,
     and not from a web page a browser on this machine is showing."""
     if any(name in headers for name in _FORWARDING_HEADERS):
@@ -218,8 +221,10 @@ class SidecarAPI:
         api_token: str | None = None,
         max_body_size: int = DEFAULT_MAX_BODY,
         max_header_size: int = DEFAULT_MAX_HEADERS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._runtime = runtime
+        self.metrics = metrics  # served at GET /metrics when given
         self.api_token = api_token or None
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size
@@ -255,6 +260,8 @@ class SidecarAPI:
         if isinstance(response, _SelfInvocation):
             runtime = self._runtime()
             assert runtime is not None
+            if runtime.metrics is not None:
+                send = measured(send, runtime.metrics, runtime.app_id, is_streaming(scope["headers"]))
             await invoke_self(
                 runtime.app,
                 scope,
@@ -378,7 +385,7 @@ class SidecarAPI:
                 return None
             # daprd's exact answer (reference 6.6).
             return PlainTextResponse("invalid api token\n", status_code=401)
-        if _is_local_client(scope, headers):
+        if is_local_client(scope, headers):
             return None
         return JSONResponse(
             {
@@ -411,6 +418,14 @@ class SidecarAPI:
             return refused
         method = scope["method"]
         runtime = self._runtime()
+        if path == METRICS_PATH and self.metrics is not None:
+            if method not in ("GET", "HEAD"):
+                return JSONResponse(
+                    {"errorCode": "ERR_METHOD_NOT_ALLOWED", "message": f"{method} {path}: use GET"},
+                    status_code=405,
+                    headers={"allow": "GET, HEAD"},
+                )
+            return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
         try:
             if path in HEALTH_PATHS and method in ("GET", "HEAD"):
                 if runtime is None or (path == "/v1.0/healthz" and not runtime.ready):
@@ -618,7 +633,11 @@ class SidecarDispatch:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = route_path(scope)
-            if path.startswith(API_PREFIXES) or path in ("/v1.0", "/v1.0-alpha1"):
+            if (
+                path.startswith(API_PREFIXES)
+                or path in ("/v1.0", "/v1.0-alpha1")
+                or (path == METRICS_PATH and self.api.metrics is not None)
+            ):
                 await self.api(scope, receive, send)
                 return
         await self.app(scope, receive, send)
