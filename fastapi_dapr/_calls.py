@@ -21,6 +21,7 @@ from ._asgi import http_scope
 from ._exceptions import DaprAPIError
 from ._invocation import InvocationSettings, InvokeResponse
 from ._invoke import VERBS, InvalidMethod, invoke_self, normalize_method
+from ._trace import CURRENT, context, header_pairs
 
 if TYPE_CHECKING:
     from ._dapr import Dapr
@@ -78,6 +79,14 @@ async def invoke(
         ) from None
     body, content_type = _body(json, content)
     header_list = [(name.lower(), value) for name, value in (headers or {}).items()]
+    # As daprd: a traceparent it reads is passed on (a given one, else the trace of what
+    # the app is handling), one it can't read is not.
+    given = dict(header_list)
+    trace = (
+        context(given["traceparent"], given.get("tracestate")) if "traceparent" in given else CURRENT.get()
+    )
+    header_list = [(name, value) for name, value in header_list if name not in ("traceparent", "tracestate")]
+    header_list += header_pairs(trace)
     if content_type is not None and not any(name == "content-type" for name, _ in header_list):
         header_list.append(("content-type", content_type))
     if isinstance(body, bytes):

@@ -18,6 +18,7 @@ from ._invocation import InvocationSettings, InvokeResponse
 from ._retry import Clock, RetryPolicy
 from ._routing import collect_handlers, subscribe_on
 from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
+from ._trace import CURRENT
 
 if TYPE_CHECKING:
     from ._client import RemoteSidecar
@@ -280,7 +281,16 @@ class Dapr:
 
         runtime = self._running()
         runtime.check_pubsub(pubsub, topic, metadata or {})  # as the HTTP API, before the entries
-        failed = await publish_bulk(runtime, pubsub, topic, body, dict(metadata or {}))
+        trace = CURRENT.get()
+        failed = await publish_bulk(
+            runtime,
+            pubsub,
+            topic,
+            body,
+            dict(metadata or {}),
+            trace[0] if trace is not None else "",
+            trace[1] if trace is not None else "",
+        )
         return _failed_entries()(failed)
 
     async def _publish_embedded(
@@ -293,8 +303,16 @@ class Dapr:
     ) -> str:
         """Publish to the embedded sidecar; the broker's message id."""
         body, media_type, value = _encode_data()(data, content_type)
+        trace = CURRENT.get()
         request = _publish_request()(
-            pubsub, topic, body, media_type, dict(metadata) if metadata else {}, value=value
+            pubsub,
+            topic,
+            body,
+            media_type,
+            dict(metadata) if metadata else {},
+            trace[0] if trace is not None else "",
+            trace[1] if trace is not None else "",
+            value=value,
         )
         runtime = self._runtime
         if runtime is None:

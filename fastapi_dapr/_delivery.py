@@ -32,6 +32,7 @@ from ._resiliency import CircuitBusy, CircuitOpen, Policy, PolicyError
 from ._retry import Clock
 from ._status import Status
 from ._subscription import BulkSubscribe, is_raw
+from ._trace import CURRENT, context
 from .brokers import Consumer, Delivery, Message
 
 if TYPE_CHECKING:
@@ -623,21 +624,30 @@ class Worker:
         decoded = prepared.event if prepared.exact else None
         policy = self.policy
         path = prepared.path
+        event = prepared.event
+        parent = event.get("traceparent") or event.get("traceid")
+        trace = context(str(parent), str(event.get("tracestate") or "")) if parent else None
 
         async def post() -> Attempt:
             nonlocal decoded
-            if direct is None:
-                response = await self.engine.post(path, headers, prepared.body)
-            else:
-                given, decoded = decoded, None
-                response = await self.engine.call.deliver(
-                    direct,
-                    path,
-                    prepared.body,
-                    given,
-                    headers=lambda: self._headers(prepared),
-                    state=self.engine.lifespan_state(),
-                )
+            # The handler's own publishes and invocations carry the message's trace on.
+            token = CURRENT.set(trace) if trace is not None else None
+            try:
+                if direct is None:
+                    response = await self.engine.post(path, headers, prepared.body)
+                else:
+                    given, decoded = decoded, None
+                    response = await self.engine.call.deliver(
+                        direct,
+                        path,
+                        prepared.body,
+                        given,
+                        headers=lambda: self._headers(prepared),
+                        state=self.engine.lifespan_state(),
+                    )
+            finally:
+                if token is not None:
+                    CURRENT.reset(token)
             return classify(response)
 
         metrics = self.engine.metrics

@@ -16,6 +16,8 @@ from urllib.parse import quote, unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._trace import from_headers, header_pairs
+
 if TYPE_CHECKING:
     from ._metrics import Metrics
 
@@ -131,7 +133,10 @@ def _forwarded_headers(
             continue
         if (drop_app_id and key == "dapr-app-id") or (drop_api_token and key == "dapr-api-token"):
             continue
+        if key in ("traceparent", "tracestate"):
+            continue  # re-derived below, as daprd does
         headers.append((name, value))
+    headers += [(name.encode(), value.encode()) for name, value in header_pairs(from_headers(raw))]
     # A self-invocation carries this app's identity as caller and callee (daprd's invokeLocal);
     # a call another sidecar passed on carries its app's (`caller`: id and namespace). And
     # the app's token, as any delivery from the sidecar does.

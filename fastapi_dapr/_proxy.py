@@ -32,6 +32,7 @@ from ._http1 import ConnectTimeout, Pool, Refused, Response, UpstreamError
 from ._invocation import InvocationSettings
 from ._invoke import HOP_BY_HOP, VERBS
 from ._retry import Clock, RetryPolicy
+from ._trace import from_headers, header_pairs
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -54,6 +55,8 @@ _DROPPED = frozenset(
         "content-length",
         "expect",
         "grpc-trace-bin",
+        "traceparent",  # re-derived below, as daprd does
+        "tracestate",
         "destination-app-id",
         "dapr-api-token",  # never sent outside this app: not the caller's, not APP_API_TOKEN
         "dapr-caller-app-id",
@@ -271,6 +274,7 @@ def outbound_headers(
         if name.startswith("grpc-"):
             name = "dapr-" + name
         headers.append((name, value_bytes.decode("latin-1")))
+    headers += header_pairs(from_headers(list(raw)))
     return with_target_headers(headers, target, identity)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._bulk import publish_bulk
 from ._envelope import PublishRequest
@@ -33,6 +33,7 @@ from ._invoke_policy import built_in_retry, invocation_policy, run_invocation, s
 from ._json import go_dumps
 from ._resiliency import Policy
 from ._runtime import Runtime
+from ._trace import CURRENT, context, from_headers, header_pairs
 
 if TYPE_CHECKING:
     from ._http1 import Response as Upstream
@@ -235,6 +236,9 @@ class SidecarAPI:
             return
         if scope["type"] != "http":
             return
+        trace = from_headers(scope["headers"])
+        if trace is not None and route_path(scope) not in HEALTH_PATHS:
+            send = _answer_traced(send, trace)
         try:
             response = await self._handle(scope, receive)
         except Exception:
@@ -569,6 +573,7 @@ class SidecarAPI:
         if read is None:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
         pubsub, topic, metadata, body = read
+        trace = context(headers.get("traceparent"), headers.get("tracestate"))
         await runtime.publish(
             PublishRequest(
                 pubsub=pubsub,
@@ -576,8 +581,8 @@ class SidecarAPI:
                 data=body,
                 content_type=headers.get("content-type", ""),
                 metadata=metadata,
-                traceparent=headers.get("traceparent", ""),
-                tracestate=headers.get("tracestate", ""),
+                traceparent=trace[0] if trace is not None else "",
+                tracestate=trace[1] if trace is not None else "",
             )
         )
         return None
@@ -589,14 +594,15 @@ class SidecarAPI:
         if read is None:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
         pubsub, topic, metadata, body = read
+        trace = context(headers.get("traceparent"), headers.get("tracestate"))
         failed = await publish_bulk(
             runtime,
             pubsub,
             topic,
             body,
             metadata,
-            headers.get("traceparent", ""),
-            headers.get("tracestate", ""),
+            trace[0] if trace is not None else "",
+            trace[1] if trace is not None else "",
         )
         if not failed:
             return None
@@ -606,6 +612,20 @@ class SidecarAPI:
             status_code=500,
             media_type="application/json",
         )
+
+
+def _answer_traced(send: Send, trace: tuple[str, str]) -> Send:
+    """daprd's answers carry the request's trace when they have none of their own."""
+    extra = [(name.encode(), value.encode()) for name, value in header_pairs(trace)]
+
+    async def traced_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"traceparent" for name, _ in headers):
+                message = {**message, "headers": headers + extra}
+        await send(message)
+
+    return traced_send
 
 
 async def _lifespan_noop(receive: Receive, send: Send) -> None:
@@ -639,5 +659,14 @@ class SidecarDispatch:
                 or (path == METRICS_PATH and self.api.metrics is not None)
             ):
                 await self.api(scope, receive, send)
+                return
+            trace = from_headers(scope["headers"])
+            if trace is not None:
+                # What the app handles carries this trace on (`Dapr.publish`, `Dapr.invoke`).
+                token = CURRENT.set(trace)
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    CURRENT.reset(token)
                 return
         await self.app(scope, receive, send)

@@ -668,3 +668,29 @@ async def test_a_metrics_port_in_use_is_a_clear_error() -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in output
     assert "(--metrics-port)" in output
     assert "Traceback" not in output
+
+
+async def test_trace_context_through_the_app_channel_and_between_sidecars(tmp_path: Path) -> None:
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    names = tmp_path / "names.json"
+    app_a, app_b = App(PLAIN_APP_NAME="A"), App(PLAIN_APP_NAME="B")
+    sidecar_a = Sidecar("a", app_a.port, "--name-resolution", str(names))
+    sidecar_b = Sidecar("b", app_b.port, "--name-resolution", str(names))
+    async with running(app_a, app_b, sidecar_a, sidecar_b), sidecar_a.client() as client:
+        traced = {"traceparent": tp, "tracestate": "k=v"}
+        own = await client.get("/v1.0/invoke/a/method/hello/own", headers=traced)
+        other = await client.get("/v1.0/invoke/b/method/hello/other", headers=traced)
+        bad = await client.get("/v1.0/invoke/b/method/hello/bad", headers={"traceparent": "00-x-y-01"})
+        published = await client.post("/v1.0/publish/pubsub/orders", json={"n": 1}, headers=traced)
+        assert (own.status_code, other.status_code, bad.status_code, published.status_code) == (200,) * 3 + (
+            204,
+        )
+        assert own.headers["traceparent"] == other.headers["traceparent"] == tp  # daprd's answers
+        assert "traceparent" not in bad.headers
+        (at_a,) = await app_a.received(1, "hello")
+        at_b_good, at_b_bad = await app_b.received(2, "hello")
+        (delivered,) = await app_a.received(1, "orders")
+    for call in (at_a, at_b_good, delivered):
+        assert (call["headers"]["traceparent"], call["headers"]["tracestate"]) == (tp, "k=v")
+    assert "traceparent" not in at_b_bad["headers"]
+    assert delivered["body"]["traceparent"] == tp
