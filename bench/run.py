@@ -49,7 +49,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 # Every benchmark script in bench/, in the order they run (tests check that none is missing).
-BENCHMARKS = ("publish_deliver", "invoke_proxy", "redis_pubsub")
+BENCHMARKS = ("publish_deliver", "invoke_proxy", "redis_pubsub", "metrics_overhead")
 NORMAL_OUTPUT = BENCH / "report"
 NORMAL_CHART = ROOT / "docs" / "img" / "bench-ratios.png"
 QUICK_OUTPUT = BENCH / "results" / "quick"

@@ -10,6 +10,7 @@ from ._exceptions import (
     SubscriptionError,
 )
 from ._invocation import InvocationSettings, InvokeResponse
+from ._logs import JsonFormatter
 from ._publishing import BulkPublishEntry, FailedEntry
 from ._retry import RetryPolicy
 from ._routing import DaprRouter
@@ -34,6 +35,7 @@ __all__ = [
     "HandlerSignatureError",
     "InvocationSettings",
     "InvokeResponse",
+    "JsonFormatter",
     "ResourceError",
     "RetryPolicy",
     "Status",

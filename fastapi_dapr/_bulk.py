@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +37,14 @@ async def publish_bulk(
     requests = bulk_requests(runtime.app_id, pubsub, topic, body, metadata, traceparent, tracestate)
     # Scopes are checked on the whole request, once the entries are read (reference 1.8).
     runtime.check_scopes(pubsub, topic)
+    started = time.perf_counter()
     results = await asyncio.gather(
-        *(runtime.publish(request) for _, request in requests), return_exceptions=True
+        *(runtime.publish(request, entry=True) for _, request in requests), return_exceptions=True
     )
+    if runtime.metrics is not None:
+        published = sum(not isinstance(result, BaseException) for result in results)
+        elapsed = (time.perf_counter() - started) * 1000
+        runtime.metrics.published_bulk(pubsub, topic, published == len(results), published, elapsed)
     failed = []
     for (entry_id, _), result in zip(requests, results, strict=True):
         if isinstance(result, DaprAPIError):

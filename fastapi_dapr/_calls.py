@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -20,6 +21,7 @@ from ._asgi import http_scope
 from ._exceptions import DaprAPIError
 from ._invocation import InvocationSettings, InvokeResponse
 from ._invoke import VERBS, InvalidMethod, invoke_self, normalize_method
+from ._trace import CURRENT, context, header_pairs
 
 if TYPE_CHECKING:
     from ._dapr import Dapr
@@ -77,6 +79,14 @@ async def invoke(
         ) from None
     body, content_type = _body(json, content)
     header_list = [(name.lower(), value) for name, value in (headers or {}).items()]
+    # As daprd: a traceparent it reads is passed on (a given one, else the trace of what
+    # the app is handling), one it can't read is not.
+    given = dict(header_list)
+    trace = (
+        context(given["traceparent"], given.get("tracestate")) if "traceparent" in given else CURRENT.get()
+    )
+    header_list = [(name, value) for name, value in header_list if name not in ("traceparent", "tracestate")]
+    header_list += header_pairs(trace)
     if content_type is not None and not any(name == "content-type" for name, _ in header_list):
         header_list.append(("content-type", content_type))
     if isinstance(body, bytes):
@@ -235,6 +245,10 @@ async def open_in_process(
         finally:
             await messages.put(None)
 
+    metrics = runtime.metrics
+    if metrics is not None:
+        metrics.invocation_sent(runtime.app_id, body is not None and not isinstance(body, bytes))
+    started = time.perf_counter()
     task = asyncio.create_task(run())
     try:
         start = await asyncio.wait_for(messages.get(), timeout)
@@ -257,6 +271,10 @@ async def open_in_process(
             f"failed to invoke, id: {runtime.app_id}, err: the app failed before answering: {problem!r}",
         )
 
+    if metrics is not None:
+        streaming = body is not None and not isinstance(body, bytes)
+        elapsed = (time.perf_counter() - started) * 1000
+        metrics.invocation_answered(runtime.app_id, start["status"], streaming, elapsed)
     complete = False
 
     async def chunks() -> AsyncIterator[bytes]:

@@ -28,8 +28,6 @@ logger = logging.getLogger("fastapi_dapr")
 IGNORED_FLAGS = (
     "--dapr-grpc-port",
     "--dapr-internal-grpc-port",
-    "--metrics-port",
-    "--enable-metrics",
     "--placement-host-address",
     "--scheduler-host-address",
     "--enable-profiling",
@@ -79,6 +77,19 @@ def _megabytes(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1 (MB)")
     return value
+
+
+def _boolean(text: str) -> bool:
+    """A Go flag's boolean: true, false, 1, 0, t, f (any case)."""
+    value = text.strip().lower()
+    if value in ("true", "t", "1"):
+        return True
+    if value in ("false", "f", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+DEFAULT_METRICS_PORT = 9090  # daprd's
 
 
 def parser() -> argparse.ArgumentParser:
@@ -143,6 +154,31 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="ours: stop with an error when the app does not listen on its port by then (default: wait)",
     )
+    sidecar.add_argument(
+        "--enable-metrics",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="serve Prometheus metrics at /metrics on --metrics-port, on the API's loopback address "
+        "(default: off, unlike daprd, unless --metrics-port is given)",
+    )
+    sidecar.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help=f"the metrics port (default {DEFAULT_METRICS_PORT}; 0: any free port)",
+    )
+    sidecar.add_argument(
+        "--log-as-json",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="write log lines as JSON, one object a line, with their structured fields",
+    )
     for flag in IGNORED_FLAGS:
         sidecar.add_argument(flag, nargs="?", const="true", help=argparse.SUPPRESS)
     for flag in REFUSED_FLAGS:
@@ -174,6 +210,14 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
         loopback = False
     if not loopback:
         fail(f"--dapr-listen-addresses {listen}: the API listens on one loopback address only")
+    enabled = arguments.enable_metrics
+    if enabled is None:
+        enabled = arguments.metrics_port is not None
+    metrics_port = (
+        (arguments.metrics_port if arguments.metrics_port is not None else DEFAULT_METRICS_PORT)
+        if enabled
+        else None
+    )
     return SidecarOptions(
         app_id=arguments.app_id,
         app_port=arguments.app_port,
@@ -188,12 +232,19 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
         graceful_shutdown_seconds=arguments.dapr_graceful_shutdown_seconds,
         log_level=arguments.log_level,
         listen_host=listen.strip("[]"),
+        metrics_port=metrics_port,
+        log_as_json=arguments.log_as_json,
     )
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, *, as_json: bool = False, app_id: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if as_json:
+        from ._logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(app_id=app_id))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package = logging.getLogger("fastapi_dapr")
     package.addHandler(handler)
     package.setLevel(_LOG_LEVELS[level])
@@ -203,7 +254,7 @@ def _configure_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
     options = _options(arguments, arguments.fail)
-    _configure_logging(options.log_level)
+    _configure_logging(options.log_level, as_json=options.log_as_json, app_id=options.app_id)
     for flag in IGNORED_FLAGS:
         if getattr(arguments, flag[2:].replace("-", "_")) is not None:
             logger.warning("%s is ignored: the standalone sidecar has no such feature", flag)

@@ -18,10 +18,12 @@ from ._invocation import InvocationSettings, InvokeResponse
 from ._retry import Clock, RetryPolicy
 from ._routing import collect_handlers, subscribe_on
 from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
+from ._trace import CURRENT
 
 if TYPE_CHECKING:
     from ._client import RemoteSidecar
     from ._envelope import PublishRequest
+    from ._metrics import Metrics
     from ._proxy import Upstreams
     from ._publishing import FailedEntry
     from ._runtime import Runtime
@@ -90,6 +92,10 @@ class Dapr:
     (daprd's `--max-body-size`, 4 MiB), `max_header_size` their headers (431
     beyond). `invocation` says which other apps
     and which URLs service invocation may reach (`InvocationSettings`).
+    `metrics=True` (embedded mode) counts publishes, deliveries, retries, dead
+    letters and invocations, and serves them in Prometheus's text format at
+    `GET /metrics` on the app's port, protected as the rest of the sidecar API
+    is (docs/observability.md).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class Dapr:
         max_body_size: int = 4 * 1024 * 1024,
         max_header_size: int = 16 * 1024,
         invocation: InvocationSettings | None = None,
+        metrics: bool = False,
     ) -> None:
         existing = getattr(app.state, "fastapi_dapr", None)
         if existing is not None:
@@ -148,6 +155,11 @@ class Dapr:
             )
         self._api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
         self.sidecar: SidecarAPI | None = None
+        self.metrics: Metrics | None = None
+        if metrics and mode == "embedded":
+            from ._metrics import Metrics
+
+            self.metrics = Metrics(self.app_id)
         if mode == "embedded":
             from ._sidecar import SidecarAPI
 
@@ -156,6 +168,7 @@ class Dapr:
                 api_token=self._api_token,
                 max_body_size=max_body_size,
                 max_header_size=max_header_size,
+                metrics=self.metrics,
             )
             if serve_api:
                 self._serve_sidecar_api(app, self.sidecar)
@@ -268,7 +281,16 @@ class Dapr:
 
         runtime = self._running()
         runtime.check_pubsub(pubsub, topic, metadata or {})  # as the HTTP API, before the entries
-        failed = await publish_bulk(runtime, pubsub, topic, body, dict(metadata or {}))
+        trace = CURRENT.get()
+        failed = await publish_bulk(
+            runtime,
+            pubsub,
+            topic,
+            body,
+            dict(metadata or {}),
+            trace[0] if trace is not None else "",
+            trace[1] if trace is not None else "",
+        )
         return _failed_entries()(failed)
 
     async def _publish_embedded(
@@ -281,8 +303,16 @@ class Dapr:
     ) -> str:
         """Publish to the embedded sidecar; the broker's message id."""
         body, media_type, value = _encode_data()(data, content_type)
+        trace = CURRENT.get()
         request = _publish_request()(
-            pubsub, topic, body, media_type, dict(metadata) if metadata else {}, value=value
+            pubsub,
+            topic,
+            body,
+            media_type,
+            dict(metadata) if metadata else {},
+            trace[0] if trace is not None else "",
+            trace[1] if trace is not None else "",
+            value=value,
         )
         runtime = self._runtime
         if runtime is None:
@@ -404,4 +434,5 @@ class Dapr:
             retry=self.retry,
             clock=self._clock,
             invocation=self.invocation,
+            metrics=self.metrics,
         )

@@ -15,9 +15,10 @@ import functools
 import json
 import logging
 import posixpath
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import from_json
 from starlette.types import ASGIApp
@@ -31,11 +32,18 @@ from ._resiliency import CircuitBusy, CircuitOpen, Policy, PolicyError
 from ._retry import Clock
 from ._status import Status
 from ._subscription import BulkSubscribe, is_raw
+from ._trace import CURRENT, context
 from .brokers import Consumer, Delivery, Message
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__: list[str] = []  # Attempt and DeliveryReport are public in fastapi_dapr.testing
 
 logger = logging.getLogger("fastapi_dapr")
+# What became of messages the app did not take (drops, dead letters, give-ups), with
+# structured fields (`extra=`): a logger of its own, to route or filter them.
+events = logging.getLogger("fastapi_dapr.delivery")
 
 ZERO_TRACEPARENT = "00-00000000000000000000000000000000-0000000000000000-00"
 
@@ -218,6 +226,7 @@ class Engine:
         observers: list[Observer],
         lifespan_state: Callable[[], Mapping[str, Any] | None],
         stopping: asyncio.Event,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.call = AppCaller(app)
@@ -228,6 +237,7 @@ class Engine:
         self.observers = observers  # shared with the runtime: reports are built only if watched
         self.lifespan_state = lifespan_state
         self.stopping = stopping
+        self.metrics = metrics  # None: metrics are off, and nothing is measured
 
     async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> AppResponse:
         return await self.call("POST", path, headers, body, state=self.lifespan_state())
@@ -379,7 +389,17 @@ class Worker:
         except Exception:
             # A bug of the engine's, not an answer of the app's: the message is not lost,
             # it is left to the broker to give again (at least once).
-            logger.exception("delivery failed on %s; the message is handed back", self.route.describe())
+            events.exception(
+                "delivery failed on %s; the message is handed back",
+                self.route.describe(),
+                extra={
+                    "message_id": delivery.message.id,
+                    "pubsub": self.route.pubsub,
+                    "topic": self.route.topic,
+                    "outcome": "failed",
+                    "reason": "the engine failed",
+                },
+            )
             await delivery.nack(redeliver=False)
             self._report(delivery, None, None, "failed", (), "the engine failed")
 
@@ -394,6 +414,8 @@ class Worker:
         attempts: Sequence[Attempt],
         reason: str = "",
     ) -> None:
+        if self.engine.metrics is not None:
+            self.engine.metrics.settled(self.route.pubsub, self.route.topic, outcome)
         if not self.engine.observers:
             return  # nobody watches: no report to build
         report = DeliveryReport(
@@ -409,6 +431,18 @@ class Worker:
         for observer in list(self.engine.observers):
             observer(report)
 
+    def _measure(self, metrics: Metrics, attempt: Attempt, began: float) -> None:
+        """One POST to the app, as daprd's postman counts it (`process_status`, `status`)."""
+        if attempt.status is Status.SUCCESS:
+            process_status, status = "success", ""
+        elif attempt.status is Status.DROP:
+            # The app's DROP is a success of the app's; a 404 is not.
+            process_status, status = "drop", "drop" if attempt.http_status == 404 else "success"
+        else:
+            process_status, status = "retry", ""
+        elapsed = (time.perf_counter() - began) * 1000
+        metrics.delivered(self.route.pubsub, self.route.topic, process_status, status, elapsed)
+
     async def _settle_undeliverable(
         self,
         delivery: Delivery,
@@ -421,45 +455,94 @@ class Worker:
         event_id = prepared.event_id if prepared else None
         path = prepared.path if prepared else None
         metadata = prepared.metadata if prepared else dict(delivery.message.metadata)
+        fields = self._log_fields(delivery, prepared, outcome, reason, attempts)
+        dead_lettered = False
         if self.route.dead_letter_topic:
             if await self.engine.dead_letter(self.route, delivery.message, metadata):
-                logger.warning(
+                dead_lettered = True
+                fields["outcome"] = "dead-lettered"
+                events.warning(
                     "event %s on %s sent to dead-letter topic %s: %s",
                     event_id or "<no id>",
                     self.route.describe(),
                     self.route.dead_letter_topic,
                     reason,
+                    extra=fields,
                 )
                 await delivery.ack()
+                self._not_posted(outcome, dead_lettered)
                 self._report(delivery, event_id, path, "dead-lettered", attempts, reason)
                 return
             reason += f"; and the dead-letter publish to {self.route.dead_letter_topic} failed"
-            logger.error(
+            fields.update(outcome="failed", reason=reason)
+            events.error(
                 "event %s on %s not settled: %s",
                 event_id or "<no id>",
                 self.route.describe(),
                 reason,
+                extra=fields,
             )
             await delivery.nack(redeliver=False)
+            self._not_posted(outcome, dead_lettered)
             self._report(delivery, event_id, path, "failed", attempts, reason)
             return
         if outcome == "failed":
-            logger.error(
+            events.error(
                 "event %s on %s given up: %s; no dead-letter topic",
                 event_id or "<no id>",
                 self.route.describe(),
                 reason,
+                extra=fields,
             )
             await delivery.nack(redeliver=False)
         else:
-            logger.warning(
+            events.warning(
                 "event %s on %s dropped: %s; no dead-letter topic",
                 event_id or "<no id>",
                 self.route.describe(),
                 reason,
+                extra=fields,
             )
             await delivery.ack()
+        self._not_posted(outcome, dead_lettered)
         self._report(delivery, event_id, path, outcome, attempts, reason)
+
+    def _not_posted(self, outcome: Outcome, dead_lettered: bool) -> None:
+        """A message settled without a POST, counted as daprd counts it."""
+        metrics = self.engine.metrics
+        if metrics is None:
+            return
+        if outcome == "expired":
+            metrics.delivered(self.route.pubsub, self.route.topic, "drop", "", None)
+        elif outcome == "unmatched":
+            metrics.delivered(self.route.pubsub, self.route.topic, "drop", "success", None)
+        elif outcome == "invalid":
+            status = "drop" if dead_lettered else "retry"
+            metrics.delivered(self.route.pubsub, self.route.topic, status, "", None)
+
+    def _log_fields(
+        self,
+        delivery: Delivery,
+        prepared: _Prepared | None,
+        outcome: Outcome,
+        reason: str,
+        attempts: Sequence[Attempt],
+    ) -> dict[str, Any]:
+        """The structured fields of a log line about one message (`extra=`)."""
+        event = prepared.event if prepared is not None else {}
+        traceparent = event.get("traceparent") or event.get("traceid") or ""
+        return {
+            "event_id": prepared.event_id if prepared is not None else None,
+            "message_id": delivery.message.id,
+            "pubsub": self.route.pubsub,
+            "topic": self.route.topic,
+            "path": prepared.path if prepared is not None else None,
+            "outcome": outcome,
+            "reason": reason,
+            "attempts": len(attempts),
+            "dead_letter_topic": self.route.dead_letter_topic,
+            "traceparent": str(traceparent),
+        }
 
     def _prepare(self, message: Message) -> tuple[_Prepared, str | None, Outcome | None]:
         """Build the event, route it; on failure, the outcome and why."""
@@ -541,30 +624,17 @@ class Worker:
         decoded = prepared.event if prepared.exact else None
         policy = self.policy
         path = prepared.path
+        event = prepared.event
+        parent = event.get("traceparent") or event.get("traceid")
+        trace = context(str(parent), str(event.get("tracestate") or "")) if parent else None
 
-        async def post() -> Attempt:  # one attempt, for a policy that wraps it
+        async def post() -> Attempt:
             nonlocal decoded
-            if direct is None:
-                response = await self.engine.post(path, headers, prepared.body)
-            else:
-                given, decoded = decoded, None
-                response = await self.engine.call.deliver(
-                    direct,
-                    path,
-                    prepared.body,
-                    given,
-                    headers=lambda: self._headers(prepared),
-                    state=self.engine.lifespan_state(),
-                )
-            return classify(response)
-
-        while True:
-            final = False
+            # The handler's own publishes and invocations carry the message's trace on.
+            token = CURRENT.set(trace) if trace is not None else None
             try:
-                if not policy.bare:
-                    attempt = await policy.attempt(post, self.engine.clock, _answered)
-                elif direct is None:  # the same as post(), inline: the hot path
-                    attempt = classify(await self.engine.post(path, headers, prepared.body))
+                if direct is None:
+                    response = await self.engine.post(path, headers, prepared.body)
                 else:
                     given, decoded = decoded, None
                     response = await self.engine.call.deliver(
@@ -575,14 +645,33 @@ class Worker:
                         headers=lambda: self._headers(prepared),
                         state=self.engine.lifespan_state(),
                     )
-                    attempt = classify(response)
+            finally:
+                if token is not None:
+                    CURRENT.reset(token)
+            return classify(response)
+
+        metrics = self.engine.metrics
+        timed_out = False
+        while True:
+            final = False
+            began = time.perf_counter() if metrics is not None else 0.0
+            try:
+                if policy.bare:
+                    attempt = await post()
+                else:
+                    attempt = await policy.attempt(post, self.engine.clock, _answered)
             except AppUnreachable as exc:
                 attempt = Attempt(None, None, str(exc))
             except (CircuitOpen, CircuitBusy) as exc:
                 attempt, final = Attempt(None, None, f"{policy.name}: {exc}"), True
             except PolicyError as exc:  # the attempt's timeout: the handler was cancelled
                 attempt = Attempt(None, None, str(exc))
+                if not timed_out:
+                    timed_out = True
+                    policy.activated("timeout")
             attempts.append(attempt)
+            if metrics is not None and not final:  # an open circuit posts nothing
+                self._measure(metrics, attempt, began)
             if attempt.status is Status.SUCCESS:
                 await delivery.ack()
                 self._report(delivery, prepared.event_id, prepared.path, "delivered", attempts)
@@ -606,6 +695,9 @@ class Worker:
                 reason = f"{len(attempts)} attempts failed, the last with {attempt.detail or 'RETRY'}"
                 await self._settle_undeliverable(delivery, prepared, "failed", reason, attempts)
                 return
+            policy.activated("retry")
+            if metrics is not None:
+                metrics.retried(self.route.pubsub, self.route.topic)
             if not await self.engine.wait(delay):
                 await delivery.nack(redeliver=True)
                 self._report(
@@ -734,6 +826,8 @@ class Worker:
             final = False
 
             post = functools.partial(self._post_batch, path, headers, body, entry_ids)
+            metrics = self.engine.metrics
+            began = time.perf_counter() if metrics is not None else 0.0
             try:
                 if policy.bare:
                     results = await post()
@@ -753,6 +847,8 @@ class Worker:
             for index, entry_id, prepared in pending:
                 attempt = results[entry_id]
                 history[entry_id].append(attempt)
+                if metrics is not None and not final:  # each entry counted, as one message
+                    self._measure(metrics, attempt, began)
                 delivery = batch[index]
                 if attempt.status is Status.SUCCESS:
                     await delivery.ack()
@@ -785,6 +881,10 @@ class Worker:
                 if policy_retry is not None and worth
                 else None
             )
+            if delay is not None:
+                policy.activated("retry")
+                if metrics is not None:
+                    metrics.retried(self.route.pubsub, self.route.topic)
             if delay is None:
                 for index, entry_id, prepared in failed:
                     last = history[entry_id][-1]

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import base64
 import posixpath
+import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._trace import from_headers, header_pairs
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__: list[str] = []
 
@@ -126,7 +133,10 @@ def _forwarded_headers(
             continue
         if (drop_app_id and key == "dapr-app-id") or (drop_api_token and key == "dapr-api-token"):
             continue
+        if key in ("traceparent", "tracestate"):
+            continue  # re-derived below, as daprd does
         headers.append((name, value))
+    headers += [(name.encode(), value.encode()) for name, value in header_pairs(from_headers(raw))]
     # A self-invocation carries this app's identity as caller and callee (daprd's invokeLocal);
     # a call another sidecar passed on carries its app's (`caller`: id and namespace). And
     # the app's token, as any delivery from the sidecar does.
@@ -192,3 +202,24 @@ async def invoke_self(
         return message
 
     await app(child, limited_receive, send)
+
+
+def measured(send: Send, metrics: Metrics, target: str, streaming: bool) -> Send:
+    """Count one invocation of `target` now, and its answer when its status is sent."""
+    metrics.invocation_sent(target, streaming)
+    started = time.perf_counter()
+
+    async def measuring_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            elapsed = (time.perf_counter() - started) * 1000
+            metrics.invocation_answered(target, message["status"], streaming, elapsed)
+        await send(message)
+
+    return measuring_send
+
+
+def is_streaming(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A request whose body has no declared length (daprd's streaming invocation)."""
+    return any(name == b"transfer-encoding" for name, _ in headers) and not any(
+        name == b"content-length" for name, _ in headers
+    )

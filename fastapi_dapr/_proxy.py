@@ -18,8 +18,9 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from starlette.types import Receive, Scope, Send
@@ -31,6 +32,10 @@ from ._http1 import ConnectTimeout, Pool, Refused, Response, UpstreamError
 from ._invocation import InvocationSettings
 from ._invoke import HOP_BY_HOP, VERBS
 from ._retry import Clock, RetryPolicy
+from ._trace import from_headers, header_pairs
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__: list[str] = []
 
@@ -50,6 +55,8 @@ _DROPPED = frozenset(
         "content-length",
         "expect",
         "grpc-trace-bin",
+        "traceparent",  # re-derived below, as daprd does
+        "tracestate",
         "destination-app-id",
         "dapr-api-token",  # never sent outside this app: not the caller's, not APP_API_TOKEN
         "dapr-caller-app-id",
@@ -267,6 +274,7 @@ def outbound_headers(
         if name.startswith("grpc-"):
             name = "dapr-" + name
         headers.append((name, value_bytes.decode("latin-1")))
+    headers += header_pairs(from_headers(list(raw)))
     return with_target_headers(headers, target, identity)
 
 
@@ -351,8 +359,10 @@ class Upstreams:
         *,
         app_id: str,
         namespace: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.endpoints = endpoints
         self.app_id = app_id
         self.namespace = namespace
@@ -477,9 +487,19 @@ class Upstreams:
         clock: Clock | None,
     ) -> Upstream:
         retries = 0
+        metrics = self.metrics
         while True:
             try:
-                return await self._send(target, url, verb, headers, body, timeout)
+                if metrics is None:
+                    return await self._send(target, url, verb, headers, body, timeout)
+                # Each request sent, and each answer, as daprd's direct messaging counts them.
+                streaming = body is not None and not isinstance(body, bytes)
+                metrics.invocation_sent(target.name, streaming)
+                started = time.perf_counter()
+                response = await self._send(target, url, verb, headers, body, timeout)
+                elapsed = (time.perf_counter() - started) * 1000
+                metrics.invocation_answered(target.name, response.status, streaming, elapsed)
+                return response
             except DaprAPIError as exc:
                 if connect_retry is None or not connect_failed(exc):
                     raise

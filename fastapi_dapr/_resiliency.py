@@ -14,10 +14,13 @@ import collections
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._exceptions import ResourceError
 from ._retry import Clock, RetryPolicy
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__: list[str] = []
 
@@ -193,6 +196,7 @@ class CircuitBreaker:
         self._trip = trip
         self._clock = clock
         self._state: State = "closed"
+        self.on_change: Callable[[State], None] | None = None  # metrics: the new state
         self._generation = 0
         self._expiry: float | None = None
         self.counts = Counts()
@@ -251,6 +255,8 @@ class CircuitBreaker:
         before, self._state = self._state, state
         self._new_generation(now)
         logger.info("circuit breaker %r changed state from %s to %s", self.name, before, state)
+        if self.on_change is not None:
+            self.on_change(state)
 
     def _new_generation(self, now: float) -> None:
         self._generation += 1
@@ -325,6 +331,12 @@ class Policy:
     timeout: float | None = None
     retry: RetryPolicy | None = None
     breaker: CircuitBreaker | None = None
+    # Metrics: called with the kind of policy ("retry", "timeout") when one activates.
+    report: Callable[[str], None] | None = dataclasses.field(default=None, compare=False)
+
+    def activated(self, kind: str) -> None:
+        if self.report is not None:
+            self.report(kind)
 
     @property
     def is_empty(self) -> bool:
@@ -392,6 +404,7 @@ class Policy:
         retry = (retry if retry is not None else self.retry) if retries else None
         started = clock.monotonic()
         attempts = 0
+        timed_out = False
         while True:
             attempts += 1
             try:
@@ -405,12 +418,16 @@ class Policy:
                     raise
                 last: Exception = exc
             except Exception as exc:
+                if isinstance(exc, AttemptTimeout) and not timed_out:
+                    timed_out = True  # as daprd counts it: once per operation
+                    self.activated("timeout")
                 if retry is None or (retry_on is not None and not retry_on(exc)):
                     raise
                 last = exc
             delay = retry.delay(attempts, clock.monotonic() - started)
             if delay is None:
                 raise last
+            self.activated("retry")
             logger.warning("%s: attempt %d failed (%s); retrying in %.3gs", self.name, attempts, last, delay)
             if wait is not None:
                 if not await wait(delay):
@@ -492,8 +509,15 @@ class Resiliency:
     start-up (daprd ignores it, or fails on it later).
     """
 
-    def __init__(self, resources: Iterable[ResiliencyResource] = (), *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        resources: Iterable[ResiliencyResource] = (),
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.clock = clock or Clock()
+        self.metrics = metrics
         self.timeouts: dict[str, float] = {}
         self.retries: dict[str, RetryPolicy] = {BUILT_IN_SERVICE_RETRIES: _BUILT_IN_SERVICE}
         self.breakers: dict[str, BreakerTemplate] = {}
@@ -571,6 +595,33 @@ class Resiliency:
         """A named timeout in seconds; 0 is no timeout, as in daprd."""
         return (self.timeouts.get(name) or None) if name else None
 
+    @property
+    def metrics_name(self) -> str:
+        """daprd's `name` label of resiliency metrics: the last Resiliency resource loaded."""
+        return self.names[-1] if self.names else ""
+
+    def _reporter(self, direction: str, target: str) -> Callable[[str], None] | None:
+        metrics = self.metrics
+        if metrics is None:
+            return None
+        name = self.metrics_name
+
+        def report(kind: str) -> None:
+            metrics.activated(name, kind, direction, target)
+
+        return report
+
+    def _watch(self, breaker: CircuitBreaker, direction: str, target: str) -> CircuitBreaker:
+        metrics = self.metrics
+        if metrics is not None:
+            name = self.metrics_name
+
+            def changed(state: State) -> None:
+                metrics.activated(name, "circuitbreaker", direction, target, state)
+
+            breaker.on_change = changed
+        return breaker
+
     def component_defined(self, component: str) -> bool:
         return component in self.components
 
@@ -588,12 +639,13 @@ class Resiliency:
             breaker = self._component_breakers.get(key)
             if breaker is None:
                 breaker = template.create(f"{template.name}-{component}", self.clock)
-                self._component_breakers[key] = breaker
+                self._component_breakers[key] = self._watch(breaker, direction.lower(), f"{kind}_{component}")
         return Policy(
             f"component[{component}] {'input' if direction == 'Inbound' else 'output'}",
             self._timeout(names.timeout),
             self.retries.get(names.retry) if names.retry else None,
             breaker,
+            self._reporter(direction.lower(), f"{kind}_{component}"),
         )
 
     def app_defined(self, app: str) -> bool:
@@ -618,12 +670,16 @@ class Resiliency:
             cache = self._endpoint_breakers.get(app)
             if cache is None:
                 cache = self._endpoint_breakers[app] = _LRU(size)
-            breaker = cache.take(endpoint, lambda: template.create(endpoint, self.clock))
+            breaker = cache.take(
+                endpoint,
+                lambda: self._watch(template.create(endpoint, self.clock), "outbound", f"app_{app}"),
+            )
         return Policy(
             f"endpoint[{app}, {endpoint}]",
             self._timeout(names.timeout),
             self.retries.get(names.retry) if names.retry else None,
             breaker,
+            self._reporter("outbound", f"app_{app}"),
         )
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from .brokers import Broker, BrokerError, Message, load_broker_class
 from .secretstores import SecretStore, SecretStoreError, load_secret_store_class
 
 if TYPE_CHECKING:
+    from ._metrics import Metrics
     from ._proxy import Target, Upstreams
 
 __all__: list[str] = []
@@ -58,14 +60,19 @@ class Runtime:
         concurrency: int = 64,
         shutdown_grace: float = 10.0,
         invocation: InvocationSettings | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
+        self.metrics = metrics
         self.app_id = app_id
         self.app_api_token = app_api_token
         self.resources = resources
         self.retry = retry or DEFAULT_DELIVERY_RETRY
         self.clock = clock or Clock()
-        self.resiliency = Resiliency(resources.resiliencies, clock=self.clock)
+        self.namespace = os.environ.get("NAMESPACE", "default")
+        if metrics is not None:
+            metrics.app_id, metrics.namespace = app_id, self.namespace
+        self.resiliency = Resiliency(resources.resiliencies, clock=self.clock, metrics=metrics)
         self._outbound: dict[str, Policy] = {}
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
@@ -74,7 +81,6 @@ class Runtime:
         self.scopes: dict[str, TopicScopes] = {}
         self.http_endpoints: dict[str, ResolvedEndpoint] = {}
         self.invocation = invocation or InvocationSettings()
-        self.namespace = os.environ.get("NAMESPACE", "default")
         self._upstreams: Upstreams | None = None
         self.routes: list[Route] = []
         self.workers: list[Worker] = []
@@ -199,7 +205,11 @@ class Runtime:
             from ._proxy import Upstreams  # loaded only when something is invoked
 
             self._upstreams = Upstreams(
-                self.invocation, self.http_endpoints, app_id=self.app_id, namespace=self.namespace
+                self.invocation,
+                self.http_endpoints,
+                app_id=self.app_id,
+                namespace=self.namespace,
+                metrics=self.metrics,
             )
         return self._upstreams
 
@@ -281,6 +291,7 @@ class Runtime:
             observers=self._observers,
             lifespan_state=lambda: self.lifespan_state,
             stopping=self._stopping,
+            metrics=self.metrics,
         )
         self.routes = self.plan_routes(programmatic)
         starting: list[tuple[Route, Broker]] = []
@@ -359,8 +370,10 @@ class Runtime:
         if not self.scopes[pubsub].may_publish(topic):
             raise PubSubErrors.forbidden(pubsub, topic, self.app_id)
 
-    async def publish(self, request: PublishRequest) -> str:
-        """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`."""
+    async def publish(self, request: PublishRequest, *, entry: bool = False) -> str:
+        """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`.
+
+        `entry`: one entry of a bulk publish, which the bulk metrics count instead."""
         broker = self.check_pubsub(request.pubsub, request.topic, request.metadata)
         try:
             data, event = message_data(request, self.app_id)
@@ -370,7 +383,17 @@ class Runtime:
             raise PubSubErrors.cloud_event_creation(request.pubsub, self.app_id, str(exc)) from None
         # After the envelope, as daprd orders it: a bad body answers before a scope does.
         self.check_scopes(request.pubsub, request.topic)
-        return await self._publish_message(broker, request.topic, data, request.metadata, event)
+        metrics = self.metrics
+        if metrics is None or entry:
+            return await self._publish_message(broker, request.topic, data, request.metadata, event)
+        started = time.perf_counter()
+        success = False
+        try:
+            message_id = await self._publish_message(broker, request.topic, data, request.metadata, event)
+            success = True
+            return message_id
+        finally:
+            metrics.published(broker.name, request.topic, success, (time.perf_counter() - started) * 1000)
 
     async def _publish_message(
         self,
@@ -418,6 +441,7 @@ class Runtime:
         broker = self.brokers.get(route.pubsub)
         if broker is None:
             return False
+        done = False
         if not self.scopes[broker.name].may_publish(route.dead_letter_topic):
             # Scopes apply to dead letters too (reference 3.4).
             logger.error(
@@ -425,23 +449,36 @@ class Runtime:
                 route.dead_letter_topic,
                 route.dead_letter_topic,
                 self.app_id,
+                extra=_dead_letter_fields(route, message, "the topic is not allowed for this app id"),
             )
-            return False
-        topic = route.dead_letter_topic
-        try:
-            # As daprd (deadLetterPublishTimeout): 30 s at most, outbound retries included.
-            await with_timeout(
-                lambda: self._publish_message(broker, topic, message.data, metadata, message.decoded),
-                DEAD_LETTER_TIMEOUT,
-                self.clock,
-            )
-        except DaprAPIError as exc:
-            logger.error("dead-letter publish to %s failed: %s", topic, exc.message)
-            return False
-        except AttemptTimeout:
-            logger.error("dead-letter publish to %s failed: not done within %gs", topic, DEAD_LETTER_TIMEOUT)
-            return False
-        return True
+        else:
+            topic = route.dead_letter_topic
+            try:
+                # As daprd (deadLetterPublishTimeout): 30 s at most, outbound retries included.
+                await with_timeout(
+                    lambda: self._publish_message(broker, topic, message.data, metadata, message.decoded),
+                    DEAD_LETTER_TIMEOUT,
+                    self.clock,
+                )
+                done = True
+            except DaprAPIError as exc:
+                logger.error(
+                    "dead-letter publish to %s failed: %s",
+                    topic,
+                    exc.message,
+                    extra=_dead_letter_fields(route, message, exc.message),
+                )
+            except AttemptTimeout:
+                problem = f"not done within {DEAD_LETTER_TIMEOUT:g}s"
+                logger.error(
+                    "dead-letter publish to %s failed: %s",
+                    topic,
+                    problem,
+                    extra=_dead_letter_fields(route, message, problem),
+                )
+        if self.metrics is not None:
+            self.metrics.dead_lettered(route.pubsub, route.topic, route.dead_letter_topic, done)
+        return done
 
     # -- observation ---------------------------------------------------------
 
@@ -487,6 +524,16 @@ class Runtime:
         if channel_port:
             body["appConnectionProperties"]["port"] = channel_port
         return body
+
+
+def _dead_letter_fields(route: Route, message: Message, reason: str) -> dict[str, Any]:
+    return {
+        "pubsub": route.pubsub,
+        "topic": route.topic,
+        "dead_letter_topic": route.dead_letter_topic,
+        "message_id": message.id,
+        "reason": reason,
+    }
 
 
 def _rules_of(route: Route) -> list[tuple[str, str]]:

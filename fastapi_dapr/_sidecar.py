@@ -21,21 +21,23 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._bulk import publish_bulk
 from ._envelope import PublishRequest
 from ._errors import direct_invoke_error, error_response
 from ._exceptions import DaprAPIError
 from ._invocation import InvokeResponse
-from ._invoke import InvalidMethod, find_target, invoke_self, normalize_method
+from ._invoke import InvalidMethod, find_target, invoke_self, is_streaming, measured, normalize_method
 from ._invoke_policy import built_in_retry, invocation_policy, run_invocation, send_response
 from ._json import go_dumps
 from ._resiliency import Policy
 from ._runtime import Runtime
+from ._trace import CURRENT, context, from_headers, header_pairs
 
 if TYPE_CHECKING:
     from ._http1 import Response as Upstream
+    from ._metrics import Metrics
     from ._proxy import Target
 from .secretstores import SecretStoreError
 
@@ -45,6 +47,8 @@ logger = logging.getLogger("fastapi_dapr")
 
 API_PREFIXES = ("/v1.0/", "/v1.0-alpha1/")
 HEALTH_PATHS = ("/v1.0/healthz", "/v1.0/healthz/outbound")
+METRICS_PATH = "/metrics"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # daprd's --max-body-size default
 DEFAULT_MAX_HEADERS = 16 * 1024  # what uvicorn's h11 server accepts by default
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -120,7 +124,7 @@ def query_unescape(value: str) -> str:
     return unquote_plus(value, errors="replace")
 
 
-def _is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
+def is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
     """Whether a request without the API token may be answered: it comes from this machine,
     and not from a web page a browser on this machine is showing."""
     if any(name in headers for name in _FORWARDING_HEADERS):
@@ -218,8 +222,10 @@ class SidecarAPI:
         api_token: str | None = None,
         max_body_size: int = DEFAULT_MAX_BODY,
         max_header_size: int = DEFAULT_MAX_HEADERS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._runtime = runtime
+        self.metrics = metrics  # served at GET /metrics when given
         self.api_token = api_token or None
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size
@@ -230,6 +236,9 @@ class SidecarAPI:
             return
         if scope["type"] != "http":
             return
+        trace = from_headers(scope["headers"])
+        if trace is not None and route_path(scope) not in HEALTH_PATHS:
+            send = _answer_traced(send, trace)
         try:
             response = await self._handle(scope, receive)
         except Exception:
@@ -255,6 +264,8 @@ class SidecarAPI:
         if isinstance(response, _SelfInvocation):
             runtime = self._runtime()
             assert runtime is not None
+            if runtime.metrics is not None:
+                send = measured(send, runtime.metrics, runtime.app_id, is_streaming(scope["headers"]))
             await invoke_self(
                 runtime.app,
                 scope,
@@ -395,7 +406,7 @@ class SidecarAPI:
                 return None
             # daprd's exact answer (reference 6.6).
             return PlainTextResponse("invalid api token\n", status_code=401)
-        if _is_local_client(scope, headers):
+        if is_local_client(scope, headers):
             return None
         return JSONResponse(
             {
@@ -428,6 +439,14 @@ class SidecarAPI:
             return refused
         method = scope["method"]
         runtime = self._runtime()
+        if path == METRICS_PATH and self.metrics is not None:
+            if method not in ("GET", "HEAD"):
+                return JSONResponse(
+                    {"errorCode": "ERR_METHOD_NOT_ALLOWED", "message": f"{method} {path}: use GET"},
+                    status_code=405,
+                    headers={"allow": "GET, HEAD"},
+                )
+            return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
         try:
             if path in HEALTH_PATHS and method in ("GET", "HEAD"):
                 if runtime is None or (path == "/v1.0/healthz" and not runtime.ready):
@@ -571,6 +590,7 @@ class SidecarAPI:
         if read is None:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
         pubsub, topic, metadata, body = read
+        trace = context(headers.get("traceparent"), headers.get("tracestate"))
         await runtime.publish(
             PublishRequest(
                 pubsub=pubsub,
@@ -578,8 +598,8 @@ class SidecarAPI:
                 data=body,
                 content_type=headers.get("content-type", ""),
                 metadata=metadata,
-                traceparent=headers.get("traceparent", ""),
-                tracestate=headers.get("tracestate", ""),
+                traceparent=trace[0] if trace is not None else "",
+                tracestate=trace[1] if trace is not None else "",
             )
         )
         return None
@@ -591,14 +611,15 @@ class SidecarAPI:
         if read is None:
             return error_response(direct_invoke_error(404, _NO_APP_ID))
         pubsub, topic, metadata, body = read
+        trace = context(headers.get("traceparent"), headers.get("tracestate"))
         failed = await publish_bulk(
             runtime,
             pubsub,
             topic,
             body,
             metadata,
-            headers.get("traceparent", ""),
-            headers.get("tracestate", ""),
+            trace[0] if trace is not None else "",
+            trace[1] if trace is not None else "",
         )
         if not failed:
             return None
@@ -611,6 +632,20 @@ class SidecarAPI:
             media_type="application/json",
             headers={"metadata.responseData": data.decode()},
         )
+
+
+def _answer_traced(send: Send, trace: tuple[str, str]) -> Send:
+    """daprd's answers carry the request's trace when they have none of their own."""
+    extra = [(name.encode(), value.encode()) for name, value in header_pairs(trace)]
+
+    async def traced_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"traceparent" for name, _ in headers):
+                message = {**message, "headers": headers + extra}
+        await send(message)
+
+    return traced_send
 
 
 async def _lifespan_noop(receive: Receive, send: Send) -> None:
@@ -638,7 +673,20 @@ class SidecarDispatch:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = route_path(scope)
-            if path.startswith(API_PREFIXES) or path in ("/v1.0", "/v1.0-alpha1"):
+            if (
+                path.startswith(API_PREFIXES)
+                or path in ("/v1.0", "/v1.0-alpha1")
+                or (path == METRICS_PATH and self.api.metrics is not None)
+            ):
                 await self.api(scope, receive, send)
+                return
+            trace = from_headers(scope["headers"])
+            if trace is not None:
+                # What the app handles carries this trace on (`Dapr.publish`, `Dapr.invoke`).
+                token = CURRENT.set(trace)
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    CURRENT.reset(token)
                 return
         await self.app(scope, receive, send)

@@ -25,18 +25,19 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from ._app_channel import AppChannel, AppChannelError
 from ._errors import direct_invoke_error, error_response
 from ._exceptions import DaprAPIError, ResourceError
 from ._invoke import InvalidMethod, invoke_self, normalize_method
+from ._metrics import Metrics
 from ._name_resolution import NameResolutionError, NameResolutionFile, Registration, new_token
 from ._proxy import Target
 from ._resources import Resources, load_resources
 from ._runtime import Runtime
-from ._sidecar import SidecarAPI, route_path
+from ._sidecar import METRICS_CONTENT_TYPE, METRICS_PATH, SidecarAPI, is_local_client, route_path
 
 __all__: list[str] = []
 
@@ -63,6 +64,8 @@ class SidecarOptions:
     graceful_shutdown_seconds: float = 5.0
     log_level: str = "info"
     listen_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no metrics
+    log_as_json: bool = False
 
 
 class _NoApp:
@@ -70,6 +73,32 @@ class _NoApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise AppChannelError("the sidecar was started without --app-port: there is no app to call")
+
+
+class MetricsEndpoint:
+    """`GET /metrics` on the metrics port: loopback only, and local clients only (no proxy,
+    no browser page of another site), as the API without a token."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        response: Response
+        if not is_local_client(scope, headers):
+            response = JSONResponse(
+                {"errorCode": "ERR_FORBIDDEN", "message": "the metrics port answers only local clients"},
+                status_code=403,
+            )
+        elif route_path(scope) != METRICS_PATH:
+            response = PlainTextResponse("404 page not found\n", status_code=404)
+        elif scope["method"] not in ("GET", "HEAD"):
+            response = PlainTextResponse("method not allowed\n", status_code=405, headers={"allow": "GET"})
+        else:
+            response = Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        await response(scope, receive, send)
 
 
 class StandaloneRuntime(Runtime):
@@ -170,7 +199,10 @@ class StandaloneSidecar:
         self.api = SidecarAPI(
             lambda: self.runtime, api_token=options.api_token, max_body_size=options.max_body_size
         )
+        self.metrics = Metrics(options.app_id) if options.metrics_port is not None else None
         self.port = 0
+        self.metrics_port = 0
+        self._metrics_server: _Server | None = None
         self._stop = asyncio.Event()
         self._signals = 0
         self._server: _Server | None = None
@@ -260,17 +292,16 @@ class StandaloneSidecar:
         if self._signals > 1 and self._server is not None:
             self._server.stop(force=True)  # a second signal: stop waiting for in-flight calls
 
-    def _listen(self) -> socket.socket:
+    def _listen(self, port: int, flag: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in self.options.listen_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self.options.listen_host, self.options.dapr_http_port))
+            sock.bind((self.options.listen_host, port))
             sock.listen(1024)
         except OSError as exc:
             sock.close()
             raise ResourceError(
-                f"cannot listen on {self.options.listen_host}:{self.options.dapr_http_port}: "
-                f"{exc.strerror or exc} (--dapr-http-port)"
+                f"cannot listen on {self.options.listen_host}:{port}: {exc.strerror or exc} ({flag})"
             ) from None
         sock.setblocking(False)
         return sock
@@ -281,22 +312,27 @@ class StandaloneSidecar:
         for number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(number, self._on_signal, number)
         sock: socket.socket | None = None
+        metrics_sock: socket.socket | None = None
         status = 0
         try:
-            sock = self._listen()
+            sock = self._listen(self.options.dapr_http_port, "--dapr-http-port")
             self.port = sock.getsockname()[1]
-            status = await self._serve(sock)
+            if self.options.metrics_port is not None:
+                metrics_sock = self._listen(self.options.metrics_port, "--metrics-port")
+                self.metrics_port = metrics_sock.getsockname()[1]
+            status = await self._serve(sock, metrics_sock)
         except (ResourceError, NameResolutionError) as exc:
             logger.error("%s", exc)
             status = 1
         finally:
             for number in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(number)
-            if sock is not None:
-                sock.close()
+            for opened in (sock, metrics_sock):
+                if opened is not None:
+                    opened.close()
         return status
 
-    async def _serve(self, sock: socket.socket) -> int:
+    async def _serve(self, sock: socket.socket, metrics_sock: socket.socket | None) -> int:
         options = self.options
         resources = (
             load_resources(options.resources_paths, app_id=options.app_id)
@@ -310,8 +346,10 @@ class StandaloneSidecar:
             app_api_token=options.app_api_token,
             resources=resources,
             shutdown_grace=options.graceful_shutdown_seconds,
+            metrics=self.metrics,
         )
         status = 0
+        metrics_serving: asyncio.Future[None] | None = None
         try:
             await runtime.start_components()  # publishing works from here on
             self.runtime = runtime
@@ -338,6 +376,18 @@ class StandaloneSidecar:
                 options.listen_host,
                 self.port,
             )
+            if metrics_sock is not None and self.metrics is not None:
+                self._metrics_server = _Server(
+                    MetricsEndpoint(self.metrics), log_level=options.log_level, grace=1, max_header_size=16384
+                )
+                metrics_serving = asyncio.ensure_future(self._metrics_server.serve(metrics_sock))
+                logger.info(
+                    "app id %s: metrics listening on http://%s:%d%s",
+                    options.app_id,
+                    options.listen_host,
+                    self.metrics_port,
+                    METRICS_PATH,
+                )
             connecting = asyncio.ensure_future(self._connect_app(runtime))
             stopping = asyncio.ensure_future(self._stop.wait())
             try:
@@ -364,6 +414,9 @@ class StandaloneSidecar:
                 self._server.stop()
                 # In-flight API calls and in-flight deliveries finish within the grace, together.
                 await asyncio.gather(serving, runtime.stop_subscriptions())
+                if self._metrics_server is not None and metrics_serving is not None:
+                    self._metrics_server.stop()  # scrapes go on until the rest has stopped
+                    await metrics_serving
         finally:
             await self._deregister()
             self.runtime = None

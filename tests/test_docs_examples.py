@@ -293,3 +293,22 @@ def test_every_option_is_on_the_configuration_page() -> None:
     names += [field.name for field in dataclasses.fields(InvocationSettings)]
     names += [field.name for field in dataclasses.fields(RetryPolicy)]
     assert [name for name in names if f"| `{name}` |" not in page] == []
+
+
+async def test_the_observability_examples() -> None:
+    import logging
+
+    observability = example("observability")
+    async with DaprTest(observability.app) as test:
+        scrape = await test.client.get("/metrics")
+    assert scrape.status_code == 200
+    assert "dapr_component_pubsub_egress_count" in scrape.text or scrape.text.startswith("#")
+    logger = logging.getLogger("fastapi_dapr")
+    before = list(logger.handlers)
+    try:
+        observability.use_json_logs()
+        (added,) = [h for h in logger.handlers if h not in before]
+        record = logging.LogRecord("fastapi_dapr", logging.WARNING, __file__, 1, "dropped", (), None)
+        assert json.loads(added.format(record))["msg"] == "dropped"
+    finally:
+        logger.handlers[:] = before

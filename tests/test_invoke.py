@@ -129,12 +129,12 @@ def test_headers_forwarded_as_daprd_does() -> None:
                 "x-hop": "gone",
                 "keep-alive": "timeout=5",
                 "dapr-caller-app-id": "spoofed",
-                "traceparent": "00-a-b-01",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             },
         )
     headers = seen[0]["headers"]
     assert headers["x-custom"] == "kept"
-    assert headers["traceparent"] == "00-a-b-01"
+    assert headers["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert "x-hop" not in headers
     assert "keep-alive" not in headers
     # The caller's API token stays with the sidecar; the app gets its own token.

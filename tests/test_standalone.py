@@ -553,3 +553,144 @@ async def test_an_app_that_goes_away_is_daprs_invoke_error() -> None:
         assert answer.json()["errorCode"] == "ERR_DIRECT_INVOKE"
         assert f"the app at 127.0.0.1:{app.port} could not be reached" in answer.json()["message"]
     assert "Traceback" not in sidecar.text
+
+
+# -- observability: the metrics port, JSON logs -----------------------------------------------
+
+
+async def _scrape_until(url: str, done: Any, timeout: float = 10.0) -> Any:
+    """Scrape `url` until `done(scrape)` holds: the sidecar counts a delivery once the app's
+    answer is back, which the app itself can't tell the test (another process)."""
+    from .test_metrics import Scrape
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            answer = await client.get(url)
+            assert answer.status_code == 200, answer.text
+            scrape = Scrape(answer.text)
+            if done(scrape) or loop.time() > deadline:
+                return scrape
+            await asyncio.sleep(0.02)
+
+
+async def test_the_metrics_port_and_json_logs() -> None:
+    app = App()
+    sidecar = Sidecar("plain", app.port, "--metrics-port", "0", "--log-as-json", DAPR_API_TOKEN="s3cret")
+    async with running(app, sidecar), sidecar.client("s3cret") as client:
+        (line,) = [json.loads(text) for text in sidecar.text.splitlines() if "metrics listening" in text]
+        url = line["msg"].rsplit(" ", 1)[1]
+        assert url.startswith("http://127.0.0.1:")
+        assert url.endswith("/metrics")
+        for topic, data in [("orders", {"n": 1}), ("flaky", {"n": 2}), ("poison", {"n": 3})]:
+            answer = await client.post(f"/v1.0/publish/pubsub/{topic}", json=data)
+            assert answer.status_code == 204, answer.text
+        assert (await client.get("/v1.0/invoke/plain/method/hello/ada")).status_code == 200
+        assert (await client.get("/v1.0/invoke/plain/method/missing")).status_code == 404
+        await app.received(1, "dead-letters")
+
+        def settled(scrape: Any) -> bool:
+            return bool(scrape.value("fastapi_dapr_pubsub_messages_total") >= 4)
+
+        metrics = await _scrape_until(url, settled)
+        # The metrics port needs no API token (as daprd's), and answers nothing else.
+        async with httpx.AsyncClient() as anonymous:
+            assert (await anonymous.get(url.replace("/metrics", "/v1.0/metadata"))).status_code == 404
+            proxied = await anonymous.get(url, headers={"x-forwarded-for": "10.1.2.3"})
+            assert proxied.status_code == 403
+        # The API port does not serve metrics.
+        assert (await client.get("/metrics")).status_code != 200
+
+    common = {"app_id": "plain", "component": "pubsub", "namespace": "default"}
+    assert metrics.value("dapr_component_pubsub_egress_count", **common, success="true") == 3
+    ingress = "dapr_component_pubsub_ingress_count"
+    assert metrics.value(ingress, topic="orders", process_status="success", status="success") == 1
+    assert metrics.value(ingress, topic="flaky", process_status="retry", status="retry") == 1
+    assert metrics.value(ingress, topic="flaky", process_status="success") == 1
+    assert metrics.value(ingress, topic="poison", process_status="drop", status="success") == 1
+    assert metrics.value(ingress, topic="poison-dead", process_status="success") == 1
+    metrics.check_histogram("dapr_component_pubsub_ingress_latencies")
+    outcomes = "fastapi_dapr_pubsub_messages_total"
+    assert metrics.value(outcomes, topic="poison", outcome="dead-lettered") == 1
+    assert metrics.value(outcomes, outcome="delivered") == 3
+    assert metrics.value("fastapi_dapr_pubsub_delivery_retries_total", topic="flaky") == 1
+    assert metrics.value("fastapi_dapr_pubsub_dead_letter_total", dead_letter_topic="poison-dead") == 1
+    received = "dapr_service_invocation_res_recv_total"
+    assert metrics.value("dapr_service_invocation_req_sent_total", dst_app_id="plain") == 2
+    assert metrics.value(received, src_app_id="plain", status="200") == 1
+    assert metrics.value(received, src_app_id="plain", status="404") == 1
+
+    lines = [json.loads(text) for text in sidecar.text.splitlines() if text.startswith("{")]
+    assert len(lines) == len(sidecar.text.splitlines())  # every line is JSON
+    (dead,) = [line for line in lines if line.get("outcome") == "dead-lettered"]
+    assert dead["level"] == "warning"
+    assert dead["scope"] == "fastapi_dapr.delivery"
+    assert dead["app_id"] == "plain"
+    assert (dead["pubsub"], dead["topic"], dead["dead_letter_topic"]) == ("pubsub", "poison", "poison-dead")
+    assert dead["attempts"] == 1
+    assert dead["reason"] == "the app answered DROP (DROP)"
+    assert dead["event_id"]
+    assert dead["traceparent"] == ""  # the publisher sent none
+
+
+@pytest.mark.parametrize(
+    ("flags", "serves"),
+    [
+        ([], False),  # off by default (daprd's default is on: see docs/standalone.md)
+        (["--enable-metrics=false", "--metrics-port", "PORT"], False),
+        (["--enable-metrics", "--metrics-port", "PORT"], True),
+        (["--metrics-port", "PORT"], True),
+    ],
+)
+async def test_metrics_flags(flags: list[str], serves: bool) -> None:
+    port = free_port()
+    sidecar = Sidecar("x", None, *[str(port) if flag == "PORT" else flag for flag in flags])
+    async with running(sidecar):
+        async with httpx.AsyncClient() as client:
+            try:
+                answer = await client.get(f"http://127.0.0.1:{port}/metrics")
+            except httpx.ConnectError:
+                answer = None
+        assert (answer is not None and answer.status_code == 200) == serves
+        assert ("metrics listening" in sidecar.text) == serves
+        if answer is not None and serves:
+            assert "# TYPE dapr_component_pubsub_egress_count counter" in answer.text
+
+
+async def test_a_metrics_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        status, output = await run_to_end([*SIDECAR, "--app-id", "x", "--metrics-port", str(port)])
+    assert status == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in output
+    assert "(--metrics-port)" in output
+    assert "Traceback" not in output
+
+
+async def test_trace_context_through_the_app_channel_and_between_sidecars(tmp_path: Path) -> None:
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    names = tmp_path / "names.json"
+    app_a, app_b = App(PLAIN_APP_NAME="A"), App(PLAIN_APP_NAME="B")
+    sidecar_a = Sidecar("a", app_a.port, "--name-resolution", str(names))
+    sidecar_b = Sidecar("b", app_b.port, "--name-resolution", str(names))
+    async with running(app_a, app_b, sidecar_a, sidecar_b), sidecar_a.client() as client:
+        traced = {"traceparent": tp, "tracestate": "k=v"}
+        own = await client.get("/v1.0/invoke/a/method/hello/own", headers=traced)
+        other = await client.get("/v1.0/invoke/b/method/hello/other", headers=traced)
+        bad = await client.get("/v1.0/invoke/b/method/hello/bad", headers={"traceparent": "00-x-y-01"})
+        published = await client.post("/v1.0/publish/pubsub/orders", json={"n": 1}, headers=traced)
+        assert (own.status_code, other.status_code, bad.status_code, published.status_code) == (200,) * 3 + (
+            204,
+        )
+        assert own.headers["traceparent"] == other.headers["traceparent"] == tp  # daprd's answers
+        assert "traceparent" not in bad.headers
+        (at_a,) = await app_a.received(1, "hello")
+        at_b_good, at_b_bad = await app_b.received(2, "hello")
+        (delivered,) = await app_a.received(1, "orders")
+    for call in (at_a, at_b_good, delivered):
+        assert (call["headers"]["traceparent"], call["headers"]["tracestate"]) == (tp, "k=v")
+    assert "traceparent" not in at_b_bad["headers"]
+    assert delivered["body"]["traceparent"] == tp

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from fastapi import FastAPI
 
 from fastapi_dapr import CloudEvent, Dapr
 
+# BENCH_METRICS=1 measures the cost of Dapr(metrics=True).
+METRICS = os.environ.get("BENCH_METRICS") == "1"
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 PUBSUB = "pubsub"
 TOPIC = "bench"
@@ -55,7 +58,7 @@ class Gate:
 def counting_app() -> tuple[FastAPI, Dapr, Counter]:
     """An app whose handler only counts what it is given."""
     app = FastAPI()
-    dapr = Dapr(app, app_id="bench", resources_path=str(RESOURCES))
+    dapr = Dapr(app, app_id="bench", resources_path=str(RESOURCES), metrics=METRICS)
     counter = Counter()
 
     @dapr.subscribe(PUBSUB, TOPIC)
@@ -70,7 +73,7 @@ def counting_app() -> tuple[FastAPI, Dapr, Counter]:
 def gated_app() -> tuple[FastAPI, Dapr, Gate]:
     """An app whose handler blocks until the gate opens, so that messages stay queued."""
     app = FastAPI()
-    dapr = Dapr(app, app_id="bench", resources_path=str(RESOURCES))
+    dapr = Dapr(app, app_id="bench", resources_path=str(RESOURCES), metrics=METRICS)
     gate = Gate()
 
     @dapr.subscribe(PUBSUB, TOPIC)

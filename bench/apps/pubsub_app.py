@@ -8,6 +8,7 @@ benchmark how many messages have been delivered so far.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from fastapi import FastAPI
 
 from fastapi_dapr import CloudEvent, Dapr
 
+# BENCH_METRICS=1 measures the cost of Dapr(metrics=True).
+METRICS = os.environ.get("BENCH_METRICS") == "1"
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
 app = FastAPI()
-dapr = Dapr(app, app_id="bench", resources_path=str(RESOURCES))
+dapr = Dapr(app, app_id="bench", resources_path=str(RESOURCES), metrics=METRICS)
 delivered = 0
 
 

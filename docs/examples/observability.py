@@ -1,0 +1,21 @@
+from fastapi import FastAPI
+
+app = FastAPI()
+
+# --8<-- [start:metrics]
+from fastapi_dapr import Dapr
+
+dapr = Dapr(app, app_id="checkout", metrics=True)
+# --8<-- [end:metrics]
+
+
+def use_json_logs() -> None:
+    # --8<-- [start:logs]
+    import logging
+
+    from fastapi_dapr import JsonFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter(app_id="checkout"))
+    logging.getLogger("fastapi_dapr").addHandler(handler)
+    # --8<-- [end:logs]
