@@ -122,9 +122,14 @@ def _forwarded_headers(
     headers = []
     for name, value in raw:
         key = name.decode("latin-1")
-        if key in HOP_BY_HOP or key in listed or key in _IDENTITY:
+        if key in HOP_BY_HOP or key in listed or key in _IDENTITY or key == "expect":
             continue
-        if (drop_app_id and key == "dapr-app-id") or (drop_api_token and key == "dapr-api-token"):
+        if drop_app_id and key == "dapr-app-id":
+            continue
+        # daprd's API middleware removes the caller's token when DAPR_API_TOKEN is set, and
+        # its app channel sets (replaces) it when APP_API_TOKEN is: the app never sees two.
+        # With neither, daprd passes the caller's header on unchanged, and so does this.
+        if key == "dapr-api-token" and (drop_api_token or app_api_token):
             continue
         headers.append((name, value))
     # A self-invocation carries this app's identity as caller and callee (daprd's invokeLocal);

@@ -81,6 +81,7 @@ def invoked_app(**dapr_options: Any) -> tuple[FastAPI, list[dict[str, Any]]]:
                 "path": request.url.path,
                 "query": request.url.query,
                 "headers": dict(request.headers),
+                "tokens": request.headers.getlist("dapr-api-token"),
                 "body": body,
             }
         )
@@ -140,6 +141,30 @@ def test_headers_forwarded_as_daprd_does() -> None:
     # The caller's API token stays with the sidecar; the app gets its own token.
     assert headers["dapr-api-token"] == "app-t0k"
     assert headers["dapr-caller-app-id"] == headers["dapr-callee-app-id"] == "orders"
+
+
+@pytest.mark.parametrize(
+    ("api_token", "app_api_token", "expected"),
+    [
+        (None, "app-t0k", ["app-t0k"]),  # daprd sets (replaces) it: the app never sees two
+        ("t0k", "app-t0k", ["app-t0k"]),
+        ("t0k", None, []),  # daprd's API middleware removes the caller's token
+        (None, None, ["t0k"]),  # no token configured: daprd passes the caller's on
+    ],
+)
+def test_the_app_sees_one_token_as_daprd_sends_it(
+    api_token: str | None, app_api_token: str | None, expected: list[str]
+) -> None:
+    app, seen = invoked_app(api_token=api_token, app_api_token=app_api_token)
+    with DaprTestClient(app) as client:
+        answer = client.post(
+            "/v1.0/invoke/orders/method/items/1",
+            content=b"x",
+            headers={"dapr-api-token": "t0k", "expect": "100-continue"},
+        )
+    assert answer.status_code == 200
+    assert seen[0]["tokens"] == expected
+    assert "expect" not in seen[0]["headers"]  # hop-by-hop in effect, as on the network path
 
 
 def test_path_traversal_stays_inside_the_app() -> None:

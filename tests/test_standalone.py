@@ -231,6 +231,19 @@ async def test_a_signal_stops_it_gracefully_and_in_flight_work_finishes(sig: sig
     assert "Traceback" not in sidecar.text
 
 
+async def test_the_app_gets_its_token_only_not_the_callers_as_well() -> None:
+    # No DAPR_API_TOKEN: the API is open, and a caller may send a dapr-api-token of its own.
+    app = App(APP_API_TOKEN="app-secret")
+    sidecar = Sidecar("plain", app.port, APP_API_TOKEN="app-secret")
+    async with running(app, sidecar), sidecar.client("the-callers") as client:
+        answer = await client.post("/v1.0/invoke/plain/method/hello/t", headers={"expect": "100-continue"})
+        assert answer.status_code == 200, answer.text
+        (call,) = await app.received(1, "hello")
+    tokens = [value for name, value in call["header_list"] if name == "dapr-api-token"]
+    assert tokens == ["app-secret"]  # daprd sets it: replaced, not added to
+    assert "expect" not in call["headers"]
+
+
 def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "fastapi-dapr"
     if not script.exists():
