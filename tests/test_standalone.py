@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -452,6 +453,68 @@ async def test_an_app_id_taken_by_a_running_sidecar_is_refused(tmp_path: Path) -
         assert json.loads(names.read_text())["apps"]["a"]["port"] == first.port
 
 
+def holding(lock: Path) -> int:
+    """FILE.lock taken by this process, as a sidecar stopped with Ctrl-Z would hold it."""
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def opened(pid: int, path: Path) -> bool:
+    return any(os.path.realpath(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+
+
+async def has_open(pid: int, path: Path, timeout: float = 15) -> None:
+    """Once process `pid` has `path` open (another process's files: polled, with a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not opened(pid, path):
+        assert loop.time() < deadline, f"process {pid} did not open {path}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/PID/fd")
+async def test_a_held_lock_does_not_keep_a_stop_request_waiting(tmp_path: Path) -> None:
+    names = tmp_path / "names.json"
+    descriptor = holding(tmp_path / "names.json.lock")
+    try:
+        sidecar = Sidecar("a", None, "--name-resolution", str(names), ready=b"never printed")
+        sidecar.process = await asyncio.create_subprocess_exec(
+            *sidecar.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=sidecar.env
+        )
+        try:
+            await has_open(sidecar.process.pid, tmp_path / "names.json.lock")  # it waits for the lock
+            sidecar.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(sidecar.process.communicate(), 3)  # not LOCK_WAIT, not ever
+        finally:
+            await sidecar.stop(signal.SIGKILL)
+    finally:
+        os.close(descriptor)
+    assert sidecar.process is None
+    assert b"app id a: stopped before it was registered" in out
+    assert b"Traceback" not in out
+
+
+async def test_calls_from_other_sidecars_are_served_until_serving_ends(tmp_path: Path) -> None:
+    names = tmp_path / "names.json"
+    app = App()
+    sidecar = Sidecar("b", app.port, "--name-resolution", str(names))
+    async with running(app, sidecar), httpx.AsyncClient(base_url=sidecar.url) as peer:
+        token = json.loads(names.read_text())["apps"]["b"]["token"]
+        headers = {"dapr-caller-app-id": "a", "dapr-callee-app-id": "b", "dapr-sidecar-token": token}
+        descriptor = holding(tmp_path / "names.json.lock")  # its removal from the file waits
+        try:
+            sidecar.send_signal(signal.SIGTERM)
+            await sidecar.printed(b"SIGTERM received: stopping")
+            # A call another sidecar looked up before the entry went: still its token, still served.
+            late = await peer.get("/fastapi-dapr/v1/invoke/hello/late", headers=headers)
+            assert (late.status_code, late.json()["hello"]) == (200, "late")
+        finally:
+            os.close(descriptor)
+        assert await sidecar.wait() == 0
+    assert json.loads(names.read_text())["apps"] == {}
+
+
 # -- bad input: a clear error, not a traceback ----------------------------------------------
 
 
@@ -528,6 +591,15 @@ async def test_bad_resources_and_configuration_are_clear_errors(tmp_path: Path) 
     config.write_text("kind: Component\n")
     status, output = await run_to_end([*SIDECAR, "--app-id", "x", "--config", str(config)])
     assert (status, "is not a Dapr Configuration resource" in output) == (1, True)
+
+
+async def test_an_unusable_name_resolution_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    flags = ["--app-id", "x", "--dapr-http-port", "0", "--name-resolution"]
+    status, output = await run_to_end([*SIDECAR, *flags, str(tmp_path / "file" / "names.json")])
+    assert status == 1
+    assert f"{tmp_path / 'file'}: is not a folder" in output
+    assert "Traceback" not in output
 
 
 async def test_a_configuration_is_read_and_what_is_not_applied_is_named(tmp_path: Path) -> None:

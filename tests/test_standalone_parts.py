@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,13 +114,6 @@ def registration(app_id: str, port: int, pid: int | None = None, token: str = "t
     return Registration(app_id, "127.0.0.1", port, pid if pid is not None else os.getpid(), token)
 
 
-def dead_pid() -> int:
-    process = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
-    )
-    return int(process.stdout)
-
-
 def test_register_look_up_and_deregister(tmp_path: Path) -> None:
     names = NameResolutionFile(tmp_path / "names.json")
     assert names.lookup("a") is None  # no file yet
@@ -138,17 +131,95 @@ def test_register_look_up_and_deregister(tmp_path: Path) -> None:
 
 
 def test_a_running_sidecar_keeps_its_id_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
-    names = NameResolutionFile(tmp_path / "names.json")
-    names.register(registration("a", 3501, pid=1))  # pid 1 runs: the id is taken
+    path = tmp_path / "names.json"
+    running = NameResolutionFile(path)  # another sidecar: it holds the app's lock while it runs
+    running.register(registration("a", 3501, pid=4242))
     with pytest.raises(
-        NameResolutionError, match="already registered by the sidecar of process 1 on port 3501"
+        NameResolutionError, match="already registered by the sidecar of process 4242 on port 3501"
     ):
-        names.register(registration("a", 3599))
-    gone = dead_pid()
-    names.register(registration("b", 3502, pid=gone))
-    assert names.lookup("b") is None  # its process has died: not reachable
-    names.register(registration("b", 3503))  # and its id may be taken again
-    assert names.lookup("b") == registration("b", 3503)
+        NameResolutionFile(path).register(registration("a", 3599))
+    assert NameResolutionFile(path).lookup("a") == registration("a", 3501, pid=4242)
+    running.deregister(registration("a", 3501, pid=4242))
+    assert NameResolutionFile(path).lookup("a") is None
+    names = NameResolutionFile(path)
+    names.register(registration("a", 3599))  # and its id may be taken again
+    assert names.lookup("a") == registration("a", 3599)
+
+
+@pytest.mark.parametrize("pid", [1, 0, -1, "mine"])
+def test_an_entry_left_by_a_dead_sidecar_is_replaced_whatever_its_pid(tmp_path: Path, pid: object) -> None:
+    # A sidecar killed with SIGKILL leaves its entry; its process id may since have been
+    # given to another process (1 and this test's own run), or be no process's (0, -1:
+    # os.kill would signal a group). The kernel released its lock: it is gone.
+    path = tmp_path / "names.json"
+    left = registration("b", 3502, pid=os.getpid() if pid == "mine" else int(str(pid)), token="old")
+    path.write_text(json.dumps({"version": 1, "apps": {"b": left.to_json()}}))
+    path.chmod(0o600)
+    names = NameResolutionFile(path)
+    assert names.lookup("b") is None
+    names.register(registration("b", 3503))
+    assert NameResolutionFile(path).lookup("b") == registration("b", 3503)
+
+
+def test_a_held_lock_is_a_clear_error_after_a_bounded_wait(tmp_path: Path) -> None:
+    path = tmp_path / "names.json"
+    descriptor = os.open(tmp_path / "names.json.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # a stopped (Ctrl-Z) sidecar, or another user's process
+        names = NameResolutionFile(path, lock_wait=0.2)
+        started = time.monotonic()
+        with pytest.raises(NameResolutionError, match="could not be locked: another process has held it"):
+            names.register(registration("a", 3501))
+        with pytest.raises(NameResolutionError, match="could not be locked"):
+            names.deregister(registration("a", 3501))  # a stop does not wait for ever either
+        assert time.monotonic() - started < 5
+        stopping = NameResolutionFile(path)  # the default wait, cut short by a stop request
+        with pytest.raises(NameResolutionError, match="the sidecar is stopping"):
+            stopping.register(registration("a", 3501), stop=lambda: True)
+    finally:
+        os.close(descriptor)
+    NameResolutionFile(path).register(registration("a", 3501))
+
+
+def test_symbolic_links_and_files_others_may_write_are_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("")
+    folder = tmp_path / "links"
+    folder.mkdir()
+    (folder / "names.json.lock").symlink_to(elsewhere)  # planted to make the sidecar write there
+    with pytest.raises(NameResolutionError, match=r"names.json.lock: is a symbolic link; refused"):
+        NameResolutionFile(folder / "names.json").register(registration("a", 3501))
+    (folder / "names.json.lock").unlink()
+    (folder / "names.json").symlink_to(elsewhere)
+    with pytest.raises(NameResolutionError, match=r"names.json: is a symbolic link; refused"):
+        NameResolutionFile(folder / "names.json").lookup("a")
+
+    open_lock = tmp_path / "open" / "names.json.lock"
+    open_lock.parent.mkdir()
+    open_lock.write_text("")
+    open_lock.chmod(0o666)
+    with pytest.raises(NameResolutionError, match=r"names.json.lock: is writable by other users"):
+        NameResolutionFile(open_lock.parent / "names.json").register(registration("a", 3501))
+
+
+def test_a_folder_others_may_write_to_is_refused_unless_sticky(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could swap the files
+    with pytest.raises(NameResolutionError, match="other users may write to it and it is not sticky"):
+        NameResolutionFile(shared / "names.json").register(registration("a", 3501))
+    shared.chmod(0o1777)  # as /tmp: sticky, so the user's files are the user's; they are checked
+    names = NameResolutionFile(shared / "names.json")
+    names.register(registration("a", 3501))
+    assert names.lookup("a") == registration("a", 3501)
+
+
+def test_a_bad_folder_is_a_name_resolution_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NameResolutionError, match=r"file/sub: cannot be created: Not a directory"):
+        NameResolutionFile(tmp_path / "file" / "sub" / "names.json").register(registration("a", 3501))
+    with pytest.raises(NameResolutionError, match=r"file: is not a folder"):
+        NameResolutionFile(tmp_path / "file" / "names.json").register(registration("a", 3501))
 
 
 @pytest.mark.parametrize(
