@@ -139,7 +139,8 @@ class AppChannel:
 
         As daprd: a 404 means none; another status is logged and means none; an
         answer daprd would refuse whole raises `SubscriptionError`. Transport
-        errors are retried three times, then raise `AppChannelError`.
+        errors are retried three times, then raise `AppChannelError` (which the
+        sidecar logs, and goes on, as daprd does).
         """
         headers = [("content-type", "application/json"), ("dapr-app-id", app_id)]
         if app_api_token:

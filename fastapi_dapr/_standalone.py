@@ -405,6 +405,11 @@ class StandaloneSidecar:
             # daprd logs it and goes on without the app's own subscriptions (reference 2.1).
             logger.error("%s: no programmatic subscriptions", exc)
             programmatic = []
+        except AppChannelError as exc:
+            # Still unreachable after the retries: daprd logs it and goes on serving the API
+            # and invocations. The declarative subscriptions start (daprd starts none).
+            logger.warning("%s: no programmatic subscriptions", exc)
+            programmatic = []
         await runtime.start_subscriptions(programmatic)
         logger.info(
             "app id %s: ready: app at %s, %d subscriptions",

@@ -72,6 +72,20 @@ class App(ChildProcess):
         return headers
 
 
+class RawApp(ChildProcess):
+    """`tests/apps/raw_app.py`, on the loopback port it picked itself (read from its output)."""
+
+    def __init__(self, **env: str | None) -> None:
+        argv = [sys.executable, "-m", "tests.apps.raw_app"]
+        super().__init__(argv, ready=b"raw app listening on ", env=environment(**env), cwd=ROOT)
+        self.port = 0
+
+    async def start(self) -> int:
+        pid = await super().start()
+        self.port = int(self.output[-1].rsplit(b":", 1)[1])
+        return pid
+
+
 class Sidecar(ChildProcess):
     """`python -m fastapi_dapr sidecar` on a free loopback port."""
 
@@ -625,6 +639,27 @@ async def test_a_bad_subscribe_answer_is_logged_and_the_sidecar_goes_on() -> Non
         assert (await client.get("/v1.0/healthz")).status_code == 204
         answer = await client.get("/v1.0/invoke/plain/method/hello/still")  # invocation still works
         assert answer.json()["hello"] == "still"
+    assert "Traceback" not in sidecar.text
+
+
+async def test_a_subscribe_call_the_app_breaks_is_logged_and_the_sidecar_goes_on(tmp_path: Path) -> None:
+    app = RawApp(RAW_APP_SUBSCRIBE="close")  # closes the connection on GET /dapr/subscribe
+    await app.start()
+    try:
+        sidecar = Sidecar("raw", app.port, "--resources-path", str(resources(tmp_path / "resources")))
+        async with running(sidecar), sidecar.client() as client:
+            assert "GET /dapr/subscribe on the app at" in sidecar.text
+            assert "no programmatic subscriptions" in sidecar.text
+            listed = (await client.get("/v1.0/metadata")).json()["subscriptions"]
+            # The declarative ones are started (daprd starts none: docs/differences.md).
+            assert sorted((s["topic"], s["type"]) for s in listed) == [
+                ("audits", "DECLARATIVE"),
+                ("orders", "DECLARATIVE"),
+            ]
+            answer = await client.get("/v1.0/invoke/raw/method/still")  # invocation still works
+            assert (answer.status_code, answer.json()["target"]) == (200, "/still")
+    finally:
+        await app.stop()
     assert "Traceback" not in sidecar.text
 
 
