@@ -60,20 +60,43 @@ def test_items_daprd_leaves_out_are_left_out_with_a_warning() -> None:
         [
             {"pubsubname": "p", "topic": "a"},  # no route at all
             {"pubsubname": "p", "topic": "b", "route": "/b", "bulkSubscribe": {"enabled": False}},
+            {"pubsubname": "p", "topic": "d", "route": "/d"},
             {"pubsubname": "p", "topic": "b", "route": "/again"},
             {"topic": "c", "route": "/c"},
+            {"pubsubname": "p", "topic": "b", "route": "/last"},
         ]
     )
-    assert [item[:4] for item in found] == [("p", "b", (), "/b")]
-    assert len(warnings) == 3
-    assert "no route" in warnings[0]
-    assert "a second subscription" in warnings[1]
-    assert "pubsubname and topic are required" in warnings[2]
+    # A repeated pubsub and topic: daprd keeps the last one, in the first one's place.
+    assert [item[:4] for item in found] == [("p", "b", (), "/last"), ("p", "d", (), "/d")]
+    assert warnings == [
+        "item 0: no route and no routing rule: left out",
+        "item 3: a second subscription to pubsub 'p' topic 'b': replaces item 1",
+        "item 4: pubsubname and topic are required: left out",
+        "item 5: a second subscription to pubsub 'p' topic 'b': replaces item 3",
+    ]
 
 
-@pytest.mark.parametrize("body", [b"", b"  ", b"null"])
+@pytest.mark.parametrize("body", [b"", b"  ", b"null", b"\nnull trailing"])
 def test_an_empty_answer_is_no_subscriptions(body: bytes) -> None:
     assert parse_subscribe_answer(body) == ([], [])
+
+
+def test_what_follows_the_first_json_value_is_not_read() -> None:
+    # Go's json.Decoder reads one value: trailing data (a second value, a newline) is ignored.
+    found, _ = parse_subscribe_answer(b' [{"pubsubname": "p", "topic": "t", "route": "/t"}]\n{"x": 1} junk')
+    assert [(s.pubsub, s.topic, s.default) for s in found] == [("p", "t", "/t")]
+
+
+@pytest.mark.parametrize(
+    ("count", "wait", "expected"), [(-5, -1, (100, 1000)), (0, 0, (100, 1000)), (7, 9, (7, 9))]
+)
+def test_bulk_counts_of_zero_or_less_are_daprds_defaults(
+    count: int, wait: int, expected: tuple[int, int]
+) -> None:
+    # Go's int32 takes a negative number; daprd's bulk subscriber then uses its default.
+    bulk = {"enabled": True, "maxMessagesCount": count, "maxAwaitDurationMs": wait}
+    found, _ = parse([{"pubsubname": "p", "topic": "t", "route": "/t", "bulkSubscribe": bulk}])
+    assert found[0][6] == BulkSubscribe(*expected)
 
 
 @pytest.mark.parametrize(
@@ -99,6 +122,16 @@ def test_an_empty_answer_is_no_subscriptions(body: bytes) -> None:
             b'[{"pubsubname": "p", "topic": "t", "route": "/t", "bulkSubscribe": {"enabled": true, '
             b'"maxMessagesCount": 1.5}}]',
             "must be an integer",
+        ),
+        (
+            b'[{"pubsubname": "p", "topic": "t", "route": "/t", "bulkSubscribe": {"enabled": true, '
+            b'"maxMessagesCount": 100.0}}]',
+            "must be an integer",  # Go's int32 refuses 100.0 too
+        ),
+        (
+            b'[{"pubsubname": "p", "topic": "t", "route": "/t", "bulkSubscribe": {"enabled": true, '
+            b'"maxAwaitDurationMs": 2147483648}}]',
+            "must be an integer",  # past int32
         ),
     ],
 )
