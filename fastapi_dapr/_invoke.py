@@ -14,6 +14,9 @@ from urllib.parse import quote, unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._errors import error_response
+from ._exceptions import DaprAPIError
+
 __all__: list[str] = []
 
 HOP_BY_HOP = frozenset(
@@ -185,15 +188,33 @@ async def invoke_self(
         }
     )
     received = 0
+    too_large = started = False
 
     async def limited_receive() -> Message:
-        nonlocal received
+        nonlocal received, too_large
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > max_body_size:
                 # Counted while streaming: past the limit the app sees the client go away.
+                too_large = True
                 return {"type": "http.disconnect"}
         return message
 
-    await app(child, limited_receive, send)
+    async def guarded_send(message: Message) -> None:
+        nonlocal started
+        if too_large and not started:
+            return  # what the app made of a cut body: the caller gets the 413 below instead
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    try:
+        await app(child, limited_receive, guarded_send)
+    except Exception:
+        if not too_large or started:
+            raise
+    if too_large and not started:
+        # As on the network path: a streamed body over the limit is daprd's 413.
+        limit = f"the request body is larger than the limit of {max_body_size} bytes"
+        await error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))(scope, receive, send)

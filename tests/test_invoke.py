@@ -7,7 +7,7 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -187,6 +187,23 @@ def test_invocation_errors() -> None:
             "failed to invoke, id: billing, err: couldn't find service"
         )
         assert client.get("/v1.0/invoke").json()["errorCode"] == "ERR_DIRECT_INVOKE"
+    assert seen == []
+
+
+def test_a_streamed_body_over_the_limit_is_daprds_413() -> None:
+    app, seen = invoked_app(max_body_size=10)
+
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * 6
+        yield b"x" * 6  # no content-length: found past the limit while it streams
+
+    with DaprTestClient(app) as client:
+        answer = client.post("/v1.0/invoke/orders/method/items/1", content=chunks())
+    assert answer.status_code == 413
+    assert answer.json() == {
+        "errorCode": "ERR_DIRECT_INVOKE",
+        "message": "the request body is larger than the limit of 10 bytes",
+    }
     assert seen == []
 
 

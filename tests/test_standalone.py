@@ -663,6 +663,26 @@ async def test_a_subscribe_call_the_app_breaks_is_logged_and_the_sidecar_goes_on
     assert "Traceback" not in sidecar.text
 
 
+async def test_a_streamed_body_over_the_limit_to_the_own_app_is_daprs_413() -> None:
+    app = App()
+    sidecar = Sidecar("plain", app.port, "--dapr-http-max-request-size", "1")
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * (512 * 1024)  # chunked: no content-length to refuse it by
+
+    async with running(app, sidecar), sidecar.client() as client:
+        answer = await client.post("/v1.0/invoke/plain/method/hello/big", content=body())
+        assert answer.status_code == 413
+        assert answer.json() == {
+            "errorCode": "ERR_DIRECT_INVOKE",
+            "message": "the request body is larger than the limit of 1048576 bytes",
+        }
+        assert (await client.get("/v1.0/invoke/plain/method/hello/after")).json()["hello"] == "after"
+    assert "Traceback" not in sidecar.text
+    assert "never retrieved" not in sidecar.text
+
+
 async def test_an_app_that_goes_away_is_daprs_invoke_error() -> None:
     app = App()
     sidecar = Sidecar("plain", app.port)
