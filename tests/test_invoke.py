@@ -167,6 +167,31 @@ def test_the_app_sees_one_token_as_daprd_sends_it(
     assert "expect" not in seen[0]["headers"]  # hop-by-hop in effect, as on the network path
 
 
+def test_the_own_id_with_the_own_namespace_is_this_app() -> None:
+    # daprd splits `{id}.{namespace}` and invokes locally when both are its own.
+    app, seen = invoked_app()
+    with DaprTestClient(app) as client:
+        answer = client.get("/v1.0/invoke/orders.default/method/items/1")
+        assert (answer.status_code, answer.json()["item"]) == (200, "1")
+        answer = client.get("/items/2", headers={"dapr-app-id": "orders.default"})
+        assert (answer.status_code, answer.json()["item"]) == (200, "2")
+        elsewhere = client.get("/v1.0/invoke/orders.other/method/items/3")  # another namespace
+        assert elsewhere.status_code == 500
+        assert "couldn't find service" in elsewhere.json()["message"]
+    assert [request["path"] for request in seen] == ["/items/1", "/items/2"]
+
+
+async def test_the_client_api_invokes_the_own_id_with_the_own_namespace() -> None:
+    from fastapi_dapr.testing import DaprTest
+
+    app, seen = invoked_app()
+    dapr: Dapr = app.state.fastapi_dapr
+    async with DaprTest(app):
+        answer = await dapr.invoke("orders.default", "items/4")
+    assert (answer.status_code, answer.json()["item"]) == (200, "4")
+    assert seen[0]["headers"]["dapr-callee-app-id"] == "orders"
+
+
 def test_path_traversal_stays_inside_the_app() -> None:
     app, _ = invoked_app()
     with DaprTestClient(app) as client:

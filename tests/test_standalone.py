@@ -213,6 +213,8 @@ async def test_a_plain_fastapi_app_gets_deliveries_and_invocations(tmp_path: Pat
         }
         answer = await client.get("/hello/grace", headers={"dapr-app-id": "plain"})
         assert answer.json()["hello"] == "grace"
+        answer = await client.get("/v1.0/invoke/plain.default/method/hello/ns")  # its own namespace
+        assert answer.json()["hello"] == "ns"
         assert (await client.get("/v1.0/invoke/plain/method/missing")).status_code == 404  # the app's own 404
 
         # The API is the embedded sidecar's: without DAPR_API_TOKEN nothing but health.
@@ -565,6 +567,8 @@ SIDECAR = [sys.executable, "-m", "fastapi_dapr", "sidecar"]
         (["--app-id", "x", "--enable-mtls"], "--enable-mtls is not supported"),
         (["--app-id", "x", "--dapr-listen-addresses", "0.0.0.0"], "listens on one loopback address only"),
         (["--app-id", "x", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--app-id", ""], "--app-id: parameter app-id cannot be empty"),  # as daprd
+        (["--app-id", "a.b"], "--app-id a.b: parameter app-id cannot contain dots"),
     ],
 )
 async def test_bad_flags_are_named(flags: list[str], message: str) -> None:
