@@ -18,6 +18,7 @@ from fastapi_dapr import Dapr
 from fastapi_dapr._invoke import InvalidMethod, find_target, normalize_method
 from fastapi_dapr.testing import DaprTestClient
 
+from .processes import communicate
 from .servers import serve
 
 
@@ -263,7 +264,7 @@ async def test_official_dapr_sdk_invokes_through_the_app() -> None:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", SDK_CALL, url, stdout=asyncio.subprocess.PIPE
         )
-        out, _ = await process.communicate()
+        out, _ = await communicate(process, 60)
     assert process.returncode == 0
     assert json.loads(out) == [{"item": "9", "size": 8}, 200]
     assert seen[0]["path"] == "/items/9"

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from .conftest import require_tool
-from .processes import ChildProcess
+from .processes import ChildProcess, communicate
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = Path(__file__).resolve().parent / "js"
@@ -99,12 +99,20 @@ class Sidecar(ChildProcess):
         **env: str | None,
     ) -> None:
         self.app_id = app_id
-        self.port = port or free_port()
+        self.port = port or 0  # 0: the sidecar picks a free one, read from its log when it is ready
+        self.picks_port = not port
         argv = [sys.executable, "-m", "fastapi_dapr", "sidecar", "--app-id", app_id]
         argv += ["--dapr-http-port", str(self.port), *extra]
         if app_port is not None:
             argv += ["--app-port", str(app_port)]
         super().__init__(argv, ready=ready, env=environment(**env), cwd=ROOT)
+
+    async def start(self) -> int:
+        pid = await super().start()
+        if self.picks_port:
+            line = next(line for line in self.output if b"Dapr API listening on http://" in line)
+            self.port = int(line.rstrip().rsplit(b":", 1)[1])  # printed before the ready line
+        return pid
 
     @property
     def url(self) -> str:
@@ -264,10 +272,28 @@ async def test_the_app_gets_its_token_only_not_the_callers_as_well() -> None:
 def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "fastapi-dapr"
     if not script.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{script} is not installed: the package's console script is missing")
         pytest.skip(f"{script} is not installed (pip install -e .)")
     done = subprocess.run([str(script), "sidecar", "--help"], capture_output=True, text=True, check=True)
     assert "--app-id" in done.stdout
     assert "--name-resolution" in done.stdout
+
+
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+    "time.sleep(120)"
+)
+
+
+async def test_a_child_that_does_not_stop_is_killed_and_fails_the_test() -> None:
+    child = ChildProcess([sys.executable, "-c", IGNORES_SIGTERM], ready=b"up")
+    pid = await child.start()
+    with pytest.raises(AssertionError, match=rf"\(PID {pid}\) had not stopped 0.5s after signal"):
+        await child.stop(timeout=0.5)
+    assert child.process is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
 
 
 SDK_INVOKE = """
@@ -296,7 +322,7 @@ async def test_the_official_python_sdk_invokes_through_the_sidecar() -> None:
             stdout=asyncio.subprocess.PIPE,
             env=environment(DAPR_API_TOKEN="api-secret"),  # the SDK sends it as dapr-api-token
         )
-        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        out, _ = await communicate(process, 60)
     assert process.returncode == 0
     body, status = json.loads(out)
     assert status == 200
@@ -349,7 +375,7 @@ async def test_the_official_js_sdk_publishes_and_invokes_over_http(node_modules:
             stderr=asyncio.subprocess.PIPE,
             env=node_env(node_modules, DAPR_API_TOKEN="api-secret"),
         )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
+        out, err = await communicate(process, 60)
         assert process.returncode == 0, err.decode()
         result = json.loads(out.decode().strip().splitlines()[-1])
         orders = await app.received(2, "orders")
@@ -542,12 +568,7 @@ async def run_to_end(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         env=dict(env) if env is not None else environment(),
         cwd=ROOT,
     )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    out, _ = await communicate(process, 30)
     assert process.returncode is not None
     return process.returncode, out.decode(errors="replace")
 
