@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from ._exceptions import SubscriptionError
 from ._http1 import Pool, UpstreamError
 from ._invoke import HOP_BY_HOP
+from ._proxy import response_headers
 from ._subscription import TopicSubscription, parse_subscribe_answer
 
 __all__: list[str] = []
@@ -85,9 +86,7 @@ class AppChannel:
                 f"the app at {self.address} could not be reached: {_describe(exc)}"
             ) from exc
         try:
-            start_headers = [
-                (name, value) for name, value in response.headers if name.decode() not in HOP_BY_HOP
-            ]
+            start_headers = response_headers(response.headers)  # and those its Connection names
             await send({"type": "http.response.start", "status": response.status, "headers": start_headers})
             while True:
                 try:

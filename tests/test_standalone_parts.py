@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from starlette.types import Message
 
 from fastapi_dapr import BulkSubscribe, SubscriptionError
+from fastapi_dapr._app_channel import AppChannel
 from fastapi_dapr._name_resolution import NameResolutionError, NameResolutionFile, Registration
 from fastapi_dapr._subscription import parse_subscribe_answer
 
@@ -281,3 +284,46 @@ def test_a_file_others_may_write_is_refused(tmp_path: Path) -> None:
     path.chmod(0o666)
     with pytest.raises(NameResolutionError, match="writable by other users"):
         NameResolutionFile(path).lookup("a")
+
+
+# -- the app channel -------------------------------------------------------------------------
+
+
+async def test_the_app_channel_drops_the_headers_the_apps_connection_header_names() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nx-hop: for the next hop only\r\n"
+            b"keep-alive: timeout=5\r\nx-kept: yes\r\ncontent-length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    channel = AppChannel("127.0.0.1", listener.sockets[0].getsockname()[1])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/x",
+        "raw_path": b"/x",
+        "query_string": b"",
+        "headers": [],
+    }
+    try:
+        async with listener:
+            await channel(scope, receive, send)
+    finally:
+        await channel.close()
+    start, body = sent[0], sent[-1]
+    assert (start["status"], body["body"]) == (200, b"ok")
+    names = [name for name, _ in start["headers"]]
+    assert b"x-kept" in names
+    assert not {b"x-hop", b"connection", b"keep-alive"} & set(names)
