@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from ._exceptions import SubscriptionError
 from ._http1 import Pool, UpstreamError
 from ._invoke import HOP_BY_HOP
+from ._proxy import response_headers
 from ._subscription import TopicSubscription, parse_subscribe_answer
 
 __all__: list[str] = []
@@ -85,9 +86,7 @@ class AppChannel:
                 f"the app at {self.address} could not be reached: {_describe(exc)}"
             ) from exc
         try:
-            start_headers = [
-                (name, value) for name, value in response.headers if name.decode() not in HOP_BY_HOP
-            ]
+            start_headers = response_headers(response.headers)  # and those its Connection names
             await send({"type": "http.response.start", "status": response.status, "headers": start_headers})
             while True:
                 try:
@@ -139,7 +138,8 @@ class AppChannel:
 
         As daprd: a 404 means none; another status is logged and means none; an
         answer daprd would refuse whole raises `SubscriptionError`. Transport
-        errors are retried three times, then raise `AppChannelError`.
+        errors are retried three times, then raise `AppChannelError` (which the
+        sidecar logs, and goes on, as daprd does).
         """
         headers = [("content-type", "application/json"), ("dapr-app-id", app_id)]
         if app_api_token:

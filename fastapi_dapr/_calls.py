@@ -97,8 +97,9 @@ async def invoke(
     runtime = dapr._running()
     from ._invoke_policy import built_in_retry, invocation_policy, run_invocation
 
-    if target == runtime.app_id and target not in runtime.http_endpoints:
+    if runtime.is_own_id(target):
         call = _Call(method, verb, query, header_list, body, timeout)
+        target = runtime.app_id  # `{id}.{namespace}` too: the policies name the app id
         policy = invocation_policy(runtime, None, target, method)
 
         def open_self() -> Awaitable[InvokeResponse]:

@@ -193,6 +193,11 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
     for flag, reason in REFUSED_FLAGS.items():
         if getattr(arguments, flag[2:].replace("-", "_")) is not None:
             fail(f"{flag} is not supported: {reason}")
+    # daprd's ValidateSelfHostedAppID: a dot would be read as `{id}.{namespace}`.
+    if not arguments.app_id:
+        fail("--app-id: parameter app-id cannot be empty")
+    if "." in arguments.app_id:
+        fail(f"--app-id {arguments.app_id}: parameter app-id cannot contain dots")
     if arguments.app_port == 0:
         fail("--app-port 0: the app's port is the one it listens on (1 to 65535)")
     if arguments.app_protocol != "http":

@@ -449,21 +449,30 @@ class Pool:
         if transport is None or connection.closed or transport.is_closing():
             raise _NotSent("the server closed the connection before answering")
         answer = connection.start(head_only=verb == "HEAD")
-        if body is None or isinstance(body, bytes):
-            transport.write(head + body if body else head)
-        else:
-            transport.write(head)
-            chunked = b"transfer-encoding: chunked\r\n" in head
-            async for chunk in body:
-                if not chunk:
-                    continue
-                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                await connection.drain()
-                if connection.closed:
-                    break
+        try:
+            if body is None or isinstance(body, bytes):
+                transport.write(head + body if body else head)
             else:
-                if chunked:
-                    transport.write(b"0\r\n\r\n")
+                transport.write(head)
+                chunked = b"transfer-encoding: chunked\r\n" in head
+                async for chunk in body:
+                    if not chunk:
+                        continue
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    await connection.drain()
+                    if connection.closed:
+                        break
+                else:
+                    if chunked:
+                        transport.write(b"0\r\n\r\n")
+        except BaseException:
+            # The answer is not awaited: its failure (the connection is dropped) is nobody's.
+            if answer.done():
+                if not answer.cancelled():
+                    answer.exception()
+            else:
+                answer.cancel()
+            raise
         status, headers = await answer
         return Response(self, connection, status, headers)
 

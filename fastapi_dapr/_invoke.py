@@ -16,6 +16,8 @@ from urllib.parse import quote, unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._errors import error_response
+from ._exceptions import DaprAPIError
 from ._trace import from_headers, header_pairs
 
 if TYPE_CHECKING:
@@ -129,9 +131,14 @@ def _forwarded_headers(
     headers = []
     for name, value in raw:
         key = name.decode("latin-1")
-        if key in HOP_BY_HOP or key in listed or key in _IDENTITY:
+        if key in HOP_BY_HOP or key in listed or key in _IDENTITY or key == "expect":
             continue
-        if (drop_app_id and key == "dapr-app-id") or (drop_api_token and key == "dapr-api-token"):
+        if drop_app_id and key == "dapr-app-id":
+            continue
+        # daprd's API middleware removes the caller's token when DAPR_API_TOKEN is set, and
+        # its app channel sets (replaces) it when APP_API_TOKEN is: the app never sees two.
+        # With neither, daprd passes the caller's header on unchanged, and so does this.
+        if key == "dapr-api-token" and (drop_api_token or app_api_token):
             continue
         if key in ("traceparent", "tracestate"):
             continue  # re-derived below, as daprd does
@@ -190,18 +197,36 @@ async def invoke_self(
         }
     )
     received = 0
+    too_large = started = False
 
     async def limited_receive() -> Message:
-        nonlocal received
+        nonlocal received, too_large
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > max_body_size:
                 # Counted while streaming: past the limit the app sees the client go away.
+                too_large = True
                 return {"type": "http.disconnect"}
         return message
 
-    await app(child, limited_receive, send)
+    async def guarded_send(message: Message) -> None:
+        nonlocal started
+        if too_large and not started:
+            return  # what the app made of a cut body: the caller gets the 413 below instead
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    try:
+        await app(child, limited_receive, guarded_send)
+    except Exception:
+        if not too_large or started:
+            raise
+    if too_large and not started:
+        # As on the network path: a streamed body over the limit is daprd's 413.
+        limit = f"the request body is larger than the limit of {max_body_size} bytes"
+        await error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))(scope, receive, send)
 
 
 def measured(send: Send, metrics: Metrics, target: str, streaming: bool) -> Send:

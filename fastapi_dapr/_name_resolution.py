@@ -4,12 +4,19 @@ Several sidecars started with the same `--name-resolution FILE` share it, as
 `dapr run` apps share mDNS. Each one registers itself when it starts (its app
 id, its loopback API port, its process id and a random sidecar token) and
 removes itself when it stops. Changes are made under an exclusive `flock` on
-`FILE.lock`, written to a temporary file in the same folder and moved over
-`FILE` (`os.replace`), so a reader sees either the old table or the new one.
+`FILE.lock` (tried without blocking, for `LOCK_WAIT` seconds at most), written
+to a temporary file in the same folder and moved over `FILE` (`os.replace`), so
+a reader sees either the old table or the new one.
 
-The file is this user's only (mode 0600, in a folder others can't write to
-being the user's business): a file owned by someone else, or writable by
-others, is refused. Only loopback addresses are taken from it.
+Each sidecar holds an exclusive `flock` on `FILE.<app-id>.lock` for as long as
+it runs: the kernel releases it when the process ends, however it ends, so an
+entry whose lock can be taken is a dead sidecar's (a process id, which may be
+reused, is not what decides). The lock files are left in place.
+
+The files are this user's only: a file or lock file that is a symbolic link,
+belongs to someone else or is writable by others is refused, and so is a folder
+others may write to, unless it is sticky and the user's or root's (as /tmp).
+Only loopback addresses are taken from the file.
 
 ```json
 {"version": 1, "apps": {"orders": {"host": "127.0.0.1", "port": 3501, "pid": 4242,
@@ -21,20 +28,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 __all__: list[str] = []
 
 VERSION = 1
+LOCK_WAIT = 5.0  # seconds a change waits for FILE.lock before it fails
+_APP_LOCK_WAIT = 0.5  # seconds: a reader holds an app's lock for a moment only
+_LOCK_POLL = 0.01
 
 
 class NameResolutionError(Exception):
@@ -67,16 +82,6 @@ class Registration:
         }
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive, and not ours to replace
-    return True
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -88,22 +93,105 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-class NameResolutionFile:
-    """One name-resolution file; `lookup` is cheap (the table is re-read only when the file changed)."""
+def _describe(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+def _try_flock(descriptor: int, operation: int, wait: float, stop: Callable[[], bool] | None = None) -> bool:
+    """`flock` without blocking, tried again every 10 ms for `wait` seconds at most (another
+    process holds it: there is nothing to await). False if it was still held, or `stop()`."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline or (stop is not None and stop()):
+            return False
+        time.sleep(_LOCK_POLL)
+
+
+class NameResolutionFile:
+    """One name-resolution file; `lookup` is cheap (the table is re-read only when the file changed).
+
+    Every problem with the file system is a `NameResolutionError`, with the path and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_wait: float = LOCK_WAIT) -> None:
         self.path = Path(path).absolute()
+        self.lock_wait = lock_wait
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._cache = threading.Lock()  # lookups on the event loop, changes in a worker thread
         self._seen: tuple[int, int, int] | None = None
         self._table: dict[str, Registration] = {}
+        self._held: dict[str, int] = {}  # app id -> the descriptor of the lock this process holds
+
+    def app_lock_path(self, app_id: str) -> Path:
+        """`FILE.<app-id>.lock`, held by the running sidecar of `app_id`."""
+        name = quote(app_id, safe="")
+        if len(name) > 100:  # a file name has 255 bytes at most
+            name = "sha256-" + hashlib.sha256(app_id.encode()).hexdigest()
+        return self.path.with_name(f"{self.path.name}.{name}.lock")
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _check_owner(self, info: os.stat_result, path: Path | None = None) -> None:
+        path = path or self.path
+        if not stat.S_ISREG(info.st_mode):
+            raise NameResolutionError(f"{path}: is not a regular file; refused")
+        if info.st_uid != os.getuid():
+            raise NameResolutionError(f"{path}: is owned by another user; refused")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise NameResolutionError(f"{path}: is writable by other users; refused (chmod 600)")
+
+    def _check_folder(self, *, create: bool) -> bool:
+        """Refuse a folder others could swap the files in; False if it does not exist (and
+        `create` is false). A folder others may write to is accepted only when it is sticky
+        (others can't remove or rename this user's files) and this user's or root's."""
+        folder = self.path.parent
+        if create:
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except FileExistsError:
+                raise NameResolutionError(f"{folder}: is not a folder") from None
+            except OSError as exc:
+                raise NameResolutionError(f"{folder}: cannot be created: {_describe(exc)}") from None
+        try:
+            info = os.stat(folder)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise NameResolutionError(f"{folder}: cannot be used: {_describe(exc)}") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise NameResolutionError(f"{folder}: is not a folder")
+        if info.st_uid not in (os.getuid(), 0):
+            raise NameResolutionError(f"{folder}: belongs to another user; refused")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+            raise NameResolutionError(
+                f"{folder}: other users may write to it and it is not sticky; refused "
+                "(use a folder of your own, such as $XDG_RUNTIME_DIR)"
+            )
+        return True
+
+    def _open_checked(self, path: Path, flags: int) -> int:
+        """`path` opened without following a symbolic link, and checked as `_check_owner` does."""
+        try:
+            descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NameResolutionError(f"{path}: is a symbolic link; refused") from None
+            raise
+        try:
+            self._check_owner(os.fstat(descriptor), path)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor
 
     # -- reading -------------------------------------------------------------------------------
-
-    def _check_owner(self, info: os.stat_result) -> None:
-        if info.st_uid != os.getuid():
-            raise NameResolutionError(f"{self.path}: is owned by another user; refused")
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise NameResolutionError(f"{self.path}: is writable by other users; refused (chmod 600)")
 
     def _parse(self, text: str) -> dict[str, Registration]:
         if not text.strip():
@@ -138,39 +226,70 @@ class NameResolutionFile:
         return table
 
     def read(self) -> dict[str, Registration]:
-        """Every registration in the file (none if there is no file)."""
-        try:
-            with open(self.path, encoding="utf-8") as file:
+        """Every registration in the file (none if there is no file), dead sidecars' included."""
+        with self._cache:
+            try:
+                descriptor = self._open_checked(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                self._seen, self._table = None, {}
+                return {}
+            except OSError as exc:
+                raise NameResolutionError(f"{self.path}: cannot be read: {_describe(exc)}") from None
+            with os.fdopen(descriptor, encoding="utf-8") as file:
                 info = os.fstat(file.fileno())
                 key = (info.st_ino, info.st_mtime_ns, info.st_size)
                 if key == self._seen:
                     return self._table
-                self._check_owner(info)
-                text = file.read()
+                self._check_folder(create=False)
+                try:
+                    text = file.read()
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise NameResolutionError(f"{self.path}: cannot be read: {exc}") from None
+            self._table = self._parse(text)
+            self._seen = key
+            return self._table
+
+    def running(self, app_id: str) -> bool:
+        """Whether the sidecar of `app_id` runs: it holds its app lock (this process's own, or
+        one that can't be taken even shared for a moment)."""
+        if app_id in self._held:
+            return True
+        path = self.app_lock_path(app_id)
+        try:
+            descriptor = self._open_checked(path, os.O_RDONLY)
         except FileNotFoundError:
-            self._seen, self._table = None, {}
-            return {}
+            return False
         except OSError as exc:
-            raise NameResolutionError(f"{self.path}: cannot be read: {exc.strerror or exc}") from None
-        self._table = self._parse(text)
-        self._seen = key
-        return self._table
+            raise NameResolutionError(f"{path}: cannot be read: {_describe(exc)}") from None
+        try:
+            return not _try_flock(descriptor, fcntl.LOCK_SH, 0)
+        finally:
+            os.close(descriptor)  # releases it, if it was taken
 
     def lookup(self, app_id: str) -> Registration | None:
         """The running sidecar of `app_id`; None if none is registered, or it has died."""
         registration = self.read().get(app_id)
-        if registration is None or not _alive(registration.pid):
+        if registration is None or not self.running(app_id):
             return None
         return registration
 
     # -- changing ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    def _locked(self, stop: Callable[[], bool] | None = None) -> Iterator[None]:
+        self._check_folder(create=True)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            descriptor = self._open_checked(self._lock_path, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise NameResolutionError(f"{self._lock_path}: cannot be opened: {_describe(exc)}") from None
+        try:
+            if not _try_flock(descriptor, fcntl.LOCK_EX, self.lock_wait, stop):
+                reason = (
+                    "the sidecar is stopping"
+                    if stop is not None and stop()
+                    else (f"another process has held it for {self.lock_wait:g}s")
+                )
+                raise NameResolutionError(f"{self._lock_path}: could not be locked: {reason}")
             yield
         finally:
             os.close(descriptor)  # releases the lock
@@ -194,29 +313,59 @@ class NameResolutionFile:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        self._seen = None
+        with self._cache:
+            self._seen = None
 
-    def register(self, registration: Registration) -> None:
-        """Add this sidecar; `NameResolutionError` if a running sidecar has the same app id."""
-        with self._locked():
-            table = dict(self.read())
-            existing = table.get(registration.app_id)
-            if existing is not None and existing.pid != registration.pid and _alive(existing.pid):
-                raise NameResolutionError(
-                    f"{self.path}: app id {registration.app_id!r} is already registered by the sidecar "
-                    f"of process {existing.pid} on port {existing.port}"
-                )
-            # Entries of sidecars that died without deregistering are dropped on the way.
-            table = {key: entry for key, entry in table.items() if _alive(entry.pid)}
-            table[registration.app_id] = registration
-            self._write(table)
+    def register(self, registration: Registration, *, stop: Callable[[], bool] | None = None) -> None:
+        """Add this sidecar and hold its app lock until `deregister`; `NameResolutionError` if a
+        running sidecar has the same app id, or the files can't be used. `stop()` true gives up
+        waiting for the file's lock."""
+        app_id = registration.app_id
+        if app_id in self._held:
+            raise NameResolutionError(f"{self.path}: app id {app_id!r} is already registered by this process")
+        try:
+            with self._locked(stop):
+                table = dict(self.read())
+                path = self.app_lock_path(app_id)
+                held = self._open_checked(path, os.O_RDWR | os.O_CREAT)
+                try:
+                    if not _try_flock(held, fcntl.LOCK_EX, _APP_LOCK_WAIT, stop):
+                        existing = table.get(app_id)
+                        by = (
+                            f"the sidecar of process {existing.pid} on port {existing.port}"
+                            if existing is not None
+                            else f"a running sidecar (it holds {path})"
+                        )
+                        raise NameResolutionError(
+                            f"{self.path}: app id {app_id!r} is already registered by {by}"
+                        )
+                    # Entries of sidecars that died without deregistering are dropped on the way.
+                    table = {
+                        key: entry for key, entry in table.items() if key != app_id and self.running(key)
+                    }
+                    table[app_id] = registration
+                    self._write(table)
+                except BaseException:
+                    os.close(held)
+                    raise
+                self._held[app_id] = held
+        except OSError as exc:
+            raise NameResolutionError(f"{self.path}: cannot be changed: {_describe(exc)}") from None
 
     def deregister(self, registration: Registration) -> None:
-        """Remove this sidecar's own entry (not one another sidecar wrote since)."""
-        with self._locked():
-            table = dict(self.read())
-            existing = table.get(registration.app_id)
-            if existing is None or existing.token != registration.token:
-                return
-            del table[registration.app_id]
-            self._write(table)
+        """Remove this sidecar's own entry (not one another sidecar wrote since), then let go
+        of its app lock (which the end of the process would do anyway)."""
+        held = self._held.pop(registration.app_id, None)
+        try:
+            with self._locked():
+                table = dict(self.read())
+                existing = table.get(registration.app_id)
+                if existing is None or existing.token != registration.token:
+                    return
+                del table[registration.app_id]
+                self._write(table)
+        except OSError as exc:
+            raise NameResolutionError(f"{self.path}: cannot be changed: {_describe(exc)}") from None
+        finally:
+            if held is not None:
+                os.close(held)

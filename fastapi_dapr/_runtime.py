@@ -213,6 +213,14 @@ class Runtime:
             )
         return self._upstreams
 
+    def is_own_id(self, name: str) -> bool:
+        """Whether invoking `name` is invoking this app: its id, or `{id}.{namespace}` in its own
+        namespace (daprd's requestAppIDAndNamespace, then invokeLocal), unless an HTTPEndpoint
+        resource has that name (Dapr's precedence, reference 6.2)."""
+        if name in self.http_endpoints:
+            return False
+        return name in (self.app_id, f"{self.app_id}.{self.namespace}")
+
     def find_target(self, name: str) -> Target:
         """The network target `name` names (not this app's own id); daprd's error if none."""
         target = self.upstreams().resolve(name)

@@ -532,7 +532,7 @@ class SidecarAPI:
                 )
             )
         # Dapr's precedence (reference 6.2): an HTTPEndpoint of that name, a URL, an app id.
-        if target == runtime.app_id and target not in runtime.http_endpoints:
+        if runtime.is_own_id(target):
             return _SelfInvocation(method, via_header)
         try:
             found_target = runtime.find_target(target)

@@ -193,7 +193,8 @@ class StandaloneSidecar:
     def __init__(self, options: SidecarOptions) -> None:
         self.options = options
         self.runtime: StandaloneRuntime | None = None
-        self.registration: Registration | None = None
+        self.registration: Registration | None = None  # set once the file lists this sidecar
+        self._token: str | None = None  # taken from other sidecars until serving has ended
         self.names = NameResolutionFile(options.name_resolution) if options.name_resolution else None
         self.channel = AppChannel(options.app_channel_address, options.app_port) if options.app_port else None
         self.api = SidecarAPI(
@@ -239,11 +240,8 @@ class StandaloneSidecar:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         given = headers.get(SIDECAR_TOKEN_HEADER, "").encode()
         runtime = self.runtime
-        if (
-            runtime is None
-            or self.registration is None
-            or not hmac.compare_digest(given, self.registration.token.encode())
-        ):
+        token = self._token
+        if runtime is None or token is None or not hmac.compare_digest(given, token.encode()):
             response = JSONResponse(
                 {"errorCode": "ERR_FORBIDDEN", "message": "sidecar-to-sidecar calls need the sidecar token"},
                 status_code=401,
@@ -354,15 +352,23 @@ class StandaloneSidecar:
             await runtime.start_components()  # publishing works from here on
             self.runtime = runtime
             if self.names is not None:
-                self.registration = Registration(
+                self._token = new_token()
+                registration = Registration(
                     options.app_id,
                     options.listen_host,
                     self.port,
                     os.getpid(),
-                    new_token(),
+                    self._token,
                     runtime.namespace,
                 )
-                await asyncio.to_thread(self.names.register, self.registration)
+                try:
+                    await asyncio.to_thread(self.names.register, registration, stop=self._stop.is_set)
+                except NameResolutionError:
+                    if not self._stop.is_set():
+                        raise
+                    logger.info("app id %s: stopped before it was registered", options.app_id)
+                    return 0
+                self.registration = registration
             self._server = _Server(
                 self,
                 log_level=options.log_level,
@@ -419,6 +425,7 @@ class StandaloneSidecar:
                     await metrics_serving
         finally:
             await self._deregister()
+            self._token = None  # serving has ended: no call can be in flight any more
             self.runtime = None
             await runtime.close()
             if self.channel is not None:
@@ -450,6 +457,11 @@ class StandaloneSidecar:
         except SubscriptionError as exc:
             # daprd logs it and goes on without the app's own subscriptions (reference 2.1).
             logger.error("%s: no programmatic subscriptions", exc)
+            programmatic = []
+        except AppChannelError as exc:
+            # Still unreachable after the retries: daprd logs it and goes on serving the API
+            # and invocations. The declarative subscriptions start (daprd starts none).
+            logger.warning("%s: no programmatic subscriptions", exc)
             programmatic = []
         await runtime.start_subscriptions(programmatic)
         logger.info(

@@ -315,12 +315,13 @@ def _wire_string(item: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _wire_int(item: Mapping[str, Any], key: str, where: str) -> int:
+    # Go decodes an int32: a JSON integer in its range (100.0 and 1e2 are refused), null is 0.
     value = item.get(key)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise SubscriptionError(f"{where}.{key}: must be an integer, not {value!r}")
-    return int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+        raise SubscriptionError(f"{where}.{key}: must be an integer (int32), not {value!r}")
+    return value
 
 
 def _wire_bulk(raw: Any, where: str) -> BulkSubscribe | None:
@@ -334,8 +335,11 @@ def _wire_bulk(raw: Any, where: str) -> BulkSubscribe | None:
         raise SubscriptionError(f"{where}.enabled: must be true or false, not {enabled!r}")
     if not enabled:
         return None
-    count = _wire_int(bulk, "maxmessagescount", where) or 100
-    wait = _wire_int(bulk, "maxawaitdurationms", where) or 1000
+    # daprd's bulk subscriber takes 0 or less as its default (GetIntValOrDefault).
+    count = _wire_int(bulk, "maxmessagescount", where)
+    wait = _wire_int(bulk, "maxawaitdurationms", where)
+    count = count if count > 0 else 100
+    wait = wait if wait > 0 else 1000
     try:
         return BulkSubscribe(max_messages_count=count, max_await_duration_ms=wait)
     except ValueError as exc:
@@ -397,10 +401,12 @@ def parse_subscribe_answer(body: bytes) -> tuple[list[TopicSubscription], list[s
     Raises `SubscriptionError` when daprd would refuse the whole list: not JSON,
     not a list, a non-string metadata value, a routing rule that does not compile.
     """
-    if not body.strip():
+    text = body.decode("utf-8", errors="replace").lstrip(" \t\r\n")
+    if not text:
         return [], []  # an empty body: no subscriptions
     try:
-        data = json.loads(body)
+        # As Go's json.Decoder: the first JSON value; what follows it is not read.
+        data, _ = json.JSONDecoder().raw_decode(text)
     except ValueError as exc:
         raise SubscriptionError(f"the answer is not JSON: {exc}") from None
     if data is None:
@@ -409,7 +415,7 @@ def parse_subscribe_answer(body: bytes) -> tuple[list[TopicSubscription], list[s
         raise SubscriptionError(f"the answer must be a JSON list of subscriptions, not {type(data).__name__}")
     result: list[TopicSubscription] = []
     warnings: list[str] = []
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], tuple[int, int]] = {}  # -> (its item, its place in `result`)
     for index, raw in enumerate(data):
         subscription = _wire_item(raw, index)
         if subscription is None:
@@ -420,10 +426,15 @@ def parse_subscribe_answer(body: bytes) -> tuple[list[TopicSubscription], list[s
             continue
         key = (subscription.pubsub, subscription.topic)
         if key in seen:
+            # daprd keeps the last one (compstore's ListSubscriptionsAppByPubSub), in the first's place.
+            first, place = seen[key]
             warnings.append(
-                f"item {index}: a second subscription to pubsub {key[0]!r} topic {key[1]!r}: left out"
+                f"item {index}: a second subscription to pubsub {key[0]!r} topic {key[1]!r}: "
+                f"replaces item {first}"
             )
+            result[place] = subscription
+            seen[key] = (index, place)
             continue
-        seen.add(key)
+        seen[key] = (index, len(result))
         result.append(subscription)
     return result, warnings

@@ -90,15 +90,41 @@ class ChildProcess:
         self.process = None
         return status
 
-    async def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        """Stop it by its PID; its exit status (None if it was not running)."""
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        """Stop it by its PID; its exit status (None if it was not running). One that has not
+        exited `timeout` seconds after `sig` is killed (SIGKILL), and the test fails."""
         if self.process is None:
             return None
+        process = self.process
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGCONT)  # a paused process would not hear `sig`
-            os.kill(self.process.pid, sig)
-        status = await self.process.wait()
+            os.kill(process.pid, signal.SIGCONT)  # a paused process would not hear `sig`
+            os.kill(process.pid, sig)
+        try:
+            status = await asyncio.wait_for(process.wait(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+            status = None
         if self._drain is not None:
             await self._drain
         self.process = None
+        if status is None:
+            raise AssertionError(
+                f"{self.argv[0]} (PID {process.pid}) had not stopped {timeout:g}s after signal "
+                f"{sig}: killed\n{self.text}"
+            )
         return status
+
+
+async def communicate(process: asyncio.subprocess.Process, timeout: float = 60) -> tuple[bytes, bytes]:
+    """`process.communicate()` within `timeout` seconds; killed by its PID if it is still
+    running then (or if the test is cancelled), so that no process outlives its test."""
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    return out or b"", err or b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -115,3 +116,36 @@ async def test_a_length_beside_chunked_framing_is_not_passed_on() -> None:
         assert response.header(b"content-length") is None
         assert b"".join([chunk async for chunk in response.chunks()]) == b"hello"
         client.close()
+
+
+async def test_a_body_that_fails_while_sent_leaves_no_answer_unretrieved() -> None:
+    # The caller's body ends in an error (it went away, or passed the size limit): the
+    # request fails with it, and the answer nobody awaits must not log "Future exception
+    # was never retrieved" once the connection is dropped.
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client drops the connection
+        writer.close()
+        closed.set()
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        async with listener:
+            client = pool(listener.sockets[0].getsockname()[1])
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b"part"
+                raise RuntimeError("the caller went away")
+
+            with pytest.raises(RuntimeError, match="the caller went away"):
+                await client.request("POST", "/", [], body())
+            await closed.wait()  # the client's side of the connection is gone by then
+            client.close()
+            gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []

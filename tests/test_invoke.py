@@ -7,7 +7,7 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from fastapi_dapr import Dapr
 from fastapi_dapr._invoke import InvalidMethod, find_target, normalize_method
 from fastapi_dapr.testing import DaprTestClient
 
+from .processes import communicate
 from .servers import serve
 
 
@@ -81,6 +82,7 @@ def invoked_app(**dapr_options: Any) -> tuple[FastAPI, list[dict[str, Any]]]:
                 "path": request.url.path,
                 "query": request.url.query,
                 "headers": dict(request.headers),
+                "tokens": request.headers.getlist("dapr-api-token"),
                 "body": body,
             }
         )
@@ -142,6 +144,55 @@ def test_headers_forwarded_as_daprd_does() -> None:
     assert headers["dapr-caller-app-id"] == headers["dapr-callee-app-id"] == "orders"
 
 
+@pytest.mark.parametrize(
+    ("api_token", "app_api_token", "expected"),
+    [
+        (None, "app-t0k", ["app-t0k"]),  # daprd sets (replaces) it: the app never sees two
+        ("t0k", "app-t0k", ["app-t0k"]),
+        ("t0k", None, []),  # daprd's API middleware removes the caller's token
+        (None, None, ["t0k"]),  # no token configured: daprd passes the caller's on
+    ],
+)
+def test_the_app_sees_one_token_as_daprd_sends_it(
+    api_token: str | None, app_api_token: str | None, expected: list[str]
+) -> None:
+    app, seen = invoked_app(api_token=api_token, app_api_token=app_api_token)
+    with DaprTestClient(app) as client:
+        answer = client.post(
+            "/v1.0/invoke/orders/method/items/1",
+            content=b"x",
+            headers={"dapr-api-token": "t0k", "expect": "100-continue"},
+        )
+    assert answer.status_code == 200
+    assert seen[0]["tokens"] == expected
+    assert "expect" not in seen[0]["headers"]  # hop-by-hop in effect, as on the network path
+
+
+def test_the_own_id_with_the_own_namespace_is_this_app() -> None:
+    # daprd splits `{id}.{namespace}` and invokes locally when both are its own.
+    app, seen = invoked_app()
+    with DaprTestClient(app) as client:
+        answer = client.get("/v1.0/invoke/orders.default/method/items/1")
+        assert (answer.status_code, answer.json()["item"]) == (200, "1")
+        answer = client.get("/items/2", headers={"dapr-app-id": "orders.default"})
+        assert (answer.status_code, answer.json()["item"]) == (200, "2")
+        elsewhere = client.get("/v1.0/invoke/orders.other/method/items/3")  # another namespace
+        assert elsewhere.status_code == 500
+        assert "couldn't find service" in elsewhere.json()["message"]
+    assert [request["path"] for request in seen] == ["/items/1", "/items/2"]
+
+
+async def test_the_client_api_invokes_the_own_id_with_the_own_namespace() -> None:
+    from fastapi_dapr.testing import DaprTest
+
+    app, seen = invoked_app()
+    dapr: Dapr = app.state.fastapi_dapr
+    async with DaprTest(app):
+        answer = await dapr.invoke("orders.default", "items/4")
+    assert (answer.status_code, answer.json()["item"]) == (200, "4")
+    assert seen[0]["headers"]["dapr-callee-app-id"] == "orders"
+
+
 def test_path_traversal_stays_inside_the_app() -> None:
     app, _ = invoked_app()
     with DaprTestClient(app) as client:
@@ -162,6 +213,23 @@ def test_invocation_errors() -> None:
             "failed to invoke, id: billing, err: couldn't find service"
         )
         assert client.get("/v1.0/invoke").json()["errorCode"] == "ERR_DIRECT_INVOKE"
+    assert seen == []
+
+
+def test_a_streamed_body_over_the_limit_is_daprds_413() -> None:
+    app, seen = invoked_app(max_body_size=10)
+
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * 6
+        yield b"x" * 6  # no content-length: found past the limit while it streams
+
+    with DaprTestClient(app) as client:
+        answer = client.post("/v1.0/invoke/orders/method/items/1", content=chunks())
+    assert answer.status_code == 413
+    assert answer.json() == {
+        "errorCode": "ERR_DIRECT_INVOKE",
+        "message": "the request body is larger than the limit of 10 bytes",
+    }
     assert seen == []
 
 
@@ -196,7 +264,7 @@ async def test_official_dapr_sdk_invokes_through_the_app() -> None:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", SDK_CALL, url, stdout=asyncio.subprocess.PIPE
         )
-        out, _ = await process.communicate()
+        out, _ = await communicate(process, 60)
     assert process.returncode == 0
     assert json.loads(out) == [{"item": "9", "size": 8}, 200]
     assert seen[0]["path"] == "/items/9"

@@ -21,6 +21,7 @@ from fastapi_dapr import Dapr, DaprAPIError, InvocationSettings
 from fastapi_dapr.testing import DaprTest
 
 from .certs import CertificateAuthority
+from .processes import communicate
 from .servers import serve
 
 
@@ -559,7 +560,7 @@ async def test_official_dapr_sdk_invokes_an_http_endpoint(
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", SDK_CALL, app_url, stdout=asyncio.subprocess.PIPE
         )
-        out, _ = await process.communicate()
+        out, _ = await communicate(process, 60)
     assert process.returncode == 0
     assert json.loads(out) == [{"path": "items/9", "size": 8}, 200]
     assert server.seen[0]["headers"]["content-type"] == "application/json"

@@ -13,6 +13,7 @@ from example_app.store import store
 from fastapi_dapr.testing import DaprTest
 
 from .conftest import require_tool
+from .processes import communicate
 from .servers import serve
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -42,7 +43,7 @@ async def run(command: str, base_url: str) -> str:
     process = await asyncio.create_subprocess_exec(
         *argv, "--silent", "--show-error", "--fail", stdout=asyncio.subprocess.PIPE
     )
-    out, _ = await process.communicate()
+    out, _ = await communicate(process, 60)
     assert process.returncode == 0, command
     return out.decode()
 

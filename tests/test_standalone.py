@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import httpx
 import pytest
 
 from .conftest import require_tool
-from .processes import ChildProcess
+from .processes import ChildProcess, communicate
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = Path(__file__).resolve().parent / "js"
@@ -71,6 +73,20 @@ class App(ChildProcess):
         return headers
 
 
+class RawApp(ChildProcess):
+    """`tests/apps/raw_app.py`, on the loopback port it picked itself (read from its output)."""
+
+    def __init__(self, **env: str | None) -> None:
+        argv = [sys.executable, "-m", "tests.apps.raw_app"]
+        super().__init__(argv, ready=b"raw app listening on ", env=environment(**env), cwd=ROOT)
+        self.port = 0
+
+    async def start(self) -> int:
+        pid = await super().start()
+        self.port = int(self.output[-1].rsplit(b":", 1)[1])
+        return pid
+
+
 class Sidecar(ChildProcess):
     """`python -m fastapi_dapr sidecar` on a free loopback port."""
 
@@ -84,12 +100,22 @@ class Sidecar(ChildProcess):
         **env: str | None,
     ) -> None:
         self.app_id = app_id
-        self.port = port or free_port()
+        self.port = port or 0  # 0: the sidecar picks a free one, read from its log when it is ready
+        self.picks_port = not port
         argv = [sys.executable, "-m", "fastapi_dapr", "sidecar", "--app-id", app_id]
         argv += ["--dapr-http-port", str(self.port), *extra]
         if app_port is not None:
             argv += ["--app-port", str(app_port)]
         super().__init__(argv, ready=ready, env=environment(**env), cwd=ROOT)
+
+    async def start(self) -> int:
+        pid = await super().start()
+        if self.picks_port:
+            # Printed before the ready line, as text or inside a JSON log line.
+            found = (re.search(rb"Dapr API listening on http://[^\s\"]+:(\d+)", line) for line in self.output)
+            match = next(m for m in found if m is not None)
+            self.port = int(match.group(1))
+        return pid
 
     @property
     def url(self) -> str:
@@ -198,6 +224,8 @@ async def test_a_plain_fastapi_app_gets_deliveries_and_invocations(tmp_path: Pat
         }
         answer = await client.get("/hello/grace", headers={"dapr-app-id": "plain"})
         assert answer.json()["hello"] == "grace"
+        answer = await client.get("/v1.0/invoke/plain.default/method/hello/ns")  # its own namespace
+        assert answer.json()["hello"] == "ns"
         assert (await client.get("/v1.0/invoke/plain/method/missing")).status_code == 404  # the app's own 404
 
         # The API is the embedded sidecar's: without DAPR_API_TOKEN nothing but health.
@@ -231,13 +259,44 @@ async def test_a_signal_stops_it_gracefully_and_in_flight_work_finishes(sig: sig
     assert "Traceback" not in sidecar.text
 
 
+async def test_the_app_gets_its_token_only_not_the_callers_as_well() -> None:
+    # No DAPR_API_TOKEN: the API is open, and a caller may send a dapr-api-token of its own.
+    app = App(APP_API_TOKEN="app-secret")
+    sidecar = Sidecar("plain", app.port, APP_API_TOKEN="app-secret")
+    async with running(app, sidecar), sidecar.client("the-callers") as client:
+        answer = await client.post("/v1.0/invoke/plain/method/hello/t", headers={"expect": "100-continue"})
+        assert answer.status_code == 200, answer.text
+        (call,) = await app.received(1, "hello")
+    tokens = [value for name, value in call["header_list"] if name == "dapr-api-token"]
+    assert tokens == ["app-secret"]  # daprd sets it: replaced, not added to
+    assert "expect" not in call["headers"]
+
+
 def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "fastapi-dapr"
     if not script.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{script} is not installed: the package's console script is missing")
         pytest.skip(f"{script} is not installed (pip install -e .)")
     done = subprocess.run([str(script), "sidecar", "--help"], capture_output=True, text=True, check=True)
     assert "--app-id" in done.stdout
     assert "--name-resolution" in done.stdout
+
+
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+    "time.sleep(120)"
+)
+
+
+async def test_a_child_that_does_not_stop_is_killed_and_fails_the_test() -> None:
+    child = ChildProcess([sys.executable, "-c", IGNORES_SIGTERM], ready=b"up")
+    pid = await child.start()
+    with pytest.raises(AssertionError, match=rf"\(PID {pid}\) had not stopped 0.5s after signal"):
+        await child.stop(timeout=0.5)
+    assert child.process is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
 
 
 SDK_INVOKE = """
@@ -266,7 +325,7 @@ async def test_the_official_python_sdk_invokes_through_the_sidecar() -> None:
             stdout=asyncio.subprocess.PIPE,
             env=environment(DAPR_API_TOKEN="api-secret"),  # the SDK sends it as dapr-api-token
         )
-        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        out, _ = await communicate(process, 60)
     assert process.returncode == 0
     body, status = json.loads(out)
     assert status == 200
@@ -319,7 +378,7 @@ async def test_the_official_js_sdk_publishes_and_invokes_over_http(node_modules:
             stderr=asyncio.subprocess.PIPE,
             env=node_env(node_modules, DAPR_API_TOKEN="api-secret"),
         )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
+        out, err = await communicate(process, 60)
         assert process.returncode == 0, err.decode()
         result = json.loads(out.decode().strip().splitlines()[-1])
         orders = await app.received(2, "orders")
@@ -439,6 +498,68 @@ async def test_an_app_id_taken_by_a_running_sidecar_is_refused(tmp_path: Path) -
         assert json.loads(names.read_text())["apps"]["a"]["port"] == first.port
 
 
+def holding(lock: Path) -> int:
+    """FILE.lock taken by this process, as a sidecar stopped with Ctrl-Z would hold it."""
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def opened(pid: int, path: Path) -> bool:
+    return any(os.path.realpath(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+
+
+async def has_open(pid: int, path: Path, timeout: float = 15) -> None:
+    """Once process `pid` has `path` open (another process's files: polled, with a deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not opened(pid, path):
+        assert loop.time() < deadline, f"process {pid} did not open {path}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/PID/fd")
+async def test_a_held_lock_does_not_keep_a_stop_request_waiting(tmp_path: Path) -> None:
+    names = tmp_path / "names.json"
+    descriptor = holding(tmp_path / "names.json.lock")
+    try:
+        sidecar = Sidecar("a", None, "--name-resolution", str(names), ready=b"never printed")
+        sidecar.process = await asyncio.create_subprocess_exec(
+            *sidecar.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=sidecar.env
+        )
+        try:
+            await has_open(sidecar.process.pid, tmp_path / "names.json.lock")  # it waits for the lock
+            sidecar.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(sidecar.process.communicate(), 3)  # not LOCK_WAIT, not ever
+        finally:
+            await sidecar.stop(signal.SIGKILL)
+    finally:
+        os.close(descriptor)
+    assert sidecar.process is None
+    assert b"app id a: stopped before it was registered" in out
+    assert b"Traceback" not in out
+
+
+async def test_calls_from_other_sidecars_are_served_until_serving_ends(tmp_path: Path) -> None:
+    names = tmp_path / "names.json"
+    app = App()
+    sidecar = Sidecar("b", app.port, "--name-resolution", str(names))
+    async with running(app, sidecar), httpx.AsyncClient(base_url=sidecar.url) as peer:
+        token = json.loads(names.read_text())["apps"]["b"]["token"]
+        headers = {"dapr-caller-app-id": "a", "dapr-callee-app-id": "b", "dapr-sidecar-token": token}
+        descriptor = holding(tmp_path / "names.json.lock")  # its removal from the file waits
+        try:
+            sidecar.send_signal(signal.SIGTERM)
+            await sidecar.printed(b"SIGTERM received: stopping")
+            # A call another sidecar looked up before the entry went: still its token, still served.
+            late = await peer.get("/fastapi-dapr/v1/invoke/hello/late", headers=headers)
+            assert (late.status_code, late.json()["hello"]) == (200, "late")
+        finally:
+            os.close(descriptor)
+        assert await sidecar.wait() == 0
+    assert json.loads(names.read_text())["apps"] == {}
+
+
 # -- bad input: a clear error, not a traceback ----------------------------------------------
 
 
@@ -450,12 +571,7 @@ async def run_to_end(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         env=dict(env) if env is not None else environment(),
         cwd=ROOT,
     )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    out, _ = await communicate(process, 30)
     assert process.returncode is not None
     return process.returncode, out.decode(errors="replace")
 
@@ -475,6 +591,8 @@ SIDECAR = [sys.executable, "-m", "fastapi_dapr", "sidecar"]
         (["--app-id", "x", "--enable-mtls"], "--enable-mtls is not supported"),
         (["--app-id", "x", "--dapr-listen-addresses", "0.0.0.0"], "listens on one loopback address only"),
         (["--app-id", "x", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--app-id", ""], "--app-id: parameter app-id cannot be empty"),  # as daprd
+        (["--app-id", "a.b"], "--app-id a.b: parameter app-id cannot contain dots"),
     ],
 )
 async def test_bad_flags_are_named(flags: list[str], message: str) -> None:
@@ -517,6 +635,15 @@ async def test_bad_resources_and_configuration_are_clear_errors(tmp_path: Path) 
     assert (status, "is not a Dapr Configuration resource" in output) == (1, True)
 
 
+async def test_an_unusable_name_resolution_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    flags = ["--app-id", "x", "--dapr-http-port", "0", "--name-resolution"]
+    status, output = await run_to_end([*SIDECAR, *flags, str(tmp_path / "file" / "names.json")])
+    assert status == 1
+    assert f"{tmp_path / 'file'}: is not a folder" in output
+    assert "Traceback" not in output
+
+
 async def test_a_configuration_is_read_and_what_is_not_applied_is_named(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -541,6 +668,47 @@ async def test_a_bad_subscribe_answer_is_logged_and_the_sidecar_goes_on() -> Non
         answer = await client.get("/v1.0/invoke/plain/method/hello/still")  # invocation still works
         assert answer.json()["hello"] == "still"
     assert "Traceback" not in sidecar.text
+
+
+async def test_a_subscribe_call_the_app_breaks_is_logged_and_the_sidecar_goes_on(tmp_path: Path) -> None:
+    app = RawApp(RAW_APP_SUBSCRIBE="close")  # closes the connection on GET /dapr/subscribe
+    await app.start()
+    try:
+        sidecar = Sidecar("raw", app.port, "--resources-path", str(resources(tmp_path / "resources")))
+        async with running(sidecar), sidecar.client() as client:
+            assert "GET /dapr/subscribe on the app at" in sidecar.text
+            assert "no programmatic subscriptions" in sidecar.text
+            listed = (await client.get("/v1.0/metadata")).json()["subscriptions"]
+            # The declarative ones are started (daprd starts none: docs/differences.md).
+            assert sorted((s["topic"], s["type"]) for s in listed) == [
+                ("audits", "DECLARATIVE"),
+                ("orders", "DECLARATIVE"),
+            ]
+            answer = await client.get("/v1.0/invoke/raw/method/still")  # invocation still works
+            assert (answer.status_code, answer.json()["target"]) == (200, "/still")
+    finally:
+        await app.stop()
+    assert "Traceback" not in sidecar.text
+
+
+async def test_a_streamed_body_over_the_limit_to_the_own_app_is_daprs_413() -> None:
+    app = App()
+    sidecar = Sidecar("plain", app.port, "--dapr-http-max-request-size", "1")
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * (512 * 1024)  # chunked: no content-length to refuse it by
+
+    async with running(app, sidecar), sidecar.client() as client:
+        answer = await client.post("/v1.0/invoke/plain/method/hello/big", content=body())
+        assert answer.status_code == 413
+        assert answer.json() == {
+            "errorCode": "ERR_DIRECT_INVOKE",
+            "message": "the request body is larger than the limit of 1048576 bytes",
+        }
+        assert (await client.get("/v1.0/invoke/plain/method/hello/after")).json()["hello"] == "after"
+    assert "Traceback" not in sidecar.text
+    assert "never retrieved" not in sidecar.text
 
 
 async def test_an_app_that_goes_away_is_daprs_invoke_error() -> None:

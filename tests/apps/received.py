@@ -21,7 +21,13 @@ _arrived = asyncio.Condition()
 async def record(kind: str, request: Request, body: Any) -> None:
     async with _arrived:
         received.append(
-            {"kind": kind, "path": request.url.path, "headers": dict(request.headers), "body": body}
+            {
+                "kind": kind,
+                "path": request.url.path,
+                "headers": dict(request.headers),
+                "header_list": request.headers.items(),  # repeated names too
+                "body": body,
+            }
         )
         _arrived.notify_all()
 
