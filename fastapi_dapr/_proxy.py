@@ -585,6 +585,17 @@ class RequestBody:
                 return
 
 
+def caller_error(error: DaprAPIError, body: RequestBody | None, max_body_size: int) -> DaprAPIError | None:
+    """What to answer for a failed invocation: None when the caller went away meanwhile, and
+    413 when what failed was its streamed body going over the limit."""
+    if body is not None and body.gone:
+        return None
+    if body is not None and body.too_large:
+        limit = f"the request body is larger than the limit of {max_body_size} bytes"
+        return DaprAPIError(413, "ERR_DIRECT_INVOKE", limit)
+    return error
+
+
 def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"content-length":
@@ -634,13 +645,9 @@ async def proxy_asgi(
             clock=clock,
         )
     except DaprAPIError as exc:
-        if body is not None and body.gone:
-            return
-        error = exc
-        if body is not None and body.too_large:
-            limit = f"the request body is larger than the limit of {max_body_size} bytes"
-            error = DaprAPIError(413, "ERR_DIRECT_INVOKE", limit)
-        await error_response(error)(scope, receive, send)
+        error = caller_error(exc, body, max_body_size)
+        if error is not None:
+            await error_response(error)(scope, receive, send)
         return
     status = upstream.status
     if is_sse(headers) and 200 <= status < 300:

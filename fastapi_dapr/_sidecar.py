@@ -314,7 +314,7 @@ class SidecarAPI:
         """An invocation under a Resiliency policy: its body read whole when it has a length,
         so that it can be sent again (reference 8)."""
         from ._calls import open_in_process
-        from ._proxy import RequestBody, outbound_headers
+        from ._proxy import RequestBody, caller_error, outbound_headers
 
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}
@@ -381,13 +381,9 @@ class SidecarAPI:
         try:
             answer = await run_invocation(runtime, policy, name, opener, replayable=streamed is None)
         except DaprAPIError as exc:
-            if streamed is not None and streamed.gone:
-                return
-            error = exc
-            if streamed is not None and streamed.too_large:
-                limit = f"the request body is larger than the limit of {self.max_body_size} bytes"
-                error = DaprAPIError(413, "ERR_DIRECT_INVOKE", limit)
-            await error_response(error)(scope, receive, send)
+            error = caller_error(exc, streamed, self.max_body_size)
+            if error is not None:
+                await error_response(error)(scope, receive, send)
             return
         # daprd's test, on the headers the target got (an HTTPEndpoint may add `Accept`).
         sent = outbound if target is not None else list(headers.items())
