@@ -82,3 +82,26 @@ async def test_getting_started_commands_reach_the_example(tmp_path: Path) -> Non
     for (command, shown), output in zip(commands, outputs, strict=True):
         if shown is not None:
             assert json.loads(output) == json.loads(shown), command
+
+
+async def test_the_example_apps_readme_commands(tmp_path: Path) -> None:
+    """example_app/README.md's curl commands, in order, and the outputs it shows."""
+    from example_app.test_app import resources
+
+    require_tool("curl")
+    page = (README.parent / "example_app" / "README.md").read_text()
+    block = page.split("Try it", 1)[1]
+    commands = curl_commands(re.findall(r"```bash\n(.*?)```", block, re.S)[0])
+    assert len(commands) == 5
+    store.clear()
+    async with serve(app) as base_url:
+        with resources(tmp_path, app_url=base_url):
+            async with DaprTest(app) as dapr_test:
+                for command, shown in commands:
+                    output = await run(command, base_url)
+                    if command.startswith("curl -X POST"):  # POST /orders and /payments publish
+                        topic = command.split()[3].rsplit("/", 1)[1]
+                        report = await dapr_test.wait_for_delivery(topic=topic)
+                        assert report.outcome == "delivered"
+                    assert shown is not None, command
+                    assert json.loads(output) == json.loads(shown), command
