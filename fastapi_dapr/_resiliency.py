@@ -384,9 +384,6 @@ class Policy:
         operation: Callable[[], Awaitable[T]],
         clock: Clock,
         *,
-        retry: RetryPolicy | None = None,
-        retry_on: Callable[[Exception], bool] | None = None,
-        wait: Callable[[float], Awaitable[bool]] | None = None,
         succeeded: Callable[[T], bool] | None = None,
         retries: bool = True,
     ) -> T:
@@ -395,13 +392,11 @@ class Policy:
         The operation raises `CodeFailure` for a failed answer (retried when the
         retry's `matching` allows its status), `NotRetried` for a failure that is
         final, and any other exception for an error, which is retried (as daprd
-        retries every error that carries no code). `retry` replaces the policy's
-        own (a built-in retry), `retry_on` narrows which errors it retries, and
-        `wait` (False: stop now) replaces the clock's sleep between attempts.
-        `succeeded` tells the circuit breaker whether a result returned is a success
-        (by default it is); `retries=False` makes a single attempt.
+        retries every error that carries no code). `succeeded` tells the circuit
+        breaker whether a result returned is a success (by default it is);
+        `retries=False` makes a single attempt.
         """
-        retry = (retry if retry is not None else self.retry) if retries else None
+        retry = self.retry if retries else None
         started = clock.monotonic()
         attempts = 0
         timed_out = False
@@ -421,7 +416,7 @@ class Policy:
                 if isinstance(exc, AttemptTimeout) and not timed_out:
                     timed_out = True  # as daprd counts it: once per operation
                     self.activated("timeout")
-                if retry is None or (retry_on is not None and not retry_on(exc)):
+                if retry is None:
                     raise
                 last = exc
             delay = retry.delay(attempts, clock.monotonic() - started)
@@ -429,11 +424,7 @@ class Policy:
                 raise last
             self.activated("retry")
             logger.warning("%s: attempt %d failed (%s); retrying in %.3gs", self.name, attempts, last, delay)
-            if wait is not None:
-                if not await wait(delay):
-                    raise last
-            else:
-                await clock.sleep(delay)
+            await clock.sleep(delay)
 
 
 NO_POLICY = Policy("no policy")
