@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
+from ._caller import CallerWatch, ClientGone, RequestBody
 from ._exceptions import SubscriptionError
-from ._http1 import Pool, UpstreamError
-from ._invoke import HOP_BY_HOP
-from ._proxy import response_headers
+from ._headers import declared_length, forwardable, response_headers
+from ._http1 import MalformedAnswer, Pool, RequestError, UpstreamError
 from ._subscription import TopicSubscription, parse_subscribe_answer
 
 __all__: list[str] = []
@@ -31,11 +31,12 @@ _SUBSCRIBE_RETRIES = (0.5, 0.75, 1.0)  # daprd's DaprBuiltInInitializationRetrie
 
 
 class AppChannelError(Exception):
-    """The app could not be reached, or broke the exchange before answering."""
+    """The app could not be reached, or broke the exchange before answering (`status`: 500),
+    or the request cannot be sent as HTTP/1.1 (400)."""
 
-
-class _Disconnected(Exception):
-    pass
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AppChannel:
@@ -60,27 +61,41 @@ class AppChannel:
         query: bytes = scope.get("query_string", b"")
         if query:
             target += "?" + query.decode("latin-1")
-        listed: set[bytes] = set()
-        for name, value in scope["headers"]:
-            if name == b"connection":
-                listed.update(part.strip().lower().encode() for part in value.decode("latin-1").split(","))
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in scope["headers"]
-            if name != b"host" and name.decode("latin-1") not in HOP_BY_HOP and name not in listed
-        ]
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        headers = forwardable(raw)  # Dapr's headers stay: the runtime set them for the app
         first = await receive()
         if first["type"] == "http.disconnect":
             return
         body: bytes | AsyncIterator[bytes] | None = first.get("body", b"")
-        if first.get("more_body", False):
-            body = _rest_of_body(first.get("body", b""), receive)
-        elif not body and not any(name == "content-length" for name, _ in headers):
-            body = None
+        length = None
+        with CallerWatch(receive) as watch:
+            if first.get("more_body", False):
+                length = declared_length(raw)
+                prefix = first.get("body", b"")
+                body = RequestBody(receive, None, prefix=prefix, on_end=watch.start).__aiter__()
+            else:
+                watch.start()
+                if not body and not any(name == b"content-length" for name, _ in raw):
+                    body = None
+            await self._forward(scope["method"], target, headers, body, length, send)
+
+    async def _forward(
+        self,
+        verb: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+        length: int | None,
+        send: Send,
+    ) -> None:
         try:
-            response = await self._pool.request(scope["method"], target, headers, body)
-        except _Disconnected:
+            response = await self._pool.request(verb, target, headers, body, length=length)
+        except ClientGone:
             return
+        except RequestError as exc:
+            raise AppChannelError(f"the request cannot be sent to the app: {exc}", 400) from None
+        except MalformedAnswer as exc:
+            raise AppChannelError(f"the app at {self.address} answered: {exc}") from None
         except (OSError, asyncio.TimeoutError) as exc:
             raise AppChannelError(
                 f"the app at {self.address} could not be reached: {_describe(exc)}"
@@ -91,6 +106,8 @@ class AppChannel:
             while True:
                 try:
                     chunk, last = await response.next_chunk()
+                except MalformedAnswer as exc:
+                    raise AppChannelError(f"the app at {self.address} broke its answer: {exc}") from None
                 except UpstreamError as exc:
                     raise AppChannelError(f"the app at {self.address} cut its answer short: {exc}") from exc
                 await send({"type": "http.response.body", "body": chunk, "more_body": not last})
@@ -171,20 +188,6 @@ class AppChannel:
         for warning in warnings:
             logger.warning("GET /dapr/subscribe: %s", warning)
         return found
-
-
-async def _rest_of_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected  # the app must not take a cut body for a whole one
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 def _describe(exc: BaseException) -> str:

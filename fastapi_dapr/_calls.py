@@ -19,6 +19,7 @@ from starlette.types import Message, Scope
 
 from ._asgi import http_scope
 from ._exceptions import DaprAPIError
+from ._headers import declared_length, field_problem, forwardable, invocation_headers
 from ._invocation import InvocationSettings, InvokeResponse
 from ._invoke import VERBS, InvalidMethod, invoke_self, normalize_method
 from ._trace import CURRENT, context, header_pairs
@@ -78,27 +79,38 @@ async def invoke(
             500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: invalid method: {exc}"
         ) from None
     body, content_type = _body(json, content)
-    header_list = [(name.lower(), value) for name, value in (headers or {}).items()]
+    given = list((headers or {}).items())
+    for name, value in given:
+        problem = field_problem(name, value)
+        if problem is not None:
+            raise ValueError(f"headers: {problem}")
+    # Framing comes from the body: a length for bytes, a streamed body's declared length
+    # (counted as it is sent), chunked otherwise.
+    length = len(body) if isinstance(body, bytes) else (declared_length(given) if body is not None else None)
     # As daprd: a traceparent it reads is passed on (a given one, else the trace of what
     # the app is handling), one it can't read is not.
-    given = dict(header_list)
+    lowered = {name.lower(): value for name, value in given}
     trace = (
-        context(given["traceparent"], given.get("tracestate")) if "traceparent" in given else CURRENT.get()
+        context(lowered["traceparent"], lowered.get("tracestate"))
+        if "traceparent" in lowered
+        else CURRENT.get()
     )
-    header_list = [(name, value) for name, value in header_list if name not in ("traceparent", "tracestate")]
-    header_list += header_pairs(trace)
-    if content_type is not None and not any(name == "content-type" for name, _ in header_list):
-        header_list.append(("content-type", content_type))
-    if isinstance(body, bytes):
-        header_list.append(("content-length", str(len(body))))
+    given = [(name, value) for name, value in given if name.lower() not in ("traceparent", "tracestate")]
+    if content_type is not None and "content-type" not in lowered:
+        given.append(("content-type", content_type))
     query = urlencode(list(params.items()) if isinstance(params, Mapping) else list(params or ()))
     if dapr.mode == "remote":
-        return await _invoke_remote(dapr, target, _Call(method, verb, query, header_list, body, timeout))
+        header_list = [*forwardable(given), *header_pairs(trace)]
+        call = _Call(method, verb, query, header_list, body, length, timeout)
+        return await _invoke_remote(dapr, target, call)
     runtime = dapr._running()
     from ._invoke_policy import built_in_retry, invocation_policy, run_invocation
 
     if runtime.is_own_id(target):
-        call = _Call(method, verb, query, header_list, body, timeout)
+        header_list = [*forwardable(given), *header_pairs(trace)]
+        if length is not None:
+            header_list.append(("content-length", str(length)))
+        call = _Call(method, verb, query, header_list, body, length, timeout)
         target = runtime.app_id  # `{id}.{namespace}` too: the policies name the app id
         policy = invocation_policy(runtime, None, target, method)
 
@@ -107,12 +119,12 @@ async def invoke(
 
         opener = open_self
     else:
-        from ._proxy import with_target_headers
-
         found = runtime.find_target(target)
         policy = invocation_policy(runtime, found, target, method)
         connect_retry = built_in_retry(runtime, found)
-        header_list = with_target_headers(header_list, found, (runtime.app_id, runtime.namespace))
+        header_list = invocation_headers(
+            given, target=found, identity=(runtime.app_id, runtime.namespace), trace=trace
+        )
 
         async def open_network() -> InvokeResponse:
             upstream = await runtime.upstreams().open(
@@ -122,6 +134,7 @@ async def invoke(
                 query,
                 header_list,
                 body,
+                length=length if not isinstance(body, bytes) else None,
                 timeout=timeout,
                 connect_retry=connect_retry,
                 clock=runtime.clock,
@@ -145,6 +158,7 @@ class _Call(NamedTuple):
     query: str
     headers: list[tuple[str, str]]
     body: Body
+    length: int | None  # of the body, when known
     timeout: float | None
 
 
@@ -158,8 +172,17 @@ async def _invoke_remote(dapr: Dapr, target: str, call: _Call) -> InvokeResponse
         headers = [*headers, ("dapr-api-token", dapr._api_token)]  # to daprd, this app's own sidecar
     daprd = Target("app", "daprd", dapr.dapr_http_endpoint.rstrip("/"))
     path = f"v1.0/invoke/{quote(target, safe='')}/method/{quote(call.method, safe=PATH_SAFE)}"
+    length = call.length if not isinstance(call.body, bytes) else None
     upstream = await dapr._remote_invoker.open(
-        daprd, path, call.verb, call.query, headers, call.body, timeout=call.timeout, escaped=True
+        daprd,
+        path,
+        call.verb,
+        call.query,
+        headers,
+        call.body,
+        length=length,
+        timeout=call.timeout,
+        escaped=True,
     )
     return InvokeResponse(upstream.status, upstream.headers, upstream.chunks(), _closer(upstream.release))
 

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp
 from ._asgi import AppCaller, AppResponse, AppUnreachable
 from ._cel import RoutingError, Rules
 from ._envelope import has_expired, raw_payload_event
-from ._invoke import HOP_BY_HOP
+from ._headers import HOP_BY_HOP
 from ._json import go_dumps
 from ._resiliency import CircuitBusy, CircuitOpen, Policy, PolicyError
 from ._retry import Clock

@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from ._exceptions import ResourceError
+from ._headers import NOT_SETTABLE, field_problem
 from ._resources import HTTPEndpoint, MetadataItem
 from ._tls import load_client_certificate
 
@@ -71,6 +72,11 @@ async def resolve_endpoint(endpoint: HTTPEndpoint, read_secret: SecretReader) ->
     headers = []
     for index, item in enumerate(endpoint.headers):
         resolved = await value(item, f"spec.headers[{index}]")
+        problem = field_problem(item.name, resolved or "")
+        if problem is None and item.name.lower() in NOT_SETTABLE:
+            problem = f"{item.name!r} is set by the sidecar's HTTP client for each request"
+        if problem is not None:  # the value may be a secret: never shown
+            raise ResourceError(f"{where}: spec.headers[{index}]: {problem}")
         if resolved:  # daprd ignores empty values
             headers.append((item.name, resolved))
     try:

@@ -1,12 +1,31 @@
-"""A lean HTTP/1.1 client for the invocation proxy: keep-alive pools, streaming both ways.
+"""The invocation proxy's HTTP/1.1 client: keep-alive pools, streaming both ways, strict framing.
 
 Why not a general client: `bench/invoke_proxy.py` measured the proxy on httpx
 at about 0.05 of the upstream's direct throughput, and on aiohttp's client at
 about 0.6, most of its extra CPU spent in the client's per-request machinery.
 The proxy needs little of that machinery (no cookies, no automatic redirects,
-no decompression, no proxies from the environment), so this module does the
-protocol itself on asyncio: one `write` per request, a response parser over
-the received bytes, and flow control both ways.
+no decompression, no proxies from the environment), so this module runs the
+exchange itself on asyncio: one `write` per request, and flow control both ways.
+
+Answers are parsed by llhttp (httptools' `HttpResponseParser`, the parser
+uvicorn serves with), strict, with none of its lenient flags; nothing of an
+answer is parsed by hand here. What this module adds is what llhttp leaves to
+its user:
+
+- limits (`Limits`): llhttp buffers nothing, but httptools gathers header
+  names and values, and an endless chunk-size line or trailer would hold an
+  exchange: the head, each line and the trailers are bounded;
+- what Go's client (daprd's) refuses beyond llhttp: a `Transfer-Encoding`
+  other than one `chunked`, a status under 100, another version than 1.0 or
+  1.1, more than 5 informational answers; and `101` when no upgrade was asked;
+- a fresh parser for each exchange (llhttp cannot be told that an answer to
+  `HEAD` has no body), interim 1xx answers skipped.
+
+A request's head and framing are made in one place, `request_head`, from the
+body it is given (a length for bytes, the declared length of a counted stream,
+chunked otherwise), never from header bytes; its method, target and headers are
+checked there. The answer is read while a streamed body is still being sent: a
+final answer that comes early stops the upload.
 
 Addresses are resolved here, checked by the pool's `check` before any
 connection is made, and connected to as resolved (a name cannot be rebound
@@ -18,18 +37,48 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import logging
+import re
 import socket
 import ssl
 import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 
+import httptools
+
+from ._headers import BAD_VALUE_RE, CLIENT_SET, TOKEN, TOKEN_RE
+
 __all__: list[str] = []
+
+logger = logging.getLogger("fastapi_dapr")
 
 Headers = list[tuple[bytes, bytes]]
 _HIGH_WATER = 64 * 1024  # bytes buffered from the upstream before reading pauses
-_MAX_HEAD = 64 * 1024  # largest response head accepted
-_NO_BODY_STATUS = frozenset({204, 304})
-_HEX = b"0123456789abcdefABCDEF"
+_SLICE = 4 * 1024  # head and chunked bytes are fed in slices of this size: the line limit's grain
+_MAX_INTERIM = 5  # informational answers before the final one (Go's max1xxResponses)
+_STOP_UPLOAD = 1.0  # seconds an upload stopped by an early answer is given to end
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Go's isReplayable
+_NAMES_RE = re.compile(rf"{TOKEN}(?:\n{TOKEN})*")  # names joined by "\n"
+_TARGET_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, no CTL, nothing to re-encode
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The largest parts of an exchange the client accepts, in bytes.
+
+    - `line`: the request line, a status line, a header line, a chunk-size line
+      with its extensions, a trailer line (checked per 4 KiB read: a line
+      between `line` and `line` + 4 KiB may pass, a longer one never does);
+    - `head`: a request's or an answer's head, and all of an answer's trailers.
+    """
+
+    line: int = 16 * 1024
+    head: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.line < 1024 or self.head < self.line:
+            raise ValueError("limits: line must be at least 1 KiB, head at least line")
 
 
 class UpstreamError(OSError):
@@ -40,31 +89,59 @@ class ConnectTimeout(UpstreamError):
     """No connection could be made within the connect timeout (nothing was sent)."""
 
 
+class MalformedAnswer(UpstreamError):
+    """The upstream's answer is not valid HTTP/1.1, or passes a limit: its connection is closed."""
+
+
 class _NotSent(UpstreamError):
     """The connection was found closed before anything of the request was written."""
 
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Go's isReplayable
+class RequestError(ValueError):
+    """A request that cannot be sent as asked: a method, target or header that is not valid
+    HTTP/1.1 (CR, LF or NUL in a header), a head over the limits, or a streamed body that
+    is not of the length it declared."""
 
 
 class Refused(Exception):
     """The pool's check refused an address the host name resolved to."""
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection: sends requests, parses one response at a time."""
+class _Malformed(Exception):
+    """Raised in a parser callback: the answer breaks a rule llhttp leaves to us."""
 
-    def __init__(self) -> None:
+
+class _Unsolicited(Exception):
+    """Raised in a parser callback: bytes after the answer's end."""
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: sends requests, and reads one answer at a time through llhttp.
+
+    The parser calls the `on_*` methods; an exchange goes through the states
+    idle, head (waiting for the final answer's head), body, done.
+    """
+
+    def __init__(self, limits: Limits, where: str) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._buffer = bytearray()
+        self.reusable = True
+        self._limits = limits
+        self._where = where
+        self._parser: httptools.HttpResponseParser | None = None
+        self._spare: httptools.HttpResponseParser | None = None  # after a whole answer
+        self._state = "idle"
         self._head: asyncio.Future[tuple[int, Headers]] | None = None
-        self._no_body = False
-        # Body framing of the response being read: a length, chunked, or until close.
-        self._remaining = 0
-        self._chunked = False
-        self._until_close = False
-        self._chunk_state = "size"  # size, data, data-end, trailer
+        self._head_only = False
+        self._headers: Headers = []
+        self._head_size = 0  # of the current head, from what llhttp reported of it
+        self._fed = 0  # bytes fed while the head is incomplete
+        self._interim = 0
+        self._chunked = self._has_length = self._until_close = False
+        self._trailers = 0
+        self._run = 0  # framing bytes since the parser last reported progress
+        self._progress = False
+        self._body_fed = 0
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._body_done = False
@@ -72,7 +149,6 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._drain: asyncio.Future[None] | None = None
-        self.reusable = True
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -82,13 +158,14 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(UpstreamError("the server closed the connection before answering"))
-        elif self._until_close and not self._body_done:
-            self._body_done = True
-        elif self._head is not None and not self._body_done:
-            self._error = UpstreamError("the server closed the connection in the middle of the body")
-        self._wake()
+        if self._state == "head":
+            self._end(UpstreamError("the server closed the connection before answering"))
+        elif self._state == "body":
+            if self._until_close:
+                self._body_done = True
+                self._end(None)
+            else:
+                self._end(UpstreamError("the server closed the connection in the middle of the body"))
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(UpstreamError("the connection was closed while sending"))
 
@@ -101,175 +178,228 @@ class _Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self._head is not None and not self._head.done():
-            self._buffer += data
-            self._parse_head()
-        elif self._head is not None and not self._body_done:
-            self._feed_body(bytes(data))
-        else:
-            self.reusable = False  # bytes nobody asked for: do not trust this connection again
+        parser = self._parser
+        if parser is None:
+            self._unusable()  # bytes nobody asked for: do not trust this connection again
+            return
+        try:
+            if self._state == "body" and not self._chunked:
+                parser.feed_data(data)  # a counted or until-close body: all of it is body
+            elif len(data) <= _SLICE:
+                self._feed(parser, data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), _SLICE):
+                    if self._parser is not parser:  # the answer ended: the rest is nobody's
+                        self._unusable()
+                        return
+                    if self._state == "body" and not self._chunked:
+                        parser.feed_data(view[start:])
+                        return
+                    self._feed(parser, view[start : start + _SLICE])
+        except _Malformed as exc:
+            self._malformed(str(exc))
+        except httptools.HttpParserUpgrade:
+            self._malformed("101 Switching Protocols, and no upgrade was asked for")
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Unsolicited) or self._state == "done":
+                self._unusable()  # the answer was whole; what follows it is not trusted
+            elif isinstance(cause, _Malformed):
+                self._malformed(str(cause))
+            else:
+                self._malformed(str(exc) or type(exc).__name__)
+
+    def _feed(self, parser: httptools.HttpResponseParser, data: bytes | memoryview) -> None:
+        """Feed a slice of at most `_SLICE` bytes, and check the limits llhttp does not keep.
+
+        Framing bytes (neither head nor body) since the parser last reported progress
+        are counted per slice; a slice with progress restarts the count at its own
+        framing bytes, so the count is at most `_SLICE` above the true one."""
+        self._progress = False
+        self._body_fed = 0
+        parser.feed_data(data)
+        if self._state == "head":
+            self._fed += len(data)
+            if self._fed > self._limits.head:
+                raise _Malformed(self._too_large("head"))
+        elif self._state == "body":
+            framing = len(data) - self._body_fed
+            self._run = framing if self._progress else self._run + framing
+            if self._run > self._limits.line + _SLICE:
+                raise _Malformed(f"a chunk-size line or a trailer is longer than {self._limits.line} bytes")
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost does the rest
+
+    # -- llhttp's callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._state != "head":
+            raise _Unsolicited
+        self._headers = []
+        self._head_size = 15  # "HTTP/1.1 200 " and CRLF
+        self._has_length = self._chunked = False
+        self._progress = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._head_size += len(reason)
+        if self._head_size > self._limits.line:
+            raise _Malformed(f"the status line is longer than {self._limits.line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # The hot path: checked here only for size (httptools gathered the line whole);
+        # the rest once, in `on_headers_complete`.
+        if self._state != "head":
+            self._trailer(name, value)
+            return
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_size > self._limits.head:
+            raise _Malformed(self._too_large("head"))
+        self._headers.append((name, value))
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer: counted and bounded, not passed on."""
+        if self._state != "body":
+            raise _Unsolicited
+        size = len(name) + len(value)
+        if size + 2 > self._limits.line:
+            raise _Malformed(f"a trailer line is longer than {self._limits.line} bytes")
+        self._progress = True
+        self._trailers += size + 4
+        if self._trailers > self._limits.head:
+            raise _Malformed(f"the trailers are larger than {self._limits.head} bytes")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        assert self._head is not None
+        self._progress = True
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Malformed(f"HTTP/{version} is not HTTP/1.1")
+        status = parser.get_status_code()
+        if status < 100:
+            raise _Malformed(f"{status:03d} is not a status code")
+        if status == 101:
+            raise _Malformed("101 Switching Protocols, and no upgrade was asked for")
+        if status < 200:
+            self._interim += 1  # 100 Continue, 103 Early Hints: the answer follows
+            if self._interim > _MAX_INTERIM:
+                raise _Malformed(f"more than {_MAX_INTERIM} informational (1xx) answers")
+            return
+        self._read_headers()
+        self._state = "body"
+        self._until_close = not self._chunked and not self._has_length and status not in (204, 304)
+        if self._until_close or not parser.should_keep_alive():
+            self.reusable = False
+        if not self._head.done():
+            self._head.set_result((status, self._headers))
+        if self._head_only:
+            self._body_done = True
+            self._end(None)  # llhttp would wait for the body a Content-Length announces
+
+    def _read_headers(self) -> None:
+        """The final head's headers: names in lower case, values without trailing whitespace
+        (llhttp keeps it), each line within the limit, the framing as Go's client allows it."""
+        line = self._limits.line - 4
+        headers = self._headers = [(name.lower(), value.rstrip(b" \t")) for name, value in self._headers]
+        for name, value in headers:
+            if len(name) + len(value) > line:
+                raise _Malformed(f"a header line is longer than {self._limits.line} bytes")
+            if name == b"content-length":
+                self._has_length = True
+            elif name == b"transfer-encoding":
+                # Go's client knows no other coding, and refuses a list or a second header.
+                if self._chunked or value.lower() != b"chunked":
+                    raise _Malformed(f"unsupported Transfer-Encoding {value[:40]!r}")
+                self._chunked = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._state != "body":
+            raise _Unsolicited
+        self._body_fed += len(body)
+        self._progress = True
+        self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self._progress = True
+        if self._state == "head":
+            return  # the end of an interim answer
+        if self._state != "body":
+            if self._head_only:
+                return  # the end llhttp sees of an answer to HEAD that had already ended
+            raise _Unsolicited
+        self._spare = self._parser
+        self._body_done = True
+        self._end(None)
+
+    def on_chunk_header(self) -> None:
+        self._progress = True
+
+    def on_chunk_complete(self) -> None:
+        self._progress = True
 
     # -- one exchange -------------------------------------------------------------------------
 
     def start(self, head_only: bool) -> asyncio.Future[tuple[int, Headers]]:
         self._head = asyncio.get_running_loop().create_future()
-        self._no_body = head_only
-        self._buffer.clear()
+        # llhttp is ready for the next answer after a whole one; not after an answer to
+        # HEAD (it waits for the body a length announced) or an error.
+        self._parser = self._spare or httptools.HttpResponseParser(self)
+        self._spare = None
+        self._state = "head"
+        self._head_only = head_only
+        self._fed = self._interim = self._trailers = self._run = 0
         self._body.clear()
         self._buffered = 0
         self._body_done = False
         self._error = None
-        self._remaining = 0
-        self._chunked = self._until_close = False
-        self._chunk_state = "size"
+        self._until_close = False
         return self._head
+
+    def _end(self, error: BaseException | None) -> None:
+        """The exchange is over: whole, or failed with `error`."""
+        self._state = "done"
+        self._parser = None
+        if error is not None:
+            self.reusable = False
+            if self._head is not None and not self._head.done():
+                self._head.set_exception(error)
+            else:
+                self._error = error
+        self._wake()
+
+    def _malformed(self, reason: str) -> None:
+        logger.warning(
+            "invocation: the answer of %s is not valid HTTP/1.1: %s; its connection is closed",
+            self._where,
+            reason,
+        )
+        self._spare = None
+        self._end(MalformedAnswer(f"the answer is not valid HTTP/1.1: {reason}"))
+        self._close_transport()
+
+    def _unusable(self) -> None:
+        self.reusable = False
+        self._parser = self._spare = None
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _too_large(self, what: str) -> str:
+        return f"the answer's {what} is larger than {self._limits.head} bytes"
 
     async def drain(self) -> None:
         if self._drain is not None and not self._drain.done():
             await self._drain
-
-    def _parse_head(self) -> None:
-        assert self._head is not None
-        while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > _MAX_HEAD:
-                    self._fail_head("the response head is too large")
-                return
-            lines = bytes(self._buffer[:end]).split(b"\r\n")
-            rest = bytes(self._buffer[end + 4 :])
-            parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-                self._fail_head(f"not an HTTP/1.x response: {lines[0][:80]!r}")
-                return
-            status = int(parts[1])
-            headers: Headers = []
-            for line in lines[1:]:
-                name, colon, value = line.partition(b":")
-                if not colon:
-                    self._fail_head(f"a malformed header line: {line[:80]!r}")
-                    return
-                headers.append((name.strip().lower(), value.strip()))
-            if 100 <= status < 200 and status != 101:
-                del self._buffer[: end + 4]  # 100 Continue and the like: the answer follows
-                continue
-            self._buffer.clear()
-            self._frame(parts[0], status, headers)
-            if self._chunked:  # the body is de-chunked: a length beside it would be a lie
-                headers = [(name, value) for name, value in headers if name != b"content-length"]
-            self._head.set_result((status, headers))
-            if rest:
-                self._feed_body(rest)
-            elif self._body_done:
-                self._wake()
-            return
-
-    def _fail_head(self, message: str) -> None:
-        assert self._head is not None
-        self.reusable = False
-        self._head.set_exception(UpstreamError(message))
-        if self.transport is not None:
-            self.transport.close()
-
-    def _frame(self, version: bytes, status: int, headers: Headers) -> None:
-        connection = b""
-        length: int | None = None
-        for name, value in headers:
-            if name == b"transfer-encoding" and value.lower().endswith(b"chunked"):
-                self._chunked = True
-            elif name == b"content-length" and value.isdigit():
-                length = int(value)
-            elif name == b"connection":
-                connection = value.lower()
-        if b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection):
-            self.reusable = False
-        if self._no_body or status in _NO_BODY_STATUS or status < 200:
-            self._chunked = False
-            self._body_done = True
-        elif self._chunked:
-            pass
-        elif length is not None:
-            self._remaining = length
-            self._body_done = length == 0
-        else:
-            self._until_close = True
-            self.reusable = False
-
-    def _feed_body(self, data: bytes) -> None:
-        if self._chunked:
-            self._buffer += data
-            self._parse_chunks()
-        elif self._until_close:
-            self._push(data)
-        else:
-            if len(data) > self._remaining:
-                self.reusable = False  # more than announced: drop the excess and the connection
-                data = data[: self._remaining]
-            self._remaining -= len(data)
-            if self._remaining == 0:
-                self._body_done = True
-            self._push(data)
-        if self._body_done:
-            self._wake()
-
-    def _parse_chunks(self) -> None:
-        buffer = self._buffer
-        while buffer:
-            if self._chunk_state == "size":
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return
-                size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-                try:
-                    if not size_text or len(size_text) > 16 or size_text.strip(_HEX):
-                        raise ValueError  # no sign, no 0x, no underscore: hex digits only
-                    self._remaining = int(size_text, 16)
-                except ValueError:
-                    self._error = UpstreamError(f"a malformed chunk size: {size_text[:20]!r}")
-                    self._body_done = True
-                    self.reusable = False
-                    return
-                del buffer[: end + 2]
-                self._chunk_state = "data" if self._remaining else "trailer"
-            elif self._chunk_state == "data":
-                piece = bytes(buffer[: self._remaining])
-                del buffer[: len(piece)]
-                self._remaining -= len(piece)
-                self._push(piece)
-                if self._remaining == 0:
-                    self._chunk_state = "data-end"
-            elif self._chunk_state == "data-end":
-                if len(buffer) < 2:
-                    return
-                if buffer[:2] != b"\r\n":
-                    self._error = UpstreamError("a chunk is not followed by CRLF")
-                    self._body_done = True
-                    self.reusable = False
-                    return
-                del buffer[:2]
-                self._chunk_state = "size"
-            else:  # trailers, up to an empty line
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return
-                del buffer[: end + 2]
-                if end == 0:
-                    self._body_done = True
-                    if buffer:
-                        self.reusable = False
-                    return
-
-    def _push(self, data: bytes) -> None:
-        if data:
-            self._body.append(data)
-            self._buffered += len(data)
-            if self._buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
-                self._paused_reading = True
-                self.transport.pause_reading()
-            self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -341,6 +471,9 @@ class Response:
             self._pool.give_back(self._connection, reuse=False)
 
 
+Body = bytes | AsyncIterator[bytes] | None
+
+
 class Pool:
     """Keep-alive connections to one origin (scheme, host, port), at most `limit` at once."""
 
@@ -354,6 +487,7 @@ class Pool:
         check: Callable[[str, str], None] | None,
         connect_timeout: float,
         limit: int,
+        limits: Limits | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -367,9 +501,11 @@ class Pool:
         self._idle: collections.deque[_Connection] = collections.deque()
         self._busy: set[_Connection] = set()
         self._slots = asyncio.Semaphore(limit)
+        self.limits = limits or Limits()
         default_port = 443 if scheme == "https" else 80
         shown = f"[{host}]" if ":" in host else host
-        self.host_header = (shown if port == default_port else f"{shown}:{port}").encode("idna")
+        self.host_header = (shown if port == default_port else f"{shown}:{port}").encode("idna").decode()
+        self._where = f"{shown}:{port}"
         self.closed = False
 
     async def _connect(self) -> _Connection:
@@ -388,7 +524,7 @@ class Pool:
             try:
                 _, protocol = await asyncio.wait_for(
                     loop.create_connection(
-                        _Connection,
+                        lambda: _Connection(self.limits, self._where),
                         address,
                         port,
                         ssl=self._tls,
@@ -411,12 +547,19 @@ class Pool:
         verb: str,
         target: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | AsyncIterator[bytes] | None,
+        body: Body,
+        *,
+        length: int | None = None,
     ) -> Response:
-        """Send one request; the response once its head arrived."""
+        """Send one request; the response once its head arrived.
+
+        `headers` must not hold framing headers (`_headers.CLIENT_SET`): the body decides them.
+        `length` is the length a streamed body declared (None: it is sent chunked);
+        the stream is counted against it. Raises `RequestError` before anything is
+        sent for a request that is not valid HTTP/1.1."""
         if self.closed:
             raise UpstreamError("the connection pool is closed")
-        head = _request_head(verb, target, self.host_header, headers, body)
+        head = request_head(verb, target, self.host_header, headers, body, length, self.limits)
         await self._slots.acquire()
         try:
             for attempt in (0, 1):
@@ -425,13 +568,15 @@ class Pool:
                     connection = await self._connect()
                 self._busy.add(connection)
                 try:
-                    return await self._exchange(connection, verb, head, body)
+                    return await self._exchange(connection, verb, head, body, length)
                 except UpstreamError as exc:
                     self._discard(connection)
                     # A kept-alive connection the server had just closed: once more on a new
                     # one, when nothing of the body is lost by it and the request was not
                     # sent, or may be sent twice (an idempotent method), as Go's client does.
-                    again = isinstance(exc, _NotSent) or verb in _IDEMPOTENT
+                    again = isinstance(exc, _NotSent) or (
+                        verb in _IDEMPOTENT and not isinstance(exc, MalformedAnswer)
+                    )
                     if not (reused and attempt == 0 and again and not isinstance(body, AsyncIterator)):
                         raise exc
                 except BaseException:
@@ -443,37 +588,40 @@ class Pool:
             raise
 
     async def _exchange(
-        self, connection: _Connection, verb: str, head: bytes, body: bytes | AsyncIterator[bytes] | None
+        self, connection: _Connection, verb: str, head: bytes, body: Body, length: int | None
     ) -> Response:
         transport = connection.transport
         if transport is None or connection.closed or transport.is_closing():
             raise _NotSent("the server closed the connection before answering")
         answer = connection.start(head_only=verb == "HEAD")
+        if body is None or isinstance(body, bytes):
+            transport.write(head + body if body else head)
+            status, headers = await answer
+            if transport.get_write_buffer_size():
+                connection.reusable = False  # answered before it read the whole request
+            return Response(self, connection, status, headers)
+        transport.write(head)
+        upload = asyncio.ensure_future(_upload(connection, transport, body, length))
+        upload.add_done_callback(_forget)
         try:
-            if body is None or isinstance(body, bytes):
-                transport.write(head + body if body else head)
-            else:
-                transport.write(head)
-                chunked = b"transfer-encoding: chunked\r\n" in head
-                async for chunk in body:
-                    if not chunk:
-                        continue
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    await connection.drain()
-                    if connection.closed:
-                        break
-                else:
-                    if chunked:
-                        transport.write(b"0\r\n\r\n")
+            await asyncio.wait((answer, upload), return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                upload.result()  # the caller's body failed (gone, too large, not its length)
+                await answer  # sent whole: now the answer
         except BaseException:
-            # The answer is not awaited: its failure (the connection is dropped) is nobody's.
-            if answer.done():
-                if not answer.cancelled():
-                    answer.exception()
-            else:
-                answer.cancel()
+            upload.cancel()
+            _forget(answer)
             raise
-        status, headers = await answer
+        if not upload.done():
+            # A final answer before the whole body was sent (a 413, say): the upload stops,
+            # the answer is the caller's, and the connection is not used again. The upload
+            # is let go before the answer is given: it may hold the caller's `receive`.
+            upload.cancel()
+            await asyncio.wait((upload,), timeout=_STOP_UPLOAD)
+            connection.reusable = False
+        elif upload.cancelled() or upload.exception() is not None:
+            connection.reusable = False
+        status, headers = answer.result()
         return Response(self, connection, status, headers)
 
     def _take(self) -> tuple[_Connection | None, bool]:
@@ -504,6 +652,38 @@ class Pool:
         self._busy.clear()
 
 
+async def _upload(
+    connection: _Connection, transport: asyncio.Transport, body: AsyncIterator[bytes], length: int | None
+) -> None:
+    """Send a streamed body: chunked, or counted against the length it declared."""
+    sent = 0
+    async for chunk in body:
+        if not chunk:
+            continue
+        if length is None:
+            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            sent += len(chunk)
+            if sent > length:
+                raise RequestError(f"the body is longer than the {length} bytes it declared")
+            transport.write(chunk)
+        await connection.drain()
+        if connection.closed:
+            return  # the answer (or its absence) tells what happened
+    if length is None:
+        transport.write(b"0\r\n\r\n")
+    elif sent != length:
+        raise RequestError(f"the body ended after {sent} of the {length} bytes it declared")
+
+
+def _forget(future: asyncio.Future[typing.Any]) -> None:
+    """Retrieve a future's outcome nobody awaits (no "exception was never retrieved")."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
+
+
 def _close(connection: _Connection) -> None:
     connection.reusable = False
     if connection.transport is not None and not connection.transport.is_closing():
@@ -519,26 +699,56 @@ def _ip_literal(host: str) -> str | None:
         return None
 
 
-def _request_head(
+def request_head(
     verb: str,
     target: str,
-    host: bytes,
+    host: str,
     headers: Sequence[tuple[str, str]],
-    body: bytes | AsyncIterator[bytes] | None,
+    body: Body,
+    length: int | None,
+    limits: Limits,
 ) -> bytes:
-    lines = [f"{verb} {target} HTTP/1.1\r\n".encode("latin-1"), b"host: ", host, b"\r\n"]
-    has_length = False
+    """A request's head, its framing decided by its body alone. Raises `RequestError`."""
+    if not TOKEN_RE.fullmatch(verb):
+        raise RequestError(f"{verb[:40]!r} is not an HTTP method")
+    if not _TARGET_RE.fullmatch(target):
+        raise RequestError(
+            f"the request target {target[:80]!r} has a space, a control or a non-ASCII character"
+        )
+    if headers:
+        names = "\n".join(name for name, _ in headers)
+        if not _NAMES_RE.fullmatch(names) or names.count("\n") != len(headers) - 1:
+            bad = next(name for name, _ in headers if not TOKEN_RE.fullmatch(name))
+            raise RequestError(f"the header name {bad[:40]!r} is not an HTTP token")
+        if BAD_VALUE_RE.search("\t".join(value for _, value in headers)):
+            bad = next(name for name, value in headers if BAD_VALUE_RE.search(value))
+            raise RequestError(f"the header {bad!r} has CR, LF, NUL or another control character")
+        framing = CLIENT_SET.intersection(names.lower().split("\n"))
+        if framing:
+            raise RequestError(f"framing headers are the client's to set: {sorted(framing)}")
+        longest = max(len(name) + len(value) for name, value in headers) + 2
+        if longest > limits.line:
+            raise RequestError(f"a header line is longer than {limits.line} bytes")
+    if len(verb) + len(target) + 11 > limits.line:
+        raise RequestError(f"the request line is longer than {limits.line} bytes")
+    parts = [verb, " ", target, " HTTP/1.1\r\nhost: ", host, "\r\n"]
     for name, value in headers:
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"the header {name!r} has a forbidden character")
-        if name == "content-length":
-            has_length = True
-        lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-    if isinstance(body, bytes) and not has_length:
-        lines.append(b"content-length: %d\r\n" % len(body))
-    elif body is not None and not isinstance(body, bytes) and not has_length:
-        lines.append(b"transfer-encoding: chunked\r\n")
-    elif body is None and verb in ("POST", "PUT", "PATCH") and not has_length:
-        lines.append(b"content-length: 0\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+        parts += (name, ": ", value, "\r\n")
+    if isinstance(body, bytes):
+        parts.append(f"content-length: {len(body)}\r\n")
+    elif body is not None:
+        parts.append(
+            f"content-length: {length}\r\n" if length is not None else "transfer-encoding: chunked\r\n"
+        )
+    elif verb in ("POST", "PUT", "PATCH"):
+        parts.append("content-length: 0\r\n")
+    parts.append("\r\n")
+    try:
+        head = "".join(parts).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"a header has a character that is not Latin-1: {exc.object[exc.start : exc.end]!r}"
+        ) from None
+    if len(head) > limits.head:
+        raise RequestError(f"the request head is larger than {limits.head} bytes")
+    return head

@@ -37,6 +37,10 @@ class InvocationSettings:
     - `timeout`: seconds until the answer's headers arrive (None: no limit, as in
       daprd); `connect_timeout` for the connection (daprd: 15).
     - `pool_size`: connections open at once per target.
+    - `max_line_size`, `max_head_size`: the longest line (request, status or
+      header line, chunk-size line, trailer) and the largest head (and trailers)
+      a request or an answer may have, in bytes; an answer over them is a
+      malformed answer (500), a request a 400.
     """
 
     apps: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -45,8 +49,12 @@ class InvocationSettings:
     timeout: float | None = None
     connect_timeout: float = 15.0
     pool_size: int = 100
+    max_line_size: int = 16 * 1024
+    max_head_size: int = 64 * 1024
 
     def __post_init__(self) -> None:
+        if self.max_line_size < 1024 or self.max_head_size < self.max_line_size:
+            raise ValueError("max_line_size must be at least 1024 bytes, and max_head_size at least that")
         for app_id, url in self.apps.items():
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"apps[{app_id!r}]: {url!r} is not an http:// or https:// base URL")

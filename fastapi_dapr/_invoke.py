@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import error_response
 from ._exceptions import DaprAPIError
+from ._headers import IDENTITY, forwardable
 from ._trace import from_headers, header_pairs
 
 if TYPE_CHECKING:
@@ -25,22 +26,8 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-        "te",
-        "trailer",
-        "proxy-authorization",
-        "proxy-authenticate",
-    }
-)
 VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
-_IDENTITY = ("dapr-caller-app-id", "dapr-callee-app-id", "dapr-caller-namespace")
+_KEPT = frozenset({"host", "content-length"})  # the app's own request, as its server gave it
 
 
 class InvalidMethod(ValueError):
@@ -124,16 +111,9 @@ def _forwarded_headers(
     caller: tuple[str, str] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     raw: list[tuple[bytes, bytes]] = scope["headers"]
-    listed = set()
-    for name, value in raw:
-        if name == b"connection":
-            listed |= {part.strip().lower() for part in value.decode("latin-1").split(",")}
     headers = []
-    for name, value in raw:
-        key = name.decode("latin-1")
-        if key in HOP_BY_HOP or key in listed or key in _IDENTITY or key == "expect":
-            continue
-        if drop_app_id and key == "dapr-app-id":
+    for key, value in forwardable(raw, keep=_KEPT):
+        if key in IDENTITY or (drop_app_id and key == "dapr-app-id"):
             continue
         # daprd's API middleware removes the caller's token when DAPR_API_TOKEN is set, and
         # its app channel sets (replaces) it when APP_API_TOKEN is: the app never sees two.
@@ -142,7 +122,7 @@ def _forwarded_headers(
             continue
         if key in ("traceparent", "tracestate"):
             continue  # re-derived below, as daprd does
-        headers.append((name, value))
+        headers.append((key.encode("latin-1"), value.encode("latin-1")))
     headers += [(name.encode(), value.encode()) for name, value in header_pairs(from_headers(raw))]
     # A self-invocation carries this app's identity as caller and callee (daprd's invokeLocal);
     # a call another sidecar passed on carries its app's (`caller`: id and namespace). And

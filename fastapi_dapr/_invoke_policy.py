@@ -13,12 +13,10 @@ running its attempts as daprd's `/v1.0/invoke` does.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from starlette.types import Receive, Send
+from starlette.types import Send
 
 from ._exceptions import DaprAPIError
 from ._invocation import InvokeResponse
@@ -96,36 +94,17 @@ async def run_invocation(
         raise DaprAPIError(500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {name}, err: {exc}") from None
 
 
-async def send_response(
-    response: InvokeResponse, send: Send, receive: Receive, *, event_stream: bool = False
-) -> None:
+async def send_response(response: InvokeResponse, send: Send, *, event_stream: bool = False) -> None:
     """Stream an invocation's answer to an ASGI caller, as the proxy does: an event stream
-    answered 200, and the answer given up (its connection closed, an in-process route
-    cancelled) as soon as the caller goes away."""
+    answered 200. The caller's leaving is watched by the caller (`_caller.CallerWatch`):
+    the answer is then given up (its connection closed, an in-process route cancelled)."""
     status = response.status_code
     if event_stream and 200 <= status < 300:
         status = 200  # as daprd
-    streaming = asyncio.current_task()
-    watcher: asyncio.Future[None] | None = None
     try:
         await send({"type": "http.response.start", "status": status, "headers": response.headers.raw})
-        if streaming is not None:
-            watcher = asyncio.ensure_future(_wait_disconnect(receive))
-            watcher.add_done_callback(lambda done: None if done.cancelled() else streaming.cancel())
         async for chunk in response.aiter_bytes():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except asyncio.CancelledError:
-        if watcher is None or not watcher.done() or watcher.cancelled():
-            raise
-        if sys.version_info >= (3, 11) and streaming is not None:
-            streaming.uncancel()  # our own cancellation: the caller left, nothing more to send
     finally:
-        if watcher is not None:
-            watcher.cancel()
         await response.aclose()
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

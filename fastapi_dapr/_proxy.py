@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import time
@@ -25,14 +26,25 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from starlette.types import Receive, Scope, Send
 
+from ._caller import CallerWatch, RequestBody
 from ._endpoints import ResolvedEndpoint
 from ._errors import error_response
 from ._exceptions import DaprAPIError
-from ._http1 import ConnectTimeout, Pool, Refused, Response, UpstreamError
+from ._headers import declared_length, invocation_headers, response_headers
+from ._http1 import (
+    ConnectTimeout,
+    Limits,
+    MalformedAnswer,
+    Pool,
+    Refused,
+    RequestError,
+    Response,
+    UpstreamError,
+)
 from ._invocation import InvocationSettings
-from ._invoke import HOP_BY_HOP, VERBS
+from ._invoke import VERBS
 from ._retry import Clock, RetryPolicy
-from ._trace import from_headers, header_pairs
+from ._trace import from_headers
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -49,23 +61,8 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10  # as Go's default client, which daprd's HTTPEndpoint channels use
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_DROPPED = frozenset(
-    {
-        "host",
-        "content-length",
-        "expect",
-        "grpc-trace-bin",
-        "traceparent",  # re-derived below, as daprd does
-        "tracestate",
-        "destination-app-id",
-        "dapr-api-token",  # never sent outside this app: not the caller's, not APP_API_TOKEN
-        "dapr-caller-app-id",
-        "dapr-callee-app-id",
-        "dapr-caller-namespace",
-    }
-)
-
-
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -103,6 +100,11 @@ class URL(NamedTuple):
 
 class Forbidden(Exception):
     """The invocation policy refuses this address or URL: 403."""
+
+
+class BadTarget(Exception):
+    """A URL target whose path servers read in different ways (dot segments, `..;`,
+    an encoded `/` or `\\`): 400, before anything is sent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +188,8 @@ class UrlPolicy:
                 url = URL.parse(entry)
                 if url.scheme not in ("http", "https") or not url.host or url.port is None:
                     raise ValueError(f"allowed_urls: {entry!r} is not an http:// or https:// URL prefix")
-                path = url.raw_path if url.raw_path.endswith("/") else url.raw_path + "/"
+                path = normalised_path(url.raw_path)
+                path = path if path.endswith("/") else path + "/"
                 self._prefixes.append(_Prefix(url.scheme, url.host.lower(), url.port, path))
             elif entry.startswith("*."):
                 self._suffixes.append(entry[1:].lower())
@@ -196,15 +199,14 @@ class UrlPolicy:
                 raise ValueError(f"allowed_urls: {entry!r} is neither a host, a *.domain nor a URL prefix")
 
     def check(self, url: URL) -> None:
-        """Raise `Forbidden` unless `url` is allowed (its name's addresses are checked on connect)."""
+        """Raise `Forbidden` unless `url` is allowed (its name's addresses are checked on
+        connect), `BadTarget` for a path servers could read outside an allowed prefix."""
         host = (url.host or "").lower().rstrip(".")
         if url.scheme not in ("http", "https") or not host:
             raise Forbidden(f"{url} is not an http:// or https:// URL")
-        for segment in url.raw_path.split("/"):
-            if unquote(segment) in (".", ".."):
-                raise Forbidden(f"{url}: '.' and '..' path segments are refused in URL targets")
+        path_problem(url.raw_path)
         if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url.raw_path_qs):
-            raise Forbidden(f"{url!s}: whitespace and control characters are refused in URL targets")
+            raise BadTarget(f"{url!s}: whitespace and control characters are refused in URL targets")
         if not self._allows(url, host):
             raise Forbidden(
                 f"URL targets are refused unless allowed: add {host!r} or a URL prefix to "
@@ -218,7 +220,8 @@ class UrlPolicy:
     def _allows(self, url: URL, host: str) -> bool:
         if host in self._hosts or any(host.endswith(suffix) for suffix in self._suffixes):
             return True
-        path = url.raw_path if url.raw_path.endswith("/") else url.raw_path + "/"
+        path = normalised_path(url.raw_path)
+        path = path if path.endswith("/") else path + "/"
         return any(
             prefix.scheme == url.scheme
             and prefix.host == host
@@ -226,6 +229,32 @@ class UrlPolicy:
             and path.startswith(prefix.path)
             for prefix in self._prefixes
         )
+
+
+def path_problem(raw_path: str) -> None:
+    """Raise `BadTarget` for a path whose segments servers read in different ways: a dot
+    segment however encoded, one followed by `;` parameters (`..;`, read as `..` by
+    Tomcat and others), an encoded `/` or `\\` (decoded by some servers), a `\\`."""
+    if "\\" in raw_path:
+        raise BadTarget(f"{raw_path!r}: a backslash is refused in the path of URL targets")
+    for segment in raw_path.split("/"):
+        if "%" in segment and re.search(r"%(2[fF]|5[cC])", segment):
+            raise BadTarget(f"{raw_path!r}: an encoded '/' or '\\' is refused in the path of URL targets")
+        if unquote(segment).split(";", 1)[0] in (".", ".."):
+            raise BadTarget(f"{raw_path!r}: '.' and '..' path segments are refused in URL targets")
+
+
+def normalised_path(raw_path: str) -> str:
+    """`raw_path` with RFC 3986's normalisation of escapes: unreserved characters decoded,
+    other escapes in upper case (`/%7Eu` and `/~u` are one path)."""
+    if "%" not in raw_path:
+        return raw_path
+
+    def one(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+    return _ESCAPE.sub(one, raw_path)
 
 
 def _is_ip(host: str) -> bool:
@@ -246,70 +275,6 @@ def target_url(base_url: str, method: str, raw_query: str, *, escaped: bool = Fa
     if raw_query:
         text += "?" + raw_query
     return URL.parse(text)
-
-
-def outbound_headers(
-    raw: Sequence[tuple[bytes, bytes]],
-    *,
-    drop_app_id: bool,
-    target: Target,
-    identity: tuple[str, str] | None,
-) -> list[tuple[str, str]]:
-    """The request headers for `target`, as daprd builds them (reference 6.3), minus tokens.
-
-    `identity` is (this app's id, namespace) for another app: the caller and
-    callee headers daprd adds between sidecars. Resource headers override.
-    """
-    listed: set[str] = set()
-    for raw_name, raw_value in raw:
-        if raw_name == b"connection":
-            listed.update(part.strip().lower() for part in raw_value.decode("latin-1").split(","))
-    headers: list[tuple[str, str]] = []
-    for name_bytes, value_bytes in raw:
-        name = name_bytes.decode("latin-1").lower()
-        if name in HOP_BY_HOP or name in _DROPPED or name in listed or name.endswith("-bin"):
-            continue
-        if drop_app_id and name == "dapr-app-id":
-            continue
-        if name.startswith("grpc-"):
-            name = "dapr-" + name
-        headers.append((name, value_bytes.decode("latin-1")))
-    headers += header_pairs(from_headers(list(raw)))
-    return with_target_headers(headers, target, identity)
-
-
-def with_target_headers(
-    headers: list[tuple[str, str]], target: Target, identity: tuple[str, str] | None
-) -> list[tuple[str, str]]:
-    """Dapr's caller and callee headers for another app, then the resource's headers,
-    which override the caller's of the same name (reference 6.3)."""
-    if identity is not None and target.kind == "app":
-        headers = [
-            *headers,
-            ("dapr-caller-app-id", identity[0]),
-            ("dapr-callee-app-id", target.name),
-            ("dapr-caller-namespace", identity[1]),
-        ]
-    if target.headers:
-        overridden = {name.lower() for name, _ in target.headers}
-        headers = [(name, value) for name, value in headers if name.lower() not in overridden]
-        headers += target.headers
-    return headers
-
-
-def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers minus hop-by-hop ones and those its `Connection` names."""
-    listed: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            listed.update(part.strip().lower().encode() for part in value.decode("latin-1").split(","))
-    result = []
-    for name, value in raw:
-        lower = name.lower()
-        if lower.decode("latin-1") in HOP_BY_HOP or lower in listed:
-            continue
-        result.append((lower, value))
-    return result
 
 
 def is_sse(headers: Sequence[tuple[str, str]]) -> bool:
@@ -367,6 +332,7 @@ class Upstreams:
         self.app_id = app_id
         self.namespace = namespace
         self.policy = UrlPolicy(settings.allowed_urls, settings.allow_private_addresses)
+        self.limits = Limits(settings.max_line_size, settings.max_head_size)
         self._pools: dict[tuple[str, str, str, int], Pool] = {}
         self._closed = False
 
@@ -405,6 +371,7 @@ class Upstreams:
                 check=None if trusted else address_check(self.settings.allow_private_addresses),
                 connect_timeout=self.settings.connect_timeout,
                 limit=self.settings.pool_size,
+                limits=self.limits,
             )
             self._pools[key] = pool
         return pool
@@ -424,6 +391,7 @@ class Upstreams:
         headers: list[tuple[str, str]],
         body: Body,
         *,
+        length: int | None = None,
         timeout: float | None = None,
         escaped: bool = False,
         connect_retry: RetryPolicy | None = None,
@@ -432,19 +400,22 @@ class Upstreams:
         """Send the request; the answer once its headers arrived. Raises `DaprAPIError`.
 
         `method` is the decoded path below the target's base URL (`escaped`: already
-        escaped). `connect_retry` retries, on `clock`, a first request that could not
-        connect at all (daprd's built-in retry of another app's sidecar): nothing of it
-        was sent, so even a streamed body is whole.
+        escaped). `headers` come from `_headers` (no framing: `length` is what a
+        streamed `body` declared, None to send it chunked). `connect_retry` retries, on
+        `clock`, a first request that could not connect at all (daprd's built-in retry
+        of another app's sidecar): nothing of it was sent, so even a streamed body is whole.
         """
         try:
             url = target_url(target.base_url, method, raw_query, escaped=escaped)
         except ValueError as exc:
             raise invoke_error(500, target.name, f"not a valid URL: {exc}") from None
         hop_target = target
-        response = await self._send_first(target, url, verb, headers, body, timeout, connect_retry, clock)
+        response = await self._send_first(
+            target, url, verb, headers, body, length, timeout, connect_retry, clock
+        )
         for hop in range(_MAX_REDIRECTS + 1):
             if hop:
-                response = await self._send(hop_target, url, verb, headers, body, timeout)
+                response = await self._send(hop_target, url, verb, headers, body, length, timeout)
             if target.kind != "endpoint" or response.status not in _REDIRECTS:
                 return response
             # daprd's HTTPEndpoint channels follow redirects as Go's client does; URL
@@ -460,14 +431,14 @@ class Upstreams:
                 return response  # a Location that is not a URL: the caller gets the 3xx
             response.release()
             if not replays_body and verb != "HEAD":
-                verb, body = "GET", None
-                headers = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length")]
+                verb, body, length = "GET", None, None
+                headers = [(k, v) for k, v in headers if k != "content-type"]
             if (next_url.scheme, next_url.host, next_url.port) != (url.scheme, url.host, url.port):
                 # Another origin: the URL rules apply, and the resource's own headers
                 # and credentials stay behind, as Go's client drops them.
                 try:
                     self.policy.check(next_url)
-                except Forbidden as exc:
+                except (Forbidden, BadTarget) as exc:
                     raise invoke_error(403, target.name, f"redirect to {next_url} refused: {exc}") from None
                 private = {name.lower() for name, _ in target.headers} | {"authorization", "cookie"}
                 headers = [(k, v) for k, v in headers if k.lower() not in private]
@@ -482,6 +453,7 @@ class Upstreams:
         verb: str,
         headers: list[tuple[str, str]],
         body: Body,
+        length: int | None,
         timeout: float | None,
         connect_retry: RetryPolicy | None,
         clock: Clock | None,
@@ -491,12 +463,12 @@ class Upstreams:
         while True:
             try:
                 if metrics is None:
-                    return await self._send(target, url, verb, headers, body, timeout)
+                    return await self._send(target, url, verb, headers, body, length, timeout)
                 # Each request sent, and each answer, as daprd's direct messaging counts them.
                 streaming = body is not None and not isinstance(body, bytes)
                 metrics.invocation_sent(target.name, streaming)
                 started = time.perf_counter()
-                response = await self._send(target, url, verb, headers, body, timeout)
+                response = await self._send(target, url, verb, headers, body, length, timeout)
                 elapsed = (time.perf_counter() - started) * 1000
                 metrics.invocation_answered(target.name, response.status, streaming, elapsed)
                 return response
@@ -517,6 +489,7 @@ class Upstreams:
         verb: str,
         headers: list[tuple[str, str]],
         body: Body,
+        length: int | None,
         timeout: float | None,
     ) -> Upstream:
         if target.kind == "url":
@@ -524,13 +497,17 @@ class Upstreams:
                 self.policy.check(url)
             except Forbidden as exc:
                 raise invoke_error(403, target.name, str(exc)) from None
+            except BadTarget as exc:
+                raise invoke_error(400, target.name, str(exc)) from None
         limit = timeout if timeout is not None else self.settings.timeout
         try:
             pool = self._pool(target, url)
-            sending = pool.request(verb, url.raw_path_qs, headers, body)
+            sending = pool.request(verb, url.raw_path_qs, headers, body, length=length)
             response = await (asyncio.wait_for(sending, limit) if limit is not None else sending)
         except Refused as exc:
             raise invoke_error(403, target.name, str(exc)) from None
+        except RequestError as exc:
+            raise invoke_error(400, target.name, str(exc)) from None
         except asyncio.TimeoutError:
             where = f"{url.host}:{url.port}"
             raise invoke_error(500, target.name, f"no answer from {where} within {limit}s") from None
@@ -550,41 +527,6 @@ def _host_of(base_url: str) -> str:
 # -- the HTTP API's side -----------------------------------------------------
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-class ClientGone(Exception):
-    pass
-
-
-class RequestBody:
-    """The caller's body, passed on chunk by chunk and counted against the limit."""
-
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self._receive = receive
-        self._limit = limit
-        self.too_large = False
-        self.gone = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        received = 0
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                raise ClientGone  # the upstream must not take a cut body for a whole one
-            chunk: bytes = message.get("body", b"")
-            received += len(chunk)
-            if received > self._limit:
-                self.too_large = True
-                raise BodyTooLarge
-            if chunk:
-                yield chunk
-            if not message.get("more_body", False):
-                return
-
-
 def caller_error(error: DaprAPIError, body: RequestBody | None, max_body_size: int) -> DaprAPIError | None:
     """What to answer for a failed invocation: None when the caller went away meanwhile, and
     413 when what failed was its streamed body going over the limit."""
@@ -596,7 +538,7 @@ def caller_error(error: DaprAPIError, body: RequestBody | None, max_body_size: i
     return error
 
 
-def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+def has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"content-length":
             return value.strip() not in (b"", b"0")
@@ -618,66 +560,66 @@ async def proxy_asgi(
     connect_retry: RetryPolicy | None = None,
     clock: Clock | None = None,
 ) -> None:
-    """Serve one `/v1.0/invoke` request by streaming it to `target` and its answer back."""
+    """Serve one `/v1.0/invoke` request by streaming it to `target` and its answer back.
+
+    The caller is watched from the end of its body to the end of the answer: when it
+    goes away, the exchange is cancelled and its connection closed, whatever the
+    answer's kind (daprd cancels the upstream request with its caller's context)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
-    headers = outbound_headers(
+    headers = invocation_headers(
         raw,
-        drop_app_id=via_header,
         target=target,
         identity=(upstreams.app_id, upstreams.namespace),
+        trace=from_headers(raw),
+        drop_app_id=via_header,
     )
-    content_length = next((value for name, value in raw if name == b"content-length"), None)
-    if content_length is not None and content_length.strip().isdigit():
-        headers.append(("content-length", content_length.decode("latin-1").strip()))
-    body = RequestBody(receive, max_body_size) if _has_body(raw) else None
     verb = scope["method"].upper()
     if verb not in VERBS:
         verb = "POST"  # as daprd sends a verb it does not know
-    try:
-        upstream = await upstreams.open(
-            target,
-            method,
-            verb,
-            scope.get("query_string", b"").decode("latin-1"),
-            headers,
-            body.__aiter__() if body is not None else None,
-            connect_retry=connect_retry,
-            clock=clock,
-        )
-    except DaprAPIError as exc:
-        error = caller_error(exc, body, max_body_size)
-        if error is not None:
-            await error_response(error)(scope, receive, send)
-        return
+    with CallerWatch(receive) as watch:
+        body = RequestBody(receive, max_body_size, on_end=watch.start) if has_body(raw) else None
+        if body is None:
+            watch.start()
+        try:
+            upstream = await upstreams.open(
+                target,
+                method,
+                verb,
+                scope.get("query_string", b"").decode("latin-1"),
+                headers,
+                body.__aiter__() if body is not None else None,
+                length=declared_length(raw) if body is not None else None,
+                connect_retry=connect_retry,
+                clock=clock,
+            )
+        except DaprAPIError as exc:
+            error = caller_error(exc, body, max_body_size)
+            if error is not None:
+                await error_response(error)(scope, receive, send)
+            return
+        watch.start()  # an early answer stopped the upload: what is left of the body is nobody's
+        await stream_answer(upstream, send, target.name, event_stream=is_sse(headers))
+
+
+async def stream_answer(upstream: Upstream, send: Send, name: str, *, event_stream: bool) -> None:
+    """Pass the upstream's answer on to the caller as it arrives; its connection is given
+    back once the body is whole, closed otherwise."""
     status = upstream.status
-    if is_sse(headers) and 200 <= status < 300:
+    if event_stream and 200 <= status < 300:
         status = 200  # as daprd: an event stream is answered 200
-    watcher = None
     try:
         await send({"type": "http.response.start", "status": status, "headers": upstream.headers})
-        streamed = upstream.header(b"content-length") is None and verb != "HEAD"
-        if (is_sse(headers) or streamed) and (body is None or not body.gone):
-            # An event stream or another answer without a length may go on for long:
-            # notice the caller leaving, and stop the upstream then.
-            watcher = asyncio.ensure_future(_wait_disconnect(receive))
-            watcher.add_done_callback(lambda task: None if task.cancelled() else upstream.abort())
         while True:
             chunk, last = await upstream.next_chunk()
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             if last:
                 break
+    except MalformedAnswer:
+        pass  # logged where it was found; the caller sees the answer cut short
     except UpstreamError as exc:
-        if watcher is None or not watcher.done():  # not the caller leaving an event stream
-            # Too late for an error answer: the caller sees the stream cut short.
-            logger.warning("invocation of %s: the answer was cut short: %s", target.name, exc)
+        # Too late for an error answer: the caller sees the answer cut short.
+        logger.warning("invocation of %s: the answer was cut short: %s", name, exc)
     except OSError:
         pass  # the caller went away
     finally:
-        if watcher is not None:
-            watcher.cancel()
         upstream.abort()  # nothing if the answer was read whole: its connection is back in the pool
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

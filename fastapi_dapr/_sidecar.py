@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._bulk import publish_bulk
+from ._caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, read_body
 from ._envelope import PublishRequest
 from ._errors import direct_invoke_error, error_response
 from ._exceptions import DaprAPIError
@@ -60,10 +61,6 @@ class _BadParameter(Exception):
     pass
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class _SelfInvocation(NamedTuple):
     method: str
     via_header: bool
@@ -73,10 +70,6 @@ class _NetworkInvocation(NamedTuple):
     target: Target
     method: str
     via_header: bool
-
-
-class _ClientGone(Exception):
-    pass
 
 
 def route_path(scope: Scope) -> str:
@@ -178,26 +171,6 @@ def _metadata(query_string: bytes) -> dict[str, str]:
         if key.startswith("metadata.") and key[len("metadata.") :] not in result:
             result[key[len("metadata.") :]] = value
     return result
-
-
-async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    declared = headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone  # an incomplete body is never published
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def _release(upstream: Upstream) -> Callable[[], Awaitable[None]]:
@@ -312,86 +285,93 @@ class SidecarAPI:
         send: Send,
     ) -> None:
         """An invocation under a Resiliency policy: its body read whole when it has a length,
-        so that it can be sent again (reference 8)."""
+        so that it can be sent again (reference 8). The caller is watched from the end of
+        its body: when it leaves, the attempts stop and the target sees its request go."""
         from ._calls import open_in_process
-        from ._proxy import RequestBody, caller_error, outbound_headers
+        from ._headers import invocation_headers
+        from ._proxy import caller_error
 
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}
         declared = headers.get("content-length", "").strip()
         body: bytes | AsyncIterator[bytes] | None = None
         streamed: RequestBody | None = None
-        if declared.isdigit():
+        with CallerWatch(receive) as watch:
+            if declared.isdigit():
+                try:
+                    body = await read_body(receive, headers, self.max_body_size)
+                except ClientGone:
+                    return
+                except BodyTooLarge:
+                    limit = f"the request body is larger than the limit of {self.max_body_size} bytes"
+                    refusal = error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))
+                    await refusal(scope, receive, send)
+                    return
+                watch.start()
+            elif "transfer-encoding" in headers:
+                streamed = RequestBody(receive, self.max_body_size, on_end=watch.start)
+                body = streamed.__aiter__()
+            else:
+                watch.start()
+            verb = scope["method"].upper()
+            opener: Callable[[], Awaitable[InvokeResponse]]
+            outbound: list[tuple[str, str]] = []
+            if target is None:
+
+                def opener() -> Awaitable[InvokeResponse]:
+                    return open_in_process(
+                        runtime,
+                        scope,
+                        body,
+                        None,
+                        method=call.method,
+                        via_header=call.via_header,
+                        api_token_configured=self.api_token is not None,
+                        max_body_size=self.max_body_size,
+                    )
+
+            else:
+                upstreams = runtime.upstreams()
+                outbound = invocation_headers(
+                    raw,
+                    target=target,
+                    identity=(runtime.app_id, runtime.namespace),
+                    trace=from_headers(raw),
+                    drop_app_id=call.via_header,
+                )
+                query = scope.get("query_string", b"").decode("latin-1")
+                network = target
+                connect_retry = built_in_retry(runtime, network)
+
+                async def opener() -> InvokeResponse:
+                    upstream = await upstreams.open(
+                        network,
+                        call.method,
+                        verb,
+                        query,
+                        outbound,
+                        body,
+                        connect_retry=connect_retry,
+                        clock=runtime.clock,
+                    )
+                    return InvokeResponse(
+                        upstream.status, upstream.headers, upstream.chunks(), _release(upstream)
+                    )
+
             try:
-                body = await read_body(receive, headers, self.max_body_size)
-            except _ClientGone:
+                answer = await run_invocation(runtime, policy, name, opener, replayable=streamed is None)
+            except DaprAPIError as exc:
+                error = caller_error(exc, streamed, self.max_body_size)
+                if error is not None:
+                    await error_response(error)(scope, receive, send)
                 return
-            except _TooLarge:
-                limit = f"the request body is larger than the limit of {self.max_body_size} bytes"
-                refusal = error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))
-                await refusal(scope, receive, send)
-                return
-        elif "transfer-encoding" in headers:
-            streamed = RequestBody(receive, self.max_body_size)
-            body = streamed.__aiter__()
-        verb = scope["method"].upper()
-        opener: Callable[[], Awaitable[InvokeResponse]]
-        outbound: list[tuple[str, str]] = []
-        if target is None:
-
-            def opener() -> Awaitable[InvokeResponse]:
-                return open_in_process(
-                    runtime,
-                    scope,
-                    body,
-                    None,
-                    method=call.method,
-                    via_header=call.via_header,
-                    api_token_configured=self.api_token is not None,
-                    max_body_size=self.max_body_size,
-                )
-
-        else:
-            upstreams = runtime.upstreams()
-            outbound = outbound_headers(
-                raw, drop_app_id=call.via_header, target=target, identity=(runtime.app_id, runtime.namespace)
+            # daprd's test, on the headers the target got (an HTTPEndpoint may add `Accept`).
+            sent = outbound if target is not None else list(headers.items())
+            event_stream = any(
+                k.lower() == "accept" and v.strip().lower() == "text/event-stream" for k, v in sent
             )
-            if isinstance(body, bytes):
-                outbound.append(("content-length", str(len(body))))
-            query = scope.get("query_string", b"").decode("latin-1")
-            network = target
-
-            connect_retry = built_in_retry(runtime, network)
-
-            async def opener() -> InvokeResponse:
-                upstream = await upstreams.open(
-                    network,
-                    call.method,
-                    verb,
-                    query,
-                    outbound,
-                    body,
-                    connect_retry=connect_retry,
-                    clock=runtime.clock,
-                )
-                return InvokeResponse(
-                    upstream.status, upstream.headers, upstream.chunks(), _release(upstream)
-                )
-
-        try:
-            answer = await run_invocation(runtime, policy, name, opener, replayable=streamed is None)
-        except DaprAPIError as exc:
-            error = caller_error(exc, streamed, self.max_body_size)
-            if error is not None:
-                await error_response(error)(scope, receive, send)
-            return
-        # daprd's test, on the headers the target got (an HTTPEndpoint may add `Accept`).
-        sent = outbound if target is not None else list(headers.items())
-        event_stream = any(
-            k.lower() == "accept" and v.strip().lower() == "text/event-stream" for k, v in sent
-        )
-        with contextlib.suppress(OSError):  # the caller went away
-            await send_response(answer, send, receive, event_stream=event_stream)
+            with contextlib.suppress(OSError):  # the caller went away
+                await send_response(answer, send, event_stream=event_stream)
 
     def _refusal(self, scope: Scope, headers: Mapping[str, str], path: str) -> Response | None:
         if path in HEALTH_PATHS and scope["method"] in ("GET", "HEAD"):
@@ -475,13 +455,13 @@ class SidecarAPI:
             return self._invocation(runtime, scope, headers)
         except _BadParameter as exc:
             return PlainTextResponse(f'failed to unescape request parameter "{exc}"\n', status_code=400)
-        except _ClientGone:
+        except ClientGone:
             return error_response(
                 DaprAPIError(
                     500, "ERR_PUBSUB_PUBLISH_MESSAGE", "the client went away before sending the whole body"
                 )
             )
-        except _TooLarge:
+        except BodyTooLarge:
             return error_response(
                 DaprAPIError(
                     413,

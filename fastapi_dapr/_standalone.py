@@ -232,7 +232,9 @@ class StandaloneSidecar:
             if started:  # too late for an error answer: the caller sees the answer cut short
                 logger.warning("invocation of %s: %s", self.options.app_id, exc)
                 return
-            error = direct_invoke_error(500, f"failed to invoke, id: {self.options.app_id}, err: {exc}")
+            error = direct_invoke_error(
+                exc.status, f"failed to invoke, id: {self.options.app_id}, err: {exc}"
+            )
             await error_response(error)(scope, receive, send)
 
     async def _from_sidecar(self, scope: Scope, receive: Receive, send: Send) -> None:

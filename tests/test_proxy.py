@@ -283,17 +283,26 @@ async def test_url_targets_need_the_allow_list(tmp_path: Path, upstream: tuple[U
         outside = await c.get(f"/v1.0/invoke/http://localhost:{port}/apix/method/a")
         traversal = await c.get(f"/v1.0/invoke/http://localhost:{port}/api/method/..%2F..%2Fadmin")
         other_port = await c.get("/v1.0/invoke/http://localhost:1/api/method/a")
-        # The target's own path is checked too: no dot segments, however encoded.
+        # The target's own path is checked too: no dot segments however encoded, none with
+        # `;` parameters (read as `..` by Tomcat), no encoded `/` or `\`, no `\`.
         dotted = [
             await c.get(f"/v1.0/invoke/{encoded(f'http://localhost:{port}/api/{dots}/admin')}/method/x")
-            for dots in ("..", "%2e%2e", "%2E.")
+            for dots in ("..", "%2e%2e", "%2E.", "..;", ".;", "..;x=1", "%2e%2E%3b", "..%2Fadmin", "x%5c..")
         ]
+        with_backslash = encoded(f"http://localhost:{port}/api/a" + chr(92))
+        backslash = await c.get(f"/v1.0/invoke/{with_backslash}/method/x")
+        # Prefixes are matched on the normalised path: an escaped unreserved character is itself.
+        normalised = await c.get(f"/v1.0/invoke/{encoded(f'http://localhost:{port}/%61pi')}/method/n")
     assert plain.json()["path"] == "api/a"
     assert escaped.json()["path"] == "api/b"
     assert server.seen[0]["query"] == "q=1"
     assert outside.status_code == 403
     assert other_port.status_code == 403
-    assert [answer.status_code for answer in dotted] == [403, 403, 403]
+    assert [answer.status_code for answer in dotted] == [400] * 9
+    assert {answer.json()["errorCode"] for answer in dotted} == {"ERR_DIRECT_INVOKE"}
+    assert backslash.status_code == 400
+    assert normalised.status_code == 200
+    assert normalised.json()["path"] == "api/n"
     # The method is cleaned before the check, and the cleaned one is sent: it stays below /api.
     assert traversal.json()["path"] == "api/admin"
 

@@ -1,0 +1,154 @@
+"""Which headers cross an HTTP hop: one rule for a request's, one for an answer's.
+
+Every request the sidecar passes on takes its headers from `forwardable`: the
+proxy of `/v1.0/invoke`, `Dapr.invoke`, the resiliency path, the standalone
+sidecar's app channel, and the app's own routes called in process.
+`invocation_headers` adds Dapr's rules for a target over the network on top
+(reference 6.3). The framing (`Host`, `Content-Length`, `Transfer-Encoding`) is
+never taken from a caller: `_http1.request_head` sets it from the body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from ._trace import header_pairs
+
+if TYPE_CHECKING:
+    from ._proxy import Target
+
+__all__: list[str] = []
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+# Framing a hop sets for itself: never a caller's.
+_FRAMING = frozenset({"host", "content-length", "expect"})
+_NOT_FORWARDED = HOP_BY_HOP | _FRAMING
+# What `_http1.request_head` writes itself: a header of these names given to it is a bug.
+CLIENT_SET = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+# Names no configuration may set on a request: the client's own, and hop-by-hop ones.
+NOT_SETTABLE = HOP_BY_HOP | CLIENT_SET | {"expect"}
+
+TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110's token: a method, a header name
+TOKEN_RE = re.compile(TOKEN)
+BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (Go's ValidHeaderFieldValue)
+IDENTITY = frozenset({"dapr-caller-app-id", "dapr-callee-app-id", "dapr-caller-namespace"})
+# Never sent to a network target: re-derived (trace), set by the sidecar (identity), or a
+# secret of this app (tokens).
+_DAPR_OWN = IDENTITY | {"traceparent", "tracestate", "grpc-trace-bin", "destination-app-id", "dapr-api-token"}
+
+Raw = Iterable[tuple[bytes, bytes]] | Iterable[tuple[str, str]]
+
+
+def field_problem(name: str, value: str) -> str | None:
+    """Why `name: value` cannot be sent in an HTTP/1.1 head; None when it can."""
+    if not TOKEN_RE.fullmatch(name):
+        return f"the header name {name[:40]!r} is not an HTTP token"
+    if BAD_VALUE_RE.search(value):
+        return f"the header {name!r} has CR, LF, NUL or another control character in its value"
+    if not value.isascii():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            return f"the header {name!r} has a character that is not Latin-1 in its value"
+    return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def forwardable(raw: Raw, *, keep: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The headers of `raw` a hop passes on, names in lower case: all but the hop-by-hop
+    headers, those `Connection` names, and the framing (`Host`, `Content-Length`,
+    `Expect`) unless named in `keep` (an in-process call keeps its `Content-Length`)."""
+    pairs = [(_text(name).lower(), _text(value)) for name, value in raw]
+    dropped = _NOT_FORWARDED - keep
+    for name, value in pairs:
+        if name == "connection":
+            dropped = dropped | {part.strip().lower() for part in value.split(",")}
+    return [(name, value) for name, value in pairs if name not in dropped]
+
+
+def declared_length(raw: Raw) -> int | None:
+    """The `Content-Length` a request declares, when it declares exactly one valid length."""
+    found: int | None = None
+    for name, value in raw:
+        if _text(name).lower() == "content-length":
+            text = _text(value).strip()
+            if not text.isdigit() or not text.isascii() or (found is not None and int(text) != found):
+                return None
+            found = int(text)
+    return found
+
+
+def invocation_headers(
+    raw: Raw,
+    *,
+    target: Target,
+    identity: tuple[str, str] | None,
+    trace: tuple[str, str] | None,
+    drop_app_id: bool = False,
+) -> list[tuple[str, str]]:
+    """The request headers for a network `target`, as daprd builds them (reference 6.3),
+    minus tokens: the forwardable ones but Dapr's own, then `trace`, the caller and callee
+    headers for another app (`identity`: this app's id and namespace), then the
+    resource's headers, which override the caller's of the same name."""
+    headers = []
+    for name, value in forwardable(raw):
+        if name in _DAPR_OWN or name.endswith("-bin") or (drop_app_id and name == "dapr-app-id"):
+            continue
+        headers.append(("dapr-" + name if name.startswith("grpc-") else name, value))
+    headers += header_pairs(trace)
+    return with_target_headers(headers, target, identity)
+
+
+def with_target_headers(
+    headers: list[tuple[str, str]], target: Target, identity: tuple[str, str] | None
+) -> list[tuple[str, str]]:
+    """Dapr's caller and callee headers for another app, then the resource's headers,
+    which override the caller's of the same name (reference 6.3)."""
+    if identity is not None and target.kind == "app":
+        headers = [
+            *headers,
+            ("dapr-caller-app-id", identity[0]),
+            ("dapr-callee-app-id", target.name),
+            ("dapr-caller-namespace", identity[1]),
+        ]
+    if target.headers:
+        overridden = {name.lower() for name, _ in target.headers}
+        headers = [(name, value) for name, value in headers if name not in overridden]
+        headers += [(name.lower(), value) for name, value in target.headers]
+    return headers
+
+
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An answer's headers to pass on: all but hop-by-hop ones and those its `Connection` names."""
+    listed: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            listed.update(
+                part.strip().lower().encode("latin-1") for part in value.decode("latin-1").split(",")
+            )
+    result = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower.decode("latin-1") in HOP_BY_HOP or lower in listed:
+            continue
+        result.append((lower, value))
+    return result
