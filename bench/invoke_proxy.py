@@ -8,22 +8,25 @@ Measured in the same run, rounds alternated:
 
 1. Throughput, `wrk` with the same settings against
    - the upstream directly (baseline),
-   - `GET /v1.0/invoke/upstream/method/hello` on the proxy app (target >= 0.6 x direct),
+   - `GET /v1.0/invoke/upstream/method/hello` on the proxy app (target >= 0.9 x direct),
    - the same proxy app with aiohttp's and with httpx's client in place of its own
      (`BENCH_PROXY_CLIENT`, a process each): the cost of the HTTP client alone,
      which chose the client;
-   with each server process's CPU time per request (from /proc).
+   - with `--baseline DIR`, the proxy app of another checkout (its `fastapi_dapr` first
+     on `sys.path`): before and after a change, in one run;
+   with each server process's CPU time per request (from /proc); target: the proxy's
+   CPU per request no more than the upstream's (at most 1.0 x).
 2. Latency at a fixed moderate rate (`--rate`, 500 requests/s to each): an
    open-loop generator in this process sends on a schedule over keep-alive
    connections, to the upstream and through the proxy alternately, request by
    request, so that both see the same machine. p50 and p99 of each, timed from
    the write to the last byte (the JSON also has them from when each request
-   was due); target: at most 0.5 ms added p50.
+   was due); target: at most 0.3 ms added p50.
 
 Prints a markdown table and writes bench/results/invoke_proxy.json. `--quick`
 runs everything small and short and does not judge the targets.
 
-    python bench/invoke_proxy.py [--quick]
+    python bench/invoke_proxy.py [--quick] [--baseline /tmp/main]
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +53,9 @@ from publish_deliver import Row, environment, free_port, markdown, parse_wrk, ro
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "invoke_proxy.json"
-THROUGHPUT_TARGET = 0.6
-ADDED_P50_TARGET_MS = 0.5
+THROUGHPUT_TARGET = 0.9
+ADDED_P50_TARGET_MS = 0.3
+CPU_RATIO_TARGET = 1.0  # the proxy's CPU per request over the trivial upstream's, at most
 SUBJECTS = ("direct", "proxy", "proxy_aiohttp", "proxy_httpx")
 INVOKE_PATH = "/v1.0/invoke/upstream/method/hello"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -224,26 +228,36 @@ def run_loop(coroutine: Any) -> Any:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def bench(settings: Settings, workdir: Path) -> tuple[dict[str, Any], list[str]]:
+def bench(settings: Settings, workdir: Path, baseline: Path | None) -> tuple[dict[str, Any], list[str]]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk")
     problems: list[str] = []
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SUBJECTS}
+    subjects = (*SUBJECTS, "proxy_baseline") if baseline is not None else SUBJECTS
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in subjects}
     latency: dict[str, list[dict[str, Any]]] = {"direct": [], "proxy": []}
-    logs = {name: workdir / f"{name}.log" for name in SUBJECTS}
+    if baseline is not None:
+        latency["proxy_baseline"] = []
+    logs = {name: workdir / f"{name}.log" for name in subjects}
     with contextlib.ExitStack() as stack:
         up_port, up_pid = stack.enter_context(uvicorn("apps.upstream_app:app", "/hello", logs["direct"], {}))
         upstream_url = f"http://127.0.0.1:{up_port}"
         servers = {"direct": (up_port, up_pid, "/hello")}
-        for name, client in (("proxy", ""), ("proxy_aiohttp", "aiohttp"), ("proxy_httpx", "httpx")):
+        proxies = [("proxy", ""), ("proxy_aiohttp", "aiohttp"), ("proxy_httpx", "httpx")]
+        if baseline is not None:
+            proxies.append(("proxy_baseline", ""))
+        for name, client in proxies:
             env = {"BENCH_UPSTREAM_URL": upstream_url, "BENCH_PROXY_CLIENT": client}
+            if name == "proxy_baseline":
+                env["PYTHONPATH"] = os.pathsep.join(
+                    filter(None, [str(baseline), os.environ.get("PYTHONPATH")])
+                )
             port, pid = stack.enter_context(uvicorn("apps.proxy_app:app", INVOKE_PATH, logs[name], env))
             servers[name] = (port, pid, INVOKE_PATH)
-        for name in SUBJECTS:
+        for name in subjects:
             port, _, path = servers[name]
             run_wrk(f"http://127.0.0.1:{port}{path}", settings, settings.warmup)
         for _ in range(settings.rounds):
-            for name in SUBJECTS:
+            for name in subjects:
                 port, pid, path = servers[name]
                 before = cpu_seconds(pid)
                 run = run_wrk(f"http://127.0.0.1:{port}{path}", settings, settings.duration)
@@ -271,7 +285,7 @@ def bench(settings: Settings, workdir: Path) -> tuple[dict[str, Any], list[str]]
         return statistics.median(run[key] for run in values)
 
     figures: dict[str, Any] = {"wrk": runs, "fixed_rate": latency}
-    for name in SUBJECTS:
+    for name in subjects:
         figures[f"{name}_per_s"] = median(runs[name], "requests_per_s")
         figures[f"{name}_cpu_ms_per_request"] = median(runs[name], "cpu_ms_per_request")
         figures[f"{name}_wrk_p50_ms"] = median(runs[name], "p50_ms")
@@ -279,20 +293,46 @@ def bench(settings: Settings, workdir: Path) -> tuple[dict[str, Any], list[str]]
     for name in latency:
         figures[f"{name}_p50_ms"] = median(latency[name], "p50_ms")
         figures[f"{name}_p99_ms"] = median(latency[name], "p99_ms")
-    figures["throughput_ratio"] = statistics.median(
-        proxy["requests_per_s"] / direct["requests_per_s"]
-        for proxy, direct in zip(runs["proxy"], runs["direct"], strict=True)
-    )
-    figures["added_p50_ms"] = statistics.median(
-        proxy["p50_ms"] - direct["p50_ms"]
-        for proxy, direct in zip(latency["proxy"], latency["direct"], strict=True)
-    )
+
+    def paired(subject: str, measure: Callable[[dict[str, Any], dict[str, Any]], float], kind: str) -> float:
+        """The median over rounds of `measure(subject's run, direct's run)`."""
+        found = runs if kind == "wrk" else latency
+        return statistics.median(
+            measure(run, direct) for run, direct in zip(found[subject], found["direct"], strict=True)
+        )
+
+    def ratio(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
+        return lambda run, direct: float(run[key] / direct[key])
+
+    def added(run: dict[str, Any], direct: dict[str, Any]) -> float:
+        return float(run["p50_ms"] - direct["p50_ms"])
+
+    prefixes = {"proxy": "", "proxy_baseline": "baseline_"} if baseline is not None else {"proxy": ""}
+    for subject, prefix in prefixes.items():
+        figures[f"{prefix}throughput_ratio"] = paired(subject, ratio("requests_per_s"), "wrk")
+        figures[f"{prefix}added_p50_ms"] = paired(subject, added, "fixed rate")
+        figures[f"{prefix}cpu_ratio"] = paired(subject, ratio("cpu_ms_per_request"), "wrk")
     return figures, problems
 
 
 def build_rows(settings: Settings, figures: dict[str, Any]) -> list[Row]:
     direct = figures["direct_per_s"]
     rate = f"at {settings.rate:.0f}/s"
+    before = []
+    if "proxy_baseline_per_s" in figures:
+        before = [
+            Row(
+                "the baseline checkout's proxy (wrk)",
+                figures["proxy_baseline_per_s"],
+                "req/s",
+                direct,
+                "direct",
+            ),
+            Row(f"p50 through the baseline's proxy, {rate}", figures["proxy_baseline_p50_ms"], "ms"),
+            Row("added p50 through the baseline's proxy", figures["baseline_added_p50_ms"], "ms"),
+            Row("CPU per request, the baseline's proxy", figures["proxy_baseline_cpu_ms_per_request"], "ms"),
+            Row("the baseline's proxy CPU / upstream CPU", figures["baseline_cpu_ratio"], "x"),
+        ]
     return [
         Row("direct to the upstream (wrk)", direct, "req/s"),
         Row("through the proxy (wrk)", figures["proxy_per_s"], "req/s", direct, "direct", THROUGHPUT_TARGET),
@@ -306,6 +346,7 @@ def build_rows(settings: Settings, figures: dict[str, Any]) -> list[Row]:
         Row("CPU per request, proxy process", figures["proxy_cpu_ms_per_request"], "ms"),
         Row("CPU per request, proxy on aiohttp", figures["proxy_aiohttp_cpu_ms_per_request"], "ms"),
         Row("CPU per request, proxy on httpx", figures["proxy_httpx_cpu_ms_per_request"], "ms"),
+        *before,
     ]
 
 
@@ -321,6 +362,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds, the median is kept (5; quick 1)")
     parser.add_argument("--rate", type=float, help="requests/s of the fixed-rate latency runs (500)")
     parser.add_argument("--latency-seconds", type=float, help="seconds of each fixed-rate run (5; quick 1)")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose proxy runs too (before/after)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
     args = parser.parse_args()
 
@@ -340,7 +382,7 @@ def main() -> int:
     env = environment()
     print(f"invoke_proxy: {'quick' if settings.quick else 'normal'} mode, {env}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-invoke-") as tmp:
-        figures, problems = bench(settings, Path(tmp))
+        figures, problems = bench(settings, Path(tmp), args.baseline)
     rows = build_rows(settings, figures)
     print(markdown(rows, settings.quick))
     added = figures["added_p50_ms"]
@@ -371,7 +413,14 @@ def main() -> int:
                 "unit": "ms",
                 "target_max": ADDED_P50_TARGET_MS,
                 "passed": None if settings.quick else added <= ADDED_P50_TARGET_MS,
-            }
+            },
+            {
+                "metric": "the proxy's CPU per request / the upstream's (wrk)",
+                "value": figures["cpu_ratio"],
+                "unit": "x",
+                "target_max": CPU_RATIO_TARGET,
+                "passed": None if settings.quick else figures["cpu_ratio"] <= CPU_RATIO_TARGET,
+            },
         ],
         "figures": figures,
         "problems": problems,

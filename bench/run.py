@@ -5,6 +5,7 @@
     python bench/run.py --quick              # CI: every script small and short, targets not judged
     python bench/run.py --only invoke_proxy  # one benchmark again; the others' last results stay
     python bench/run.py --report-only        # the report again from the results already there
+    python bench/run.py --baseline /tmp/main # also measure another checkout where a script can
 
 Each script runs in turn as a subprocess of this interpreter (`--quick` passed on) and writes
 its JSON into the output directory; the report is built from every benchmark's JSON found
@@ -49,7 +50,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 # Every benchmark script in bench/, in the order they run (tests check that none is missing).
-BENCHMARKS = ("publish_deliver", "invoke_proxy", "redis_pubsub", "metrics_overhead")
+BENCHMARKS = ("publish_deliver", "invoke_proxy", "http1_parser", "redis_pubsub", "metrics_overhead")
+TAKE_BASELINE = ("invoke_proxy", "metrics_overhead")  # run another checkout too, with --baseline
 NORMAL_OUTPUT = BENCH / "report"
 NORMAL_CHART = ROOT / "docs" / "img" / "bench-ratios.png"
 QUICK_OUTPUT = BENCH / "results" / "quick"
@@ -93,13 +95,16 @@ def _stop(process: subprocess.Popen[str]) -> None:
             continue
 
 
-def run_script(name: str, script: Path, quick: bool, output: Path, timeout: float) -> Failure | None:
+def run_script(
+    name: str, script: Path, quick: bool, output: Path, timeout: float, baseline: Path | None = None
+) -> Failure | None:
     """Runs one script; its stdout goes through, its stderr too and its tail is kept.
     The JSON is written to `<output>.new` and moved into place only when the script succeeds."""
     pending = output.with_name(output.name + ".new")
     pending.unlink(missing_ok=True)
-    command = [sys.executable, str(script), *(["--quick"] if quick else []), "--output", str(pending)]
-    shown = " ".join(["python", f"bench/{script.name}", *(["--quick"] if quick else [])])
+    extra = [*(["--quick"] if quick else []), *(["--baseline", str(baseline)] if baseline else [])]
+    command = [sys.executable, str(script), *extra, "--output", str(pending)]
+    shown = " ".join(["python", f"bench/{script.name}", *extra])
     print(f"\n== {name}: {shown}", file=sys.stderr, flush=True)
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     process = subprocess.Popen(
@@ -526,6 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, help="seconds allowed to each script (normal 1800, quick 600)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help=f"another checkout, measured beside this one by {', '.join(TAKE_BASELINE)}",
+    )
     args = parser.parse_args(argv)
 
     output: Path = args.output or (QUICK_OUTPUT if args.quick else NORMAL_OUTPUT)
@@ -537,7 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout = args.timeout or TIMEOUT_S["quick" if args.quick else "normal"]
         started = time.monotonic()
         for name in args.only or BENCHMARKS:
-            failure = run_script(name, BENCH / f"{name}.py", args.quick, output / f"{name}.json", timeout)
+            baseline = args.baseline if name in TAKE_BASELINE else None
+            failure = run_script(
+                name, BENCH / f"{name}.py", args.quick, output / f"{name}.json", timeout, baseline
+            )
             if failure:
                 failures.append(failure)
         print(f"\n== all scripts: {time.monotonic() - started:.0f} s", file=sys.stderr)
