@@ -100,8 +100,11 @@ def wait_ready(port: int, path: str, server: subprocess.Popen[bytes], timeout: f
 
 
 @contextlib.contextmanager
-def uvicorn(target: str, ready_path: str, log: Path, env: dict[str, str]) -> Iterator[tuple[int, int]]:
-    """uvicorn serving `target` (module:app in bench/apps), one worker; yields (port, pid)."""
+def uvicorn(
+    target: str, ready_path: str, log: Path, env: dict[str, str], cwd: Path = BENCH.parent
+) -> Iterator[tuple[int, int]]:
+    """uvicorn serving `target` (module:app in bench/apps), one worker; yields (port, pid).
+    `python -m` puts `cwd` first on `sys.path`: its `fastapi_dapr` is the one imported."""
     port = free_port()
     command = [
         sys.executable, "-m", "uvicorn", target, "--app-dir", str(BENCH),
@@ -109,7 +112,7 @@ def uvicorn(target: str, ready_path: str, log: Path, env: dict[str, str]) -> Ite
     ]  # fmt: skip
     with log.open("wb") as out:
         server = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=BENCH.parent, env={**os.environ, **env}
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **env}
         )
         try:
             wait_ready(port, ready_path, server)
@@ -247,11 +250,9 @@ def bench(settings: Settings, workdir: Path, baseline: Path | None) -> tuple[dic
             proxies.append(("proxy_baseline", ""))
         for name, client in proxies:
             env = {"BENCH_UPSTREAM_URL": upstream_url, "BENCH_PROXY_CLIENT": client}
-            if name == "proxy_baseline":
-                env["PYTHONPATH"] = os.pathsep.join(
-                    filter(None, [str(baseline), os.environ.get("PYTHONPATH")])
-                )
-            port, pid = stack.enter_context(uvicorn("apps.proxy_app:app", INVOKE_PATH, logs[name], env))
+            cwd = baseline if name == "proxy_baseline" and baseline is not None else BENCH.parent
+            server = uvicorn("apps.proxy_app:app", INVOKE_PATH, logs[name], env, cwd)
+            port, pid = stack.enter_context(server)
             servers[name] = (port, pid, INVOKE_PATH)
         for name in subjects:
             port, _, path = servers[name]

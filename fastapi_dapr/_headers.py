@@ -11,6 +11,7 @@ never taken from a caller: `_http1.request_head` sets it from the body.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,12 @@ def forwardable(raw: Raw, *, keep: frozenset[str] = frozenset()) -> list[tuple[s
     """The headers of `raw` a hop passes on, names in lower case: all but the hop-by-hop
     headers, those `Connection` names, and the framing (`Host`, `Content-Length`,
     `Expect`) unless named in `keep` (an in-process call keeps its `Content-Length`)."""
-    pairs = [(_text(name).lower(), _text(value)) for name, value in raw]
+    items = typing.cast("list[tuple[bytes | str, bytes | str]]", list(raw))
+    if items and isinstance(items[0][0], bytes):  # an ASGI scope's: the hot path
+        scope_items = typing.cast("list[tuple[bytes, bytes]]", items)
+        pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope_items]
+    else:
+        pairs = [(_text(name).lower(), _text(value)) for name, value in items]
     dropped = _NOT_FORWARDED - keep
     for name, value in pairs:
         if name == "connection":

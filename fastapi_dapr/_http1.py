@@ -234,15 +234,17 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp's callbacks -------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        if self._state != "head":
-            raise _Unsolicited
+    # No `on_message_begin`: a callback less for each answer. What begins after the
+    # answer is caught by the first callback that sees the state.
+
+    def _new_head(self) -> None:
         self._headers = []
         self._head_size = 15  # "HTTP/1.1 200 " and CRLF
         self._has_length = self._chunked = False
-        self._progress = True
 
     def on_status(self, reason: bytes) -> None:
+        if self._state != "head":
+            raise _Unsolicited
         self._head_size += len(reason)
         if self._head_size > self._limits.line:
             raise _Malformed(f"the status line is longer than {self._limits.line} bytes")
@@ -271,6 +273,8 @@ class _Connection(asyncio.Protocol):
             raise _Malformed(f"the trailers are larger than {self._limits.head} bytes")
 
     def on_headers_complete(self) -> None:
+        if self._state != "head":
+            raise _Unsolicited
         parser = self._parser
         assert parser is not None
         assert self._head is not None
@@ -287,6 +291,7 @@ class _Connection(asyncio.Protocol):
             self._interim += 1  # 100 Continue, 103 Early Hints: the answer follows
             if self._interim > _MAX_INTERIM:
                 raise _Malformed(f"more than {_MAX_INTERIM} informational (1xx) answers")
+            self._new_head()
             return
         self._read_headers()
         self._state = "body"
@@ -303,8 +308,10 @@ class _Connection(asyncio.Protocol):
         """The final head's headers: names in lower case, values without trailing whitespace
         (llhttp keeps it), each line within the limit, the framing as Go's client allows it."""
         line = self._limits.line - 4
-        headers = self._headers = [(name.lower(), value.rstrip(b" \t")) for name, value in self._headers]
-        for name, value in headers:
+        headers = []
+        for raw_name, raw_value in self._headers:
+            name = raw_name.lower()
+            value = raw_value.rstrip(b" \t")
             if len(name) + len(value) > line:
                 raise _Malformed(f"a header line is longer than {self._limits.line} bytes")
             if name == b"content-length":
@@ -314,6 +321,8 @@ class _Connection(asyncio.Protocol):
                 if self._chunked or value.lower() != b"chunked":
                     raise _Malformed(f"unsupported Transfer-Encoding {value[:40]!r}")
                 self._chunked = True
+            headers.append((name, value))
+        self._headers = headers
 
     def on_body(self, body: bytes) -> None:
         if self._state != "body":
@@ -355,6 +364,7 @@ class _Connection(asyncio.Protocol):
         self._spare = None
         self._state = "head"
         self._head_only = head_only
+        self._new_head()
         self._fed = self._interim = self._trailers = self._run = 0
         self._body.clear()
         self._buffered = 0

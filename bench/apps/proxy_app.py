@@ -32,14 +32,14 @@ CLIENT = os.environ.get("BENCH_PROXY_CLIENT", "")
 if CLIENT == "httpx":
     import httpx
 
-    from fastapi_dapr import _proxy
+    from fastapi_dapr import _headers, _proxy
 
     class _HttpxUpstream:
         """What the proxy uses of `_http1.Response`, over an httpx response."""
 
         def __init__(self, response: httpx.Response) -> None:
             self.status = response.status_code
-            self.headers = _proxy.response_headers(response.headers.raw)
+            self.headers = _headers.response_headers(response.headers.raw)
             self._chunks = response.aiter_raw()  # closes the response at its end
 
         def header(self, name: bytes) -> bytes | None:
@@ -64,7 +64,7 @@ if CLIENT == "httpx":
     _httpx: list[httpx.AsyncClient] = []
 
     async def _send_with_httpx(self: Any, target: Any, url: Any, verb: str, headers: Any, body: Any,
-                               timeout: Any) -> Any:  # fmt: skip
+                               length: Any, timeout: Any) -> Any:  # fmt: skip
         if not _httpx:
             _httpx.append(httpx.AsyncClient(limits=httpx.Limits(max_connections=100), timeout=None))
         request = _httpx[0].build_request(verb, str(url), headers=headers, content=body)
@@ -76,7 +76,7 @@ elif CLIENT == "aiohttp":
     import aiohttp
     import yarl
 
-    from fastapi_dapr import _proxy
+    from fastapi_dapr import _headers, _proxy
 
     class _AiohttpUpstream:
         """What the proxy uses of `_http1.Response`, over an aiohttp response."""
@@ -84,7 +84,7 @@ elif CLIENT == "aiohttp":
         def __init__(self, response: aiohttp.ClientResponse) -> None:
             self._response = response
             self.status = response.status
-            self.headers = _proxy.response_headers(response.raw_headers)
+            self.headers = _headers.response_headers(response.raw_headers)
 
         def header(self, name: bytes) -> bytes | None:
             return next((value for key, value in self.headers if key == name), None)
@@ -106,7 +106,7 @@ elif CLIENT == "aiohttp":
     _aiohttp: list[aiohttp.ClientSession] = []
 
     async def _send_with_aiohttp(self: Any, target: Any, url: Any, verb: str, headers: Any, body: Any,
-                                 timeout: Any) -> Any:  # fmt: skip
+                                 length: Any, timeout: Any) -> Any:  # fmt: skip
         if not _aiohttp:
             _aiohttp.append(
                 aiohttp.ClientSession(
