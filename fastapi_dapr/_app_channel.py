@@ -77,7 +77,7 @@ class AppChannel:
                 watch.start()
                 if not body and not any(name == b"content-length" for name, _ in raw):
                     body = None
-            await self._forward(scope["method"], target, headers, body, length, send)
+            await self._forward(scope["method"], target, headers, body, length, send, watch)
 
     async def _forward(
         self,
@@ -87,6 +87,7 @@ class AppChannel:
         body: bytes | AsyncIterator[bytes] | None,
         length: int | None,
         send: Send,
+        watch: CallerWatch,
     ) -> None:
         try:
             response = await self._pool.request(verb, target, headers, body, length=length)
@@ -100,8 +101,9 @@ class AppChannel:
             raise AppChannelError(
                 f"the app at {self.address} could not be reached: {_describe(exc)}"
             ) from exc
+        watch.on_gone(response.abort)
         try:
-            start_headers = response_headers(response.headers)  # and those its Connection names
+            start_headers = response_headers(response.headers, response.status)
             await send({"type": "http.response.start", "status": response.status, "headers": start_headers})
             while True:
                 try:

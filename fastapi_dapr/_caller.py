@@ -113,7 +113,13 @@ class CallerWatch:
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Future[None] | None = None
         self._stopped = False
+        self._on_gone: list[Callable[[], object]] = []
         self.gone = False
+
+    def on_gone(self, callback: Callable[[], object]) -> None:
+        """Call `callback` too when the caller leaves: what the cancellation may not reach
+        (an answer being streamed when the cancellation was lost in a race)."""
+        self._on_gone.append(callback)
 
     def start(self) -> None:
         if self._timer is None and not self._stopped and self._task is not None:
@@ -136,6 +142,8 @@ class CallerWatch:
         if not self._stopped and self._task is not None:
             self.gone = True
             self._task.cancel()
+            for callback in self._on_gone:
+                callback()
 
     def stop(self) -> None:
         self._stopped = True

@@ -22,6 +22,7 @@ from ._exceptions import DaprAPIError
 from ._headers import declared_length, field_problem, forwardable, invocation_headers
 from ._invocation import InvocationSettings, InvokeResponse
 from ._invoke import VERBS, InvalidMethod, invoke_self, normalize_method
+from ._timeouts import within
 from ._trace import CURRENT, context, header_pairs
 
 if TYPE_CHECKING:
@@ -169,7 +170,10 @@ async def _invoke_remote(dapr: Dapr, target: str, call: _Call) -> InvokeResponse
         dapr._remote_invoker = Upstreams(InvocationSettings(), {}, app_id=dapr.app_id, namespace="default")
     headers = call.headers
     if dapr._api_token:
-        headers = [*headers, ("dapr-api-token", dapr._api_token)]  # to daprd, this app's own sidecar
+        # To daprd, this app's own sidecar: its token, and only it (a caller's, passed on in
+        # `headers=dict(request.headers)`, would come first and be the one daprd reads).
+        headers = [(k, v) for k, v in headers if k != "dapr-api-token"]
+        headers.append(("dapr-api-token", dapr._api_token))
     daprd = Target("app", "daprd", dapr.dapr_http_endpoint.rstrip("/"))
     path = f"v1.0/invoke/{quote(target, safe='')}/method/{quote(call.method, safe=PATH_SAFE)}"
     length = call.length if not isinstance(call.body, bytes) else None
@@ -275,7 +279,7 @@ async def open_in_process(
     started = time.perf_counter()
     task = asyncio.create_task(run())
     try:
-        start = await asyncio.wait_for(messages.get(), timeout)
+        start = await within(messages.get(), timeout)
     except BaseException as exc:
         task.cancel()  # cancelled (a policy's timeout) or timed out: the app sees the caller go
         if not isinstance(exc, asyncio.TimeoutError):

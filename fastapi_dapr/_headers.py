@@ -84,10 +84,11 @@ def forwardable(raw: Raw, *, keep: frozenset[str] = frozenset()) -> list[tuple[s
         pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope_items]
     else:
         pairs = [(_text(name).lower(), _text(value)) for name, value in items]
-    dropped = _NOT_FORWARDED - keep
+    dropped = _NOT_FORWARDED
     for name, value in pairs:
         if name == "connection":
             dropped = dropped | {part.strip().lower() for part in value.split(",")}
+    dropped = dropped - keep
     return [(name, value) for name, value in pairs if name not in dropped]
 
 
@@ -143,9 +144,11 @@ def with_target_headers(
     return headers
 
 
-def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """An answer's headers to pass on: all but hop-by-hop ones and those its `Connection` names."""
-    listed: set[bytes] = set()
+def response_headers(raw: Sequence[tuple[bytes, bytes]], status: int = 200) -> list[tuple[bytes, bytes]]:
+    """An answer's headers to pass on: all but hop-by-hop ones and those its `Connection` names,
+    and a `Content-Length` of an answer that has no body (204, 304: ASGI servers would wait
+    for the body it announces, and fail)."""
+    listed: set[bytes] = {b"content-length"} if status in (204, 304) or status < 200 else set()
     for name, value in raw:
         if name.lower() == b"connection":
             listed.update(

@@ -48,6 +48,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import httptools
 
 from ._headers import BAD_VALUE_RE, CLIENT_SET, TOKEN, TOKEN_RE
+from ._timeouts import within
 
 __all__: list[str] = []
 
@@ -58,6 +59,7 @@ _HIGH_WATER = 64 * 1024  # bytes buffered from the upstream before reading pause
 _SLICE = 4 * 1024  # head and chunked bytes are fed in slices of this size: the line limit's grain
 _MAX_INTERIM = 5  # informational answers before the final one (Go's max1xxResponses)
 _STOP_UPLOAD = 1.0  # seconds an upload stopped by an early answer is given to end
+_READ_AHEAD = 256 * 1024  # bytes of a body read ahead while the upstream reads none
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Go's isReplayable
 _NAMES_RE = re.compile(rf"{TOKEN}(?:\n{TOKEN})*")  # names joined by "\n"
 _TARGET_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, no CTL, nothing to re-encode
@@ -126,6 +128,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = True
+        self.keeps_alive = True  # what the last answer's head said
         self._limits = limits
         self._where = where
         self._parser: httptools.HttpResponseParser | None = None
@@ -161,13 +164,15 @@ class _Connection(asyncio.Protocol):
         if self._state == "head":
             self._end(UpstreamError("the server closed the connection before answering"))
         elif self._state == "body":
-            if self._until_close:
-                self._body_done = True
+            if self._until_close and exc is None:
+                self._body_done = True  # an answer without a length ends with its connection
                 self._end(None)
+            elif exc is not None:
+                self._end(UpstreamError(f"the connection broke in the middle of the body ({exc})"))
             else:
                 self._end(UpstreamError("the server closed the connection in the middle of the body"))
         if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(UpstreamError("the connection was closed while sending"))
+            self._drain.set_result(None)  # `drain()` raises: a bytes body has nobody awaiting it
 
     def pause_writing(self) -> None:
         if self._drain is None or self._drain.done():
@@ -283,8 +288,8 @@ class _Connection(asyncio.Protocol):
         if version not in ("1.1", "1.0"):
             raise _Malformed(f"HTTP/{version} is not HTTP/1.1")
         status = parser.get_status_code()
-        if status < 100:
-            raise _Malformed(f"{status:03d} is not a status code")
+        if status < 100 or status > 599:
+            raise _Malformed(f"{status:03d} is not a status code (HTTP's are 100 to 599)")
         if status == 101:
             raise _Malformed("101 Switching Protocols, and no upgrade was asked for")
         if status < 200:
@@ -296,7 +301,8 @@ class _Connection(asyncio.Protocol):
         self._read_headers()
         self._state = "body"
         self._until_close = not self._chunked and not self._has_length and status not in (204, 304)
-        if self._until_close or not parser.should_keep_alive():
+        self.keeps_alive = parser.should_keep_alive() and not self._until_close
+        if not self.keeps_alive:
             self.reusable = False
         if not self._head.done():
             self._head.set_result((status, self._headers))
@@ -407,9 +413,22 @@ class _Connection(asyncio.Protocol):
     def _too_large(self, what: str) -> str:
         return f"the answer's {what} is larger than {self._limits.head} bytes"
 
+    @property
+    def write_paused(self) -> bool:
+        return self._drain is not None and not self._drain.done()
+
+    def drained(self) -> asyncio.Future[None]:
+        """Done once the transport takes writes again (or the connection is lost)."""
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+            self._drain.set_result(None)
+        return self._drain
+
     async def drain(self) -> None:
         if self._drain is not None and not self._drain.done():
             await self._drain
+        if self.closed:
+            raise UpstreamError("the connection was closed while sending")
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -439,14 +458,27 @@ class _Connection(asyncio.Protocol):
 class Response:
     """An answer whose head arrived; its body is read with `next_chunk()`."""
 
-    __slots__ = ("_connection", "_done", "_pool", "headers", "status")
+    __slots__ = ("_connection", "_done", "_pool", "_upload", "headers", "status")
 
-    def __init__(self, pool: Pool, connection: _Connection, status: int, headers: Headers) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        connection: _Connection,
+        status: int,
+        headers: Headers,
+        upload: asyncio.Future[None] | None = None,
+    ) -> None:
         self._pool = pool
         self._connection = connection
         self.status = status
         self.headers = headers
+        self._upload = upload  # still sending the body (a full-duplex target)
         self._done = False
+
+    @property
+    def uploading(self) -> bool:
+        """Whether the request's body is still being sent beside this answer."""
+        return self._upload is not None and not self._upload.done()
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -473,12 +505,18 @@ class Response:
         """Give the connection back if the body was read whole; otherwise close it."""
         if not self._done:
             self._done = True
+            self._stop_upload()
             self._pool.give_back(self._connection, reuse=self._connection.finished)
 
     def abort(self) -> None:
         if not self._done:
             self._done = True
+            self._stop_upload()
             self._pool.give_back(self._connection, reuse=False)
+
+    def _stop_upload(self) -> None:
+        if self._upload is not None and not self._upload.done():
+            self._upload.cancel()  # the answer is over: what is left of the body is not wanted
 
 
 Body = bytes | AsyncIterator[bytes] | None
@@ -515,6 +553,8 @@ class Pool:
         default_port = 443 if scheme == "https" else 80
         shown = f"[{host}]" if ":" in host else host
         self.host_header = (shown if port == default_port else f"{shown}:{port}").encode("idna").decode()
+        if not _TARGET_RE.fullmatch(self.host_header):
+            raise RequestError(f"the host {host[:80]!r} cannot be sent in a Host header")
         self._where = f"{shown}:{port}"
         self.closed = False
 
@@ -532,7 +572,7 @@ class Pool:
         last: BaseException | None = None
         for address, port in dict.fromkeys(addresses):
             try:
-                _, protocol = await asyncio.wait_for(
+                _, protocol = await within(
                     loop.create_connection(
                         lambda: _Connection(self.limits, self._where),
                         address,
@@ -541,6 +581,7 @@ class Pool:
                         server_hostname=self.host if self._tls is not None else None,
                     ),
                     self._connect_timeout,
+                    lambda made: made[0].close(),  # a connection made too late for anyone
                 )
             except asyncio.TimeoutError:
                 last = ConnectTimeout(f"could not connect within {self._connect_timeout:g}s")
@@ -622,17 +663,24 @@ class Pool:
             upload.cancel()
             _forget(answer)
             raise
-        if not upload.done():
-            # A final answer before the whole body was sent (a 413, say): the upload stops,
-            # the answer is the caller's, and the connection is not used again. The upload
-            # is let go before the answer is given: it may hold the caller's `receive`.
+        status, headers = answer.result()
+        if upload.done():
+            if upload.cancelled() or upload.exception() is not None:
+                connection.reusable = False
+            return Response(self, connection, status, headers)
+        connection.reusable = False
+        if status >= 300 or not connection.keeps_alive:
+            # A final answer before the whole body was sent, saying the body is not wanted
+            # (a 413, a close): the upload stops (RFC 9112, 9.5) and the answer is the
+            # caller's. The upload is let go first: it may hold the caller's `receive`.
             upload.cancel()
             await asyncio.wait((upload,), timeout=_STOP_UPLOAD)
-            connection.reusable = False
-        elif upload.cancelled() or upload.exception() is not None:
-            connection.reusable = False
-        status, headers = answer.result()
-        return Response(self, connection, status, headers)
+            return Response(self, connection, status, headers)
+        # A success while the body is still being sent: a full-duplex target (it answers
+        # as it reads). The upload goes on beside the answer, as Go's client does; a
+        # failed upload breaks the exchange, and the answer's end stops the upload.
+        upload.add_done_callback(lambda done: _upload_ended(connection, done))
+        return Response(self, connection, status, headers, upload)
 
     def _take(self) -> tuple[_Connection | None, bool]:
         while self._idle:
@@ -665,25 +713,73 @@ class Pool:
 async def _upload(
     connection: _Connection, transport: asyncio.Transport, body: AsyncIterator[bytes], length: int | None
 ) -> None:
-    """Send a streamed body: chunked, or counted against the length it declared."""
+    """Send a streamed body: chunked, or counted against the length it declared.
+
+    While the upstream reads nothing (the transport's buffer is full), the body's next
+    chunks are read ahead, up to `_READ_AHEAD` bytes: the body's reader is what sees
+    the caller leave, and a caller gone must not hold the exchange and its slot."""
     sent = 0
-    async for chunk in body:
-        if not chunk:
-            continue
-        if length is None:
-            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-        else:
+    ahead: collections.deque[bytes | None] = collections.deque()  # None: the end
+    ahead_size = 0
+    reading: asyncio.Future[bytes | None] | None = None
+    try:
+        while True:
+            if ahead:
+                chunk = ahead.popleft()
+                ahead_size -= len(chunk or b"")
+            elif reading is not None:
+                chunk = await reading
+                reading = None
+            else:
+                chunk = await _next(body)
+            if chunk is None:
+                break
+            if not chunk:
+                continue
             sent += len(chunk)
-            if sent > length:
+            if length is None:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            elif sent > length:
                 raise RequestError(f"the body is longer than the {length} bytes it declared")
-            transport.write(chunk)
-        await connection.drain()
-        if connection.closed:
-            return  # the answer (or its absence) tells what happened
+            else:
+                transport.write(chunk)
+            while connection.write_paused:
+                ended = bool(ahead) and ahead[-1] is None
+                if reading is None and not ended and ahead_size < _READ_AHEAD:
+                    reading = asyncio.ensure_future(_next(body))
+                drained = connection.drained()
+                if reading is None:
+                    await drained
+                    break
+                await asyncio.wait((reading, drained), return_when=asyncio.FIRST_COMPLETED)
+                if reading.done():
+                    more = reading.result()  # raises: the caller gone, the body too large
+                    reading = None
+                    ahead.append(more)
+                    ahead_size += len(more or b"")
+            if connection.closed:
+                return  # the answer (or its absence) tells what happened
+    finally:
+        if reading is not None:
+            reading.cancel()
     if length is None:
         transport.write(b"0\r\n\r\n")
     elif sent != length:
         raise RequestError(f"the body ended after {sent} of the {length} bytes it declared")
+
+
+async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _upload_ended(connection: _Connection, upload: asyncio.Future[None]) -> None:
+    """An upload beside its answer ended: if it failed, the target must not take the cut
+    body for a whole one, and the answer is broken with it."""
+    if not upload.cancelled() and upload.exception() is not None:
+        _close(connection)
 
 
 def _forget(future: asyncio.Future[typing.Any]) -> None:

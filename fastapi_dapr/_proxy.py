@@ -20,6 +20,7 @@ import re
 import socket
 import ssl
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import quote, unquote, urljoin, urlsplit
@@ -44,6 +45,7 @@ from ._http1 import (
 from ._invocation import InvocationSettings
 from ._invoke import VERBS
 from ._retry import Clock, RetryPolicy
+from ._timeouts import within
 from ._trace import from_headers
 
 if TYPE_CHECKING:
@@ -233,15 +235,23 @@ class UrlPolicy:
 
 def path_problem(raw_path: str) -> None:
     """Raise `BadTarget` for a path whose segments servers read in different ways: a dot
-    segment however encoded, one followed by `;` parameters (`..;`, read as `..` by
-    Tomcat and others), an encoded `/` or `\\` (decoded by some servers), a `\\`."""
+    segment however encoded (twice encoded too, or in full-width dots), one followed by `;`
+    parameters (`..;`, read as `..` by Tomcat and others), an encoded `/`, `\\` or NUL
+    (decoded by some servers, or the end of the path for others), a `\\`."""
     if "\\" in raw_path:
         raise BadTarget(f"{raw_path!r}: a backslash is refused in the path of URL targets")
     for segment in raw_path.split("/"):
-        if "%" in segment and re.search(r"%(2[fF]|5[cC])", segment):
-            raise BadTarget(f"{raw_path!r}: an encoded '/' or '\\' is refused in the path of URL targets")
-        if unquote(segment).split(";", 1)[0] in (".", ".."):
-            raise BadTarget(f"{raw_path!r}: '.' and '..' path segments are refused in URL targets")
+        decoded = segment
+        for _ in range(3):  # what a server that decodes once, twice, thrice would see
+            if unicodedata.normalize("NFKC", decoded).split(";", 1)[0] in (".", ".."):
+                raise BadTarget(f"{raw_path!r}: '.' and '..' path segments are refused in URL targets")
+            if "%" not in decoded:
+                break
+            decoded = unquote(decoded)
+            if "/" in decoded or "\\" in decoded or "\x00" in decoded:
+                raise BadTarget(
+                    f"{raw_path!r}: an encoded '/', '\\' or NUL is refused in the path of URL targets"
+                )
 
 
 def normalised_path(raw_path: str) -> str:
@@ -429,7 +439,7 @@ class Upstreams:
                 next_url = url.join(location)
             except ValueError:
                 return response  # a Location that is not a URL: the caller gets the 3xx
-            response.release()
+            await _let_go(response)
             if not replays_body and verb != "HEAD":
                 verb, body, length = "GET", None, None
                 headers = [(k, v) for k, v in headers if k != "content-type"]
@@ -503,7 +513,7 @@ class Upstreams:
         try:
             pool = self._pool(target, url)
             sending = pool.request(verb, url.raw_path_qs, headers, body, length=length)
-            response = await (asyncio.wait_for(sending, limit) if limit is not None else sending)
+            response = await within(sending, limit, Response.abort)
         except Refused as exc:
             raise invoke_error(403, target.name, str(exc)) from None
         except RequestError as exc:
@@ -513,8 +523,26 @@ class Upstreams:
             raise invoke_error(500, target.name, f"no answer from {where} within {limit}s") from None
         except Exception as exc:
             raise invoke_error(500, target.name, describe(exc, url)) from exc
-        response.headers = response_headers(response.headers)
+        response.headers = response_headers(response.headers, response.status)
         return response
+
+
+async def _let_go(response: Upstream, limit: int = 64 * 1024) -> None:
+    """Read a redirect's short body away, so that its connection serves the next hop;
+    a long one, or one that does not come at once, closes it instead."""
+    length = response.header(b"content-length")
+    if length is None or not length.isdigit() or int(length) > limit:
+        response.abort()
+        return
+
+    async def read_away() -> None:
+        while not (await response.next_chunk())[1]:
+            pass  # the last chunk gives the connection back
+
+    try:
+        await within(read_away(), 1.0)
+    except (UpstreamError, asyncio.TimeoutError):
+        response.abort()
 
 
 def _host_of(base_url: str) -> str:
@@ -597,19 +625,23 @@ async def proxy_asgi(
             if error is not None:
                 await error_response(error)(scope, receive, send)
             return
-        watch.start()  # an early answer stopped the upload: what is left of the body is nobody's
-        await stream_answer(upstream, send, target.name, event_stream=is_sse(headers))
+        watch.on_gone(upstream.abort)
+        if not upstream.uploading:
+            watch.start()  # an early answer stopped the upload: what is left of the body is nobody's
+        await stream_answer(upstream, send, target.name, event_stream=is_sse(headers), watch=watch)
 
 
-async def stream_answer(upstream: Upstream, send: Send, name: str, *, event_stream: bool) -> None:
+async def stream_answer(
+    upstream: Upstream, send: Send, name: str, *, event_stream: bool, watch: CallerWatch
+) -> None:
     """Pass the upstream's answer on to the caller as it arrives; its connection is given
-    back once the body is whole, closed otherwise."""
+    back once the body is whole, closed otherwise (and at once when the caller leaves)."""
     status = upstream.status
     if event_stream and 200 <= status < 300:
         status = 200  # as daprd: an event stream is answered 200
     try:
         await send({"type": "http.response.start", "status": status, "headers": upstream.headers})
-        while True:
+        while not watch.gone:
             chunk, last = await upstream.next_chunk()
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             if last:

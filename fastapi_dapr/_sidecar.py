@@ -9,6 +9,7 @@ parameter unescaped with Go's `url.QueryUnescape` (reference 1.1).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -365,6 +366,9 @@ class SidecarAPI:
                 if error is not None:
                     await error_response(error)(scope, receive, send)
                 return
+            # The cancellation may be lost in a race (an answer ready in the same turn):
+            # closing the answer ends its streaming whatever happens.
+            watch.on_gone(lambda: asyncio.ensure_future(answer.aclose()))
             # daprd's test, on the headers the target got (an HTTPEndpoint may add `Accept`).
             sent = outbound if target is not None else list(headers.items())
             event_stream = any(

@@ -44,6 +44,7 @@ class Exchange:
         self.request = request
         self.reader = reader
         self.writer = writer
+        self.leftover = b""  # what the server had read past the head (`read_body=False`)
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -135,7 +136,9 @@ class RawUpstream:
                     self.requests.append(request)
                     await self._note()
                     if not self.read_body:
-                        await self.handler(Exchange(self, request, reader, writer))
+                        exchange = Exchange(self, request, reader, writer)
+                        exchange.leftover = bytes(parser.trailing_data[0])  # read past the head
+                        await self.handler(exchange)
                         return  # an early answer: the rest of the request is never read
                 elif isinstance(event, h11.Data):
                     request.body += bytes(event.data)

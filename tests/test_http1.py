@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
+import struct
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
 
+from fastapi_dapr._caller import ClientGone
 from fastapi_dapr._http1 import Limits, MalformedAnswer, Pool, RequestError, UpstreamError, request_head
 
 from .hostile import Exchange, RawUpstream, answer_with, raw_upstream
@@ -99,6 +103,8 @@ MALFORMED = {
     "status 000": b"HTTP/1.1 000 OK\r\ncontent-length: 2\r\n\r\nok",
     "status 099": b"HTTP/1.1 099 OK\r\ncontent-length: 2\r\n\r\nok",
     "status 1000": b"HTTP/1.1 1000 OK\r\ncontent-length: 2\r\n\r\nok",
+    "status 600": b"HTTP/1.1 600 Beyond\r\ncontent-length: 2\r\n\r\nok",  # uvicorn has no line for it
+    "status 999": b"HTTP/1.1 999 Beyond\r\ncontent-length: 2\r\n\r\nok",
     "HTTP/1.banana": b"HTTP/1.banana 200 OK\r\ncontent-length: 2\r\n\r\nok",
     "HTTP/2.0": b"HTTP/2.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
     "HTTP/0.9": b"HTTP/0.9 200 OK\r\ncontent-length: 2\r\n\r\nok",
@@ -242,14 +248,21 @@ def endless(start: bytes, filler: bytes) -> object:
 async def test_an_endless_line_or_head_is_refused_after_its_limit(
     start: bytes, filler: bytes, reason: str
 ) -> None:
-    async with RawUpstream(endless(start, filler)) as server:  # type: ignore[arg-type]
-        client = pool(server.port)
-        with pytest.raises(MalformedAnswer, match=reason):
-            await asyncio.wait_for(read(client), 10)
-        await asyncio.wait_for(server.wait_for(lambda: server.closed == 1), 10)
-        client.close()
-    # Refused near the limit: what the server managed to send is what loopback buffers hold.
+    tracemalloc.start()
+    try:
+        async with RawUpstream(endless(start, filler)) as server:  # type: ignore[arg-type]
+            client = pool(server.port)
+            with pytest.raises(MalformedAnswer, match=reason):
+                await asyncio.wait_for(read(client), 10)
+            await asyncio.wait_for(server.wait_for(lambda: server.closed == 1), 10)
+            client.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Refused near the limit: what the server managed to send is what loopback buffers hold,
+    # and what was held meanwhile (the server's side included) is a few reads.
     assert server.sent < 16 << 20  # type: ignore[attr-defined]
+    assert peak < 4 << 20
 
 
 async def test_a_large_head_in_one_read_is_refused() -> None:
@@ -431,3 +444,118 @@ async def test_a_cancelled_request_frees_its_slot_and_closes_its_connection() ->
         server.handler = answer_with(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         assert await asyncio.wait_for(read(client), 5) == b"ok"  # the only slot is free again
         client.close()
+
+
+async def test_an_answer_without_a_length_cut_by_a_reset_is_an_error() -> None:
+    async def reset(exchange: Exchange) -> None:
+        await exchange.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        sock = exchange.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        exchange.writer.transport.abort()  # a reset, not the end of the answer
+
+    async with RawUpstream(reset) as server:
+        client = pool(server.port)
+        with pytest.raises(UpstreamError):
+            await read(client)
+        client.close()
+
+
+async def test_a_connection_lost_while_a_bytes_body_waits_leaves_no_unretrieved_future() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    answered = asyncio.Event()
+
+    async def early_close(exchange: Exchange) -> None:
+        await exchange.write(b"HTTP/1.1 413 Too Large\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbig")
+        answered.set()
+        exchange.writer.close()  # having read nothing of the body: the client's writes pause
+
+    try:
+        async with RawUpstream(early_close, read_body=False) as server:
+            client = pool(server.port)
+            response = await client.request("PUT", "/", [], b"x" * (32 << 20))
+            paused = response._connection._drain  # writing paused: the body is mostly unsent
+            assert paused is not None
+            assert (response.status, await response.next_chunk()) == (413, (b"big", True))
+            await asyncio.wait((paused,), timeout=10)  # done once the client's side is lost
+            client.close()
+            del response, paused
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
+
+
+async def test_a_caller_leaving_during_a_stalled_upload_ends_the_exchange() -> None:
+    # The target reads nothing more: the upload waits for the transport. The body is still
+    # read meanwhile (a bounded amount), which is where a caller's leaving shows.
+    async def stall(exchange: Exchange) -> None:
+        await asyncio.Event().wait()  # reads nothing of the body, answers nothing
+
+    async with RawUpstream(stall, read_body=False) as server:
+        client = pool(server.port, limit=1)
+
+        async def caller_body() -> AsyncIterator[bytes]:
+            while True:
+                busy = next(iter(client._busy), None)
+                if busy is not None and busy._drain is not None and not busy._drain.done():
+                    raise ClientGone  # asked for more while the target reads none: the caller left
+                yield b"x" * 65536
+
+        with pytest.raises(ClientGone):
+            await asyncio.wait_for(client.request("PUT", "/", [], caller_body()), 10)
+        assert client._busy == set()
+        client.close()
+
+
+async def test_a_full_duplex_target_gets_the_whole_body_while_it_answers() -> None:
+    # The target answers at once and echoes the body as it reads it (Go's client, daprd's,
+    # keeps uploading beside such an answer): the upload must go on.
+    async def echo(exchange: Exchange) -> None:
+        await exchange.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        pending = exchange.leftover  # the chunked body follows the head the server read
+        while True:
+            decoded, pending, ended = _dechunk(pending)
+            if decoded:
+                await exchange.write(b"%x\r\n%b\r\n" % (len(decoded), decoded))
+            if ended:
+                await exchange.write(b"0\r\n\r\n")
+                return
+            data = await exchange.reader.read(65536)
+            if not data:
+                return
+            pending += data
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(512):  # 32 MiB: more than loopback buffers hold, so it is still uploading
+            yield bytes([65 + i % 26]) * 65536
+
+    async with RawUpstream(echo, read_body=False) as server:
+        client = pool(server.port)
+        response = await asyncio.wait_for(client.request("POST", "/", [], body()), 10)
+        echoed = b"".join([chunk async for chunk in response.chunks()])
+        client.close()
+    assert echoed == b"".join(bytes([65 + i % 26]) * 65536 for i in range(512))
+
+
+def _dechunk(buffer: bytes) -> tuple[bytes, bytes, bool]:
+    """The whole chunks at the start of `buffer`: their data, what is left, whether the last
+    chunk came (a test's reader of the uploads it is sent, not a parser of answers)."""
+    out = b""
+    while True:
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            return out, buffer, False
+        size = int(buffer[:end], 16)
+        if size == 0:
+            return out, b"", True
+        if len(buffer) < end + 2 + size + 2:
+            return out, buffer, False
+        out += buffer[end + 2 : end + 2 + size]
+        buffer = buffer[end + 2 + size + 2 :]
+
+
+def test_a_host_that_cannot_be_a_header_is_refused() -> None:
+    with pytest.raises(RequestError, match="Host header"):
+        Pool("http", "a b", 80, ssl_context=None, check=None, connect_timeout=1, limit=1)

@@ -9,8 +9,9 @@ hold the target's connection slots, deadlock an upload, or break the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ from .hostile import Exchange, RawUpstream, answer_ok
 from .servers import serve
 
 SERVERS = ["h11", "httptools"]
+
+
+@contextlib.contextmanager
+def server_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """uvicorn's own error log in `caplog` too (its loggers do not propagate to the root)."""
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
 SMUGGLED = b"GET /admin HTTP/1.1\r\nhost: up\r\ndapr-caller-app-id: spoofed\r\ncontent-length: 0\r\n\r\n"
 
 
@@ -341,7 +355,7 @@ async def test_a_malformed_answer_is_dapr_s_failed_invocation(
     async with RawUpstream(answering(raw)) as upstream:
         app, _ = make_app(tmp_path, upstream)
         async with DaprTest(app), serve(app, http=http) as url, httpx.AsyncClient(base_url=url) as client:
-            with caplog.at_level(logging.WARNING):
+            with caplog.at_level(logging.WARNING), server_logs(caplog):
                 answer = await asyncio.wait_for(client.get("/v1.0/invoke/up/method/x"), 10)
                 again = await asyncio.wait_for(client.get("/v1.0/invoke/up/method/x"), 10)
             await upstream.wait_for(lambda: upstream.closed == 2)
@@ -373,3 +387,67 @@ async def test_an_answer_cut_by_an_endless_chunk_extension_ends_the_callers_stre
                 with pytest.raises(httpx.RemoteProtocolError):
                     await asyncio.wait_for(answer.aread(), 10)
             assert (await client.get("/ping")).json() == "pong"
+
+
+# -- answers an ASGI server cannot pass on as they are -----------------------------------------
+
+
+@pytest.mark.parametrize("http", SERVERS)
+@pytest.mark.parametrize("status", [204, 304])
+async def test_a_bodiless_answer_with_a_length_reaches_the_caller(
+    tmp_path: Path, http: str, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 304 may carry the length of what it did not send; uvicorn would wait for that body.
+    raw = f"HTTP/1.1 {status} No Body\r\netag: x\r\ncontent-length: 10\r\n\r\n".encode()
+    async with RawUpstream(answering(raw)) as upstream:
+        app, _ = make_app(tmp_path, upstream)
+        async with DaprTest(app), serve(app, http=http) as url, httpx.AsyncClient(base_url=url) as client:
+            with caplog.at_level(logging.WARNING), server_logs(caplog):
+                answer = await asyncio.wait_for(client.get("/v1.0/invoke/up/method/x"), 10)
+                await client.get("/ping")  # the server has finished with the first request
+    assert (answer.status_code, answer.headers["etag"], answer.content) == (status, "x", b"")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# -- redirects ----------------------------------------------------------------------------------
+
+
+async def test_redirect_hops_on_one_origin_reuse_the_connection(tmp_path: Path) -> None:
+    async def hops(exchange: Exchange) -> None:
+        if exchange.request.target.startswith("/hop"):
+            step = int(exchange.request.target[4:])
+            where = f"/hop{step + 1}" if step < 3 else "/done"
+            await exchange.write(
+                f"HTTP/1.1 302 Found\r\nlocation: {where}\r\ncontent-length: 5\r\n\r\nmoved".encode()
+            )
+            return
+        await answer_ok(exchange)
+
+    async with RawUpstream(hops) as upstream:
+        app, dapr = make_app(tmp_path, upstream)
+        async with DaprTest(app):
+            answers = [await dapr.invoke("up", "hop0") for _ in range(3)]
+    assert [(a.status_code, a.content) for a in answers] == [(200, b"ok")] * 3
+    assert [r.target for r in upstream.requests[:5]] == ["/hop0", "/hop1", "/hop2", "/hop3", "/done"]
+    assert {r.connection for r in upstream.requests} == {0}  # every hop, every call, one connection
+
+
+# -- remote mode ---------------------------------------------------------------------------------
+
+
+async def test_remote_mode_sends_daprd_the_apps_token_only(tmp_path: Path) -> None:
+    async with RawUpstream() as daprd:
+        app = FastAPI()
+        dapr = Dapr(
+            app, app_id="orders", mode="remote", dapr_http_endpoint=daprd.base_url, api_token="app-token"
+        )
+        caller_headers = {"dapr-api-token": "the-caller's", "host": "elsewhere", "content-length": "99"}
+        async with app.router.lifespan_context(app):
+            answer = await dapr.invoke(
+                "billing", "x", http_method="POST", content=b"abc", headers=caller_headers
+            )
+    assert answer.status_code == 200
+    [request] = daprd.requests
+    assert request.values("dapr-api-token") == ["app-token"]
+    assert request.values("host") == [f"127.0.0.1:{daprd.port}"]
+    assert (request.values("content-length"), request.body) == (["3"], b"abc")

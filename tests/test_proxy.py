@@ -287,7 +287,16 @@ async def test_url_targets_need_the_allow_list(tmp_path: Path, upstream: tuple[U
         # `;` parameters (read as `..` by Tomcat), no encoded `/` or `\`, no `\`.
         dotted = [
             await c.get(f"/v1.0/invoke/{encoded(f'http://localhost:{port}/api/{dots}/admin')}/method/x")
-            for dots in ("..", "%2e%2e", "%2E.", "..;", ".;", "..;x=1", "%2e%2E%3b", "..%2Fadmin", "x%5c..")
+            for dots in (
+                *("..", "%2e%2e", "%2E.", "..;", ".;", "..;x=1", "%2e%2E%3b", "..%2Fadmin", "x%5c.."),
+                *(
+                    "%252e%252e",
+                    "%25252e.",
+                    "..%00",
+                    "%EF%BC%8E%EF%BC%8E",
+                    "a%252Fb",
+                ),  # twice encoded, NUL, full width
+            )
         ]
         with_backslash = encoded(f"http://localhost:{port}/api/a" + chr(92))
         backslash = await c.get(f"/v1.0/invoke/{with_backslash}/method/x")
@@ -298,7 +307,7 @@ async def test_url_targets_need_the_allow_list(tmp_path: Path, upstream: tuple[U
     assert server.seen[0]["query"] == "q=1"
     assert outside.status_code == 403
     assert other_port.status_code == 403
-    assert [answer.status_code for answer in dotted] == [400] * 9
+    assert [answer.status_code for answer in dotted] == [400] * 14
     assert {answer.json()["errorCode"] for answer in dotted} == {"ERR_DIRECT_INVOKE"}
     assert backslash.status_code == 400
     assert normalised.status_code == 200
