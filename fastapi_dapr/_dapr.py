@@ -339,9 +339,12 @@ class Dapr:
         id (`InvocationSettings.apps`; in remote mode, daprd resolves it). The
         answer is returned whatever its status, headers included, with the
         body read; with `stream=True` the body is left to `aiter_bytes()` and
-        the response must be closed (`async with`). `content` may be an async
-        iterable of bytes, sent as it comes. Raises `DaprAPIError` when the
-        target can't be reached (daprd's `ERR_DIRECT_INVOKE`) or is refused.
+        the response must be closed (`async with`); a body cut short then raises
+        `OSError` from `aiter_bytes()`. `content` may be an async iterable of
+        bytes, sent as it comes. Raises `DaprAPIError` when the target can't be
+        reached, its answer is not valid HTTP/1.1 or is cut short (daprd's
+        `ERR_DIRECT_INVOKE`), or is refused; `ValueError` for a header that
+        cannot be sent.
         """
         from ._calls import invoke
 
@@ -357,7 +360,14 @@ class Dapr:
             timeout=timeout,
         )
         if not stream:
-            await response.aread()
+            try:
+                await response.aread()
+            except OSError as exc:  # the answer broke off in the middle of its body
+                raise DaprAPIError(
+                    500,
+                    "ERR_DIRECT_INVOKE",
+                    f"failed to invoke, id: {target}, err: the answer was cut short: {exc}",
+                ) from exc
         return response
 
     def _running(self) -> Runtime:

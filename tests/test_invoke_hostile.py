@@ -451,3 +451,16 @@ async def test_remote_mode_sends_daprd_the_apps_token_only(tmp_path: Path) -> No
     assert request.values("dapr-api-token") == ["app-token"]
     assert request.values("host") == [f"127.0.0.1:{daprd.port}"]
     assert (request.values("content-length"), request.body) == (["3"], b"abc")
+
+
+async def test_dapr_invoke_of_an_answer_cut_short_is_a_failed_invocation(tmp_path: Path) -> None:
+    async def cut(exchange: Exchange) -> None:
+        await exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
+        exchange.writer.close()
+
+    async with RawUpstream(cut) as upstream:
+        app, dapr = make_app(tmp_path, upstream)
+        async with DaprTest(app):
+            with pytest.raises(DaprAPIError, match="the answer was cut short") as failed:
+                await dapr.invoke("up", "x")
+    assert (failed.value.status_code, failed.value.error_code) == (500, "ERR_DIRECT_INVOKE")
