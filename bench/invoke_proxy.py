@@ -115,7 +115,12 @@ def uvicorn(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **env}
         )
         try:
-            wait_ready(port, ready_path, server)
+            try:
+                wait_ready(port, ready_path, server)
+            except RuntimeError as exc:
+                out.flush()
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{exc} ({target} in {cwd}); its log:\n{tail}") from None
             yield port, server.pid
         finally:
             server.terminate()

@@ -37,6 +37,8 @@ if CLIENT == "httpx":
     class _HttpxUpstream:
         """What the proxy uses of `_http1.Response`, over an httpx response."""
 
+        uploading = False  # the body is sent whole before the answer is read
+
         def __init__(self, response: httpx.Response) -> None:
             self.status = response.status_code
             self.headers = _headers.response_headers(response.headers.raw)
@@ -80,6 +82,8 @@ elif CLIENT == "aiohttp":
 
     class _AiohttpUpstream:
         """What the proxy uses of `_http1.Response`, over an aiohttp response."""
+
+        uploading = False  # the body is sent whole before the answer is read
 
         def __init__(self, response: aiohttp.ClientResponse) -> None:
             self._response = response
