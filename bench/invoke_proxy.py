@@ -262,8 +262,18 @@ def bench(settings: Settings, workdir: Path, baseline: Path | None) -> tuple[dic
         for name in subjects:
             port, _, path = servers[name]
             run_wrk(f"http://127.0.0.1:{port}{path}", settings, settings.warmup)
-        for _ in range(settings.rounds):
-            for name in subjects:
+        for round_number in range(settings.rounds):
+            # Beside the baseline the machine is most alike: the proxy and the baseline's right
+            # after it, in turns (this virtual machine's speed drifts within a round).
+            pair_first = ["proxy", "proxy_baseline"] if baseline is not None else ["proxy"]
+            if round_number % 2:
+                pair_first.reverse()
+            order = [
+                "direct",
+                *pair_first,
+                *(name for name in subjects if name.startswith("proxy_") and name != "proxy_baseline"),
+            ]
+            for name in order:
                 port, pid, path = servers[name]
                 before = cpu_seconds(pid)
                 run = run_wrk(f"http://127.0.0.1:{port}{path}", settings, settings.duration)
