@@ -193,3 +193,27 @@ def test_header_secret_without_store(tmp_path: Path) -> None:
         DaprTestClient(app),
     ):
         pass
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ('{name: "X A", value: v}', "is not an HTTP token"),
+        ('{name: "X:A", value: v}', "is not an HTTP token"),
+        ('{name: X-A, value: "line\\r\\nx-injected: 1"}', "control character"),
+        ('{name: X-A, value: "nul\\0"}', "control character"),
+        ("{name: Host, value: elsewhere}", "set by the sidecar's HTTP client"),
+        ("{name: Content-Length, value: '5'}", "set by the sidecar's HTTP client"),
+        ("{name: Transfer-Encoding, value: chunked}", "set by the sidecar's HTTP client"),
+        ("{name: Connection, value: close}", "set by the sidecar's HTTP client"),
+    ],
+)
+def test_a_header_that_cannot_be_sent_stops_the_start(tmp_path: Path, header: str, problem: str) -> None:
+    path = write(tmp_path, endpoint("e", f"  baseUrl: http://a\n  headers: [{header}]"))
+    app = FastAPI()
+    Dapr(app, resources_path=tmp_path)
+    with pytest.raises(ResourceError) as info, DaprTestClient(app):
+        pass
+    assert str(info.value).startswith(f"{path}: HTTPEndpoint 'e': spec.headers[0]: ")
+    assert problem in str(info.value)
+    assert "injected" not in str(info.value)  # a value may be a secret: never shown
