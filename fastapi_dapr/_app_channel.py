@@ -1,7 +1,7 @@
 """The app channel of the standalone sidecar: the app is another process, reached over HTTP.
 
 `AppChannel` is an ASGI application that passes each request on to the app's
-port and streams the answer back, on the proxy's HTTP/1.1 client (`_http1`).
+port and streams the answer back, on the proxy's HTTP/1.1 client (`_pool`, `_http1`).
 The runtime is given it as its `app`, so deliveries, self-invocation and the
 rest of the sidecar work unchanged whether the app is in process or not.
 """
@@ -19,7 +19,8 @@ from starlette.types import Receive, Scope, Send
 from ._caller import CallerWatch, ClientGone, RequestBody
 from ._exceptions import SubscriptionError
 from ._headers import declared_length, forwardable, response_headers
-from ._http1 import MalformedAnswer, Pool, RequestError, UpstreamError
+from ._http1 import MalformedAnswer, RequestError, UpstreamError
+from ._pool import Pool
 from ._subscription import TopicSubscription, parse_subscribe_answer
 
 __all__: list[str] = []

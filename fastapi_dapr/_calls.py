@@ -87,7 +87,8 @@ async def invoke(
             raise ValueError(f"headers: {problem}")
     # Framing comes from the body: a length for bytes, a streamed body's declared length
     # (counted as it is sent), chunked otherwise.
-    length = len(body) if isinstance(body, bytes) else (declared_length(given) if body is not None else None)
+    streamed = body is not None and not isinstance(body, bytes)
+    declared = declared_length(given) if streamed else None
     # As daprd: a traceparent it reads is passed on (a given one, else the trace of what
     # the app is handling), one it can't read is not.
     lowered = {name.lower(): value for name, value in given}
@@ -102,16 +103,17 @@ async def invoke(
     query = urlencode(list(params.items()) if isinstance(params, Mapping) else list(params or ()))
     if dapr.mode == "remote":
         header_list = [*forwardable(given), *header_pairs(trace)]
-        call = _Call(method, verb, query, header_list, body, length, timeout)
+        call = _Call(method, verb, query, header_list, body, declared, timeout)
         return await _invoke_remote(dapr, target, call)
     runtime = dapr._running()
     from ._invoke_policy import built_in_retry, invocation_policy, run_invocation
 
     if runtime.is_own_id(target):
         header_list = [*forwardable(given), *header_pairs(trace)]
+        length = len(body) if isinstance(body, bytes) else declared
         if length is not None:
             header_list.append(("content-length", str(length)))
-        call = _Call(method, verb, query, header_list, body, length, timeout)
+        call = _Call(method, verb, query, header_list, body, declared, timeout)
         target = runtime.app_id  # `{id}.{namespace}` too: the policies name the app id
         policy = invocation_policy(runtime, None, target, method)
 
@@ -135,7 +137,7 @@ async def invoke(
                 query,
                 header_list,
                 body,
-                length=length if not isinstance(body, bytes) else None,
+                length=declared,
                 timeout=timeout,
                 connect_retry=connect_retry,
                 clock=runtime.clock,
@@ -159,7 +161,7 @@ class _Call(NamedTuple):
     query: str
     headers: list[tuple[str, str]]
     body: Body
-    length: int | None  # of the body, when known
+    declared: int | None  # the length a streamed body declared
     timeout: float | None
 
 
@@ -176,7 +178,6 @@ async def _invoke_remote(dapr: Dapr, target: str, call: _Call) -> InvokeResponse
         headers.append(("dapr-api-token", dapr._api_token))
     daprd = Target("app", "daprd", dapr.dapr_http_endpoint.rstrip("/"))
     path = f"v1.0/invoke/{quote(target, safe='')}/method/{quote(call.method, safe=PATH_SAFE)}"
-    length = call.length if not isinstance(call.body, bytes) else None
     upstream = await dapr._remote_invoker.open(
         daprd,
         path,
@@ -184,7 +185,7 @@ async def _invoke_remote(dapr: Dapr, target: str, call: _Call) -> InvokeResponse
         call.query,
         headers,
         call.body,
-        length=length,
+        length=call.declared,
         timeout=call.timeout,
         escaped=True,
     )

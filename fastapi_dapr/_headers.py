@@ -5,7 +5,7 @@ proxy of `/v1.0/invoke`, `Dapr.invoke`, the resiliency path, the standalone
 sidecar's app channel, and the app's own routes called in process.
 `invocation_headers` adds Dapr's rules for a target over the network on top
 (reference 6.3). The framing (`Host`, `Content-Length`, `Transfer-Encoding`) is
-never taken from a caller: `_http1.request_head` sets it from the body.
+never taken from a caller: `_pool.request_head` sets it from the body.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ HOP_BY_HOP = frozenset(
 # Framing a hop sets for itself: never a caller's.
 _FRAMING = frozenset({"host", "content-length", "expect"})
 _NOT_FORWARDED = HOP_BY_HOP | _FRAMING
-# What `_http1.request_head` writes itself: a header of these names given to it is a bug.
+# What `_pool.request_head` writes itself: a header of these names given to it is a bug.
 CLIENT_SET = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 # Names no configuration may set on a request: the client's own, and hop-by-hop ones.

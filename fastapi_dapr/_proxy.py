@@ -32,18 +32,10 @@ from ._endpoints import ResolvedEndpoint
 from ._errors import error_response
 from ._exceptions import DaprAPIError
 from ._headers import declared_length, invocation_headers, response_headers
-from ._http1 import (
-    ConnectTimeout,
-    Limits,
-    MalformedAnswer,
-    Pool,
-    Refused,
-    RequestError,
-    Response,
-    UpstreamError,
-)
+from ._http1 import ConnectTimeout, Limits, MalformedAnswer, RequestError, Response, UpstreamError
 from ._invocation import InvocationSettings
 from ._invoke import VERBS
+from ._pool import Pool, Refused
 from ._retry import Clock, RetryPolicy
 from ._timeouts import within
 from ._trace import from_headers
@@ -566,7 +558,7 @@ def caller_error(error: DaprAPIError, body: RequestBody | None, max_body_size: i
     return error
 
 
-def has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"content-length":
             return value.strip() not in (b"", b"0")
@@ -605,7 +597,7 @@ async def proxy_asgi(
     if verb not in VERBS:
         verb = "POST"  # as daprd sends a verb it does not know
     with CallerWatch(receive) as watch:
-        body = RequestBody(receive, max_body_size, on_end=watch.start) if has_body(raw) else None
+        body = RequestBody(receive, max_body_size, on_end=watch.start) if _has_body(raw) else None
         if body is None:
             watch.start()
         try:

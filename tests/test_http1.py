@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fastapi_dapr._caller import ClientGone
-from fastapi_dapr._http1 import Limits, MalformedAnswer, Pool, RequestError, UpstreamError, request_head
+from fastapi_dapr._http1 import Limits, MalformedAnswer, RequestError, UpstreamError
+from fastapi_dapr._pool import Pool, request_head
 
 from .hostile import Exchange, RawUpstream, answer_with, raw_upstream
 
@@ -559,3 +560,13 @@ def _dechunk(buffer: bytes) -> tuple[bytes, bytes, bool]:
 def test_a_host_that_cannot_be_a_header_is_refused() -> None:
     with pytest.raises(RequestError, match="Host header"):
         Pool("http", "a b", 80, ssl_context=None, check=None, connect_timeout=1, limit=1)
+
+
+@pytest.mark.parametrize(("line", "head"), [(512, 65536), (16384, 8192)])
+def test_limits_that_cannot_work_are_refused(line: int, head: int) -> None:
+    from fastapi_dapr import InvocationSettings
+
+    with pytest.raises(ValueError, match="max_line_size"):
+        InvocationSettings(max_line_size=line, max_head_size=head)
+    with pytest.raises(ValueError, match="at least 1 KiB"):
+        Limits(line=line, head=head)

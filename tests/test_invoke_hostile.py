@@ -43,6 +43,15 @@ def server_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 SMUGGLED = b"GET /admin HTTP/1.1\r\nhost: up\r\ndapr-caller-app-id: spoofed\r\ncontent-length: 0\r\n\r\n"
 
 
+@contextlib.asynccontextmanager
+async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app's ASGI interface, its lifespan running: headers and chunk
+    boundaries exactly as the test writes them, which no HTTP server would pass on."""
+    transport = httpx.ASGITransport(app=app)
+    async with DaprTest(app), httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+
+
 def make_app(tmp_path: Path, upstream: RawUpstream, **options: Any) -> tuple[FastAPI, Dapr]:
     resources = tmp_path / "resources"
     resources.mkdir(exist_ok=True)
@@ -106,11 +115,7 @@ async def test_a_framing_lookalike_header_smuggles_nothing_with_exact_chunks(tmp
 
     async with RawUpstream() as upstream:
         app, _ = make_app(tmp_path, upstream)
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            DaprTest(app),
-            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
-        ):
+        async with in_process(app) as client:
             answer = await client.post(
                 "/v1.0/invoke/up/method/x",
                 content=streamed(chunks),
@@ -241,11 +246,7 @@ async def test_the_api_refuses_a_header_that_is_not_http(tmp_path: Path) -> None
     # uvicorn's parsers refuse these; an ASGI caller in process can still send them.
     async with RawUpstream() as upstream:
         app, _ = make_app(tmp_path, upstream)
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            DaprTest(app),
-            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
-        ):
+        async with in_process(app) as client:
             answer = await client.get("/v1.0/invoke/up/method/x", headers={"x-a": "a\r\nx-injected: 1"})
     assert answer.status_code == 400
     assert answer.json()["errorCode"] == "ERR_DIRECT_INVOKE"
