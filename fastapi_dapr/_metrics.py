@@ -155,6 +155,11 @@ class Metrics:
             "Deliveries retried (a wait before another POST), under any retry policy.",
             (*component, "topic"),
         )
+        self.parked_messages = self._counter(
+            "fastapi_dapr_pubsub_parked_total",
+            "Messages set aside after maxDeliveryCount deliveries, for an operator to replay (pubsub.redis).",
+            (*component, "topic"),
+        )
         self.dead_letters = self._counter(
             "fastapi_dapr_pubsub_dead_letter_total",
             "Dead-letter publishes, by their success.",
@@ -222,6 +227,9 @@ class Metrics:
 
     def retried(self, pubsub: str, topic: str) -> None:
         self.retries.inc((self.app_id, pubsub, self.namespace, topic))
+
+    def parked(self, pubsub: str, topic: str) -> None:
+        self.parked_messages.inc((self.app_id, pubsub, self.namespace, topic))
 
     def dead_lettered(self, pubsub: str, topic: str, dead_letter_topic: str, success: bool) -> None:
         key = (self.app_id, pubsub, self.namespace, topic, dead_letter_topic, "true" if success else "false")

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from ._durations import parse_duration
-from ._exceptions import ResourceError, SubscriptionError
+from ._exceptions import ResourceError
+from ._match import match_problem
 from ._resiliency import (
     AppTarget,
     BreakerTemplate,
@@ -30,7 +31,7 @@ from ._resiliency import (
     compile_trip,
 )
 from ._retry import RetryPolicy
-from ._subscription import BulkSubscribe, check_match
+from ._subscription import BulkSubscribe
 
 __all__: list[str] = []
 
@@ -326,12 +327,9 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
                 raise doc.error(field, "must be a mapping with match and path")
             match = doc.get(rule, "match", f"{field}.match", str, default="")
             path = doc.get(rule, "path", f"{field}.path", str, required=True)
-            try:
-                check_match(match, f"{doc.source}: Subscription {doc.name!r}")
-            except SubscriptionError as exc:
-                problem = str(exc.__cause__ or exc).strip()
-                problem = f"{match!r} is not a valid CEL expression: {problem}"
-                raise doc.error(f"{field}.match", problem) from None
+            problem = match_problem(match)
+            if problem is not None:
+                raise doc.error(f"{field}.match", f"{match!r} {problem}")
             rules.append((match, path))
         default = doc.get(routes, "default", "spec.routes.default", str) or None
     return DeclarativeSubscription(

@@ -171,7 +171,9 @@ class Runtime:
         def make(values: dict[str, str]) -> Broker:
             # Scopes that cannot be read refuse the component, as any bad metadata does.
             self.scopes[component.name] = TopicScopes.from_metadata(values, self.app_id)
-            return load_broker_class(component.type)(component.name, values, app_id=self.app_id)
+            broker = load_broker_class(component.type)(component.name, values, app_id=self.app_id)
+            broker.metrics = self.metrics
+            return broker
 
         return make
 

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._exceptions import SubscriptionError
+from ._match import check_match
 
 __all__ = ["BulkSubscribe", "TopicSubscription"]
 
@@ -97,7 +98,7 @@ class Subscription:
         if not pubsub or not topic:
             raise SubscriptionError(f"{name}: pubsub and topic must be non-empty strings")
         if match is not None:
-            check_match(match, name)
+            check_match(match, f"{name} (pubsub {pubsub!r}, topic {topic!r})")
         elif priority is not None:
             raise SubscriptionError(f"{name}: priority only orders handlers that have a match")
         if dead_letter_topic is not None and not dead_letter_topic:
@@ -154,24 +155,6 @@ def default_route(pubsub: str, topic: str) -> str:
     `#`, spaces) become `_`, so the path matches itself when daprd posts to it.
     """
     return "/events/" + _UNSAFE_PATH_CHARS.sub("_", f"{pubsub}/{topic}")
-
-
-def check_match(expression: str, handler_name: str) -> None:
-    """Compile a CEL match once at registration, as daprd does at load time.
-
-    daprd refuses the whole subscription list when one expression does not
-    compile (reference 2.1), so a typo must stop the app, not every subscription.
-    """
-    import celpy  # Imported here: only apps with routing rules pay for it.
-
-    if not expression.strip():
-        return  # daprd: an empty match always matches.
-    try:
-        celpy.Environment().compile(expression)
-    except Exception as exc:  # celpy raises its own parse error types.
-        raise SubscriptionError(
-            f"{handler_name}: match {expression!r} is not a valid CEL expression: {exc}"
-        ) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +348,8 @@ def _wire_item(raw: Any, index: int) -> TopicSubscription | None:
     raw_rules = routes.get("rules") or []
     if not isinstance(raw_rules, list):
         raise SubscriptionError(f"{where}.routes.rules: must be a list")
+    pubsub = _wire_string(item, "pubsubname", where)
+    topic = _wire_string(item, "topic", where)
     rules: list[tuple[str, str]] = []
     for number, raw_rule in enumerate(raw_rules):
         field = f"{where}.routes.rules[{number}]"
@@ -372,12 +357,11 @@ def _wire_item(raw: Any, index: int) -> TopicSubscription | None:
             raise SubscriptionError(f"{field}: must be an object with match and path")
         rule = _lower_keys(raw_rule)
         match = _wire_string(rule, "match", field)
-        check_match(match, field)  # a rule that does not compile fails the whole list, as in daprd
+        # A rule that cannot work fails the whole list, as one that does not compile does in daprd.
+        check_match(match, f"{field} (pubsub {pubsub!r}, topic {topic!r})")
         rules.append((match, _wire_string(rule, "path", field)))
     # One default: routes.default, else route (reference 2.1).
     default = _wire_string(routes, "default", f"{where}.routes") or _wire_string(item, "route", where) or None
-    pubsub = _wire_string(item, "pubsubname", where)
-    topic = _wire_string(item, "topic", where)
     dead_letter = _wire_string(item, "deadlettertopic", where) or None
     bulk = _wire_bulk(item.get("bulksubscribe"), f"{where}.bulkSubscribe")
     if not rules and default is None:

@@ -889,3 +889,139 @@ def test_an_encrypted_client_key_is_refused_without_a_prompt(pki: dict[str, Any]
     metadata = {"clientCert": pki["client"].certificate, "clientKey": encrypted}
     with pytest.raises(ValueError, match="clientKey is encrypted"):
         _tls_context(metadata)
+
+
+# -- a bound on the deliveries of one message: parked, then replayed ------------------------------
+
+
+def replay_script() -> str:
+    """The replay script docs/redis.md gives operators."""
+    import re
+
+    (script,) = re.findall(r"```lua\n(.*?)```", (ROOT / "docs" / "redis.md").read_text(), re.S)
+    return script
+
+
+def parked_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "fastapi_dapr.delivery" and r.outcome == "parked"]
+
+
+async def test_a_message_that_always_fails_is_parked_after_max_delivery_count(
+    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi_dapr import RetryPolicy
+    from fastapi_dapr.testing import FakeClock
+
+    caplog.set_level(logging.INFO, logger="fastapi_dapr")
+    folder = tmp_path / "resources"
+    folder.mkdir()
+    (folder / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\nspec:\n"
+        "  type: pubsub.redis\n  version: v1\n  metadata:\n"
+        f"  - {{name: redisHost, value: '{server.url}'}}\n"
+        "  - {name: processingTimeout, value: 200ms}\n  - {name: redeliverInterval, value: 50ms}\n"
+        "  - {name: maxDeliveryCount, value: '3'}\n"
+    )
+    app = FastAPI()
+    dapr = Dapr(app, app_id="checkout", resources_path=folder, metrics=True)
+    dapr.retry = RetryPolicy(policy="constant", duration=1.0, max_retries=1)
+    calls: list[int] = []
+
+    @dapr.subscribe("pubsub", "jobs")  # no dead-letter topic
+    async def on_job(event: CloudEvent[dict[str, int]]) -> Any:
+        calls.append(event.data["n"])
+        return RETRY
+
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        async with DaprTest(app, clock=FakeClock()) as test:
+            first = await test.publish_and_wait("pubsub", "jobs", {"n": 7}, timeout=20)
+            later = [await test.wait_for_delivery(topic="jobs", timeout=20) for _ in range(2)]
+            scrape = (await test.client.get("/metrics")).text
+            assert parked_lines(caplog), "parked by the third delivery's give-up"
+        ((entry_id, original),) = await client.xrange("jobs")
+        parked = await client.xrange("jobs:parked:checkout")
+        pending = await client.xpending("jobs", "checkout")
+    finally:
+        await client.aclose()
+    assert [r.outcome for r in (first, *later)] == ["failed"] * 3
+    assert {r.message_id for r in later} == {first.message_id} == {entry_id.decode()}
+    assert calls == [7] * 6  # three deliveries of two attempts each, and no fourth
+    assert pending["pending"] == 0  # acknowledged in the group: never claimed again
+    ((_, fields),) = parked
+    assert fields[b"data"] == original[b"data"]
+    assert fields[b"metadata"] == original[b"metadata"]
+    assert (fields[b"parkedTopic"], fields[b"parkedId"], fields[b"parkedGroup"]) == (
+        b"jobs",
+        entry_id,
+        b"checkout",
+    )
+    assert fields[b"parkedDeliveries"] == b"3"
+    (line,) = parked_lines(caplog)
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == (
+        f"redis pubsub pubsub: message {first.message_id} of jobs delivered 3 times (maxDeliveryCount 3), "
+        "every delivery failed; parked in stream jobs:parked:checkout, to be replayed from there"
+    )
+    metric = 'fastapi_dapr_pubsub_parked_total{app_id="checkout",component="pubsub",namespace="default",'
+    assert f'{metric}topic="jobs"}} 1' in scrape
+
+
+async def test_a_message_whose_deliveries_never_settle_is_parked_unseen_then_replayed(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Claimed once more than allowed (every process that took it died): parked at the claim,
+    not delivered; the documented replay puts it back on the topic."""
+    caplog.set_level(logging.INFO, logger="fastapi_dapr")
+    client = redis.Redis(host="127.0.0.1", port=server.port)
+    broker = None
+    try:
+        await client.xgroup_create("work", "app", id="0", mkstream=True)
+        poison = (await client.xadd("work", {"data": b"kills its consumer", "metadata": b"{}"})).decode()
+        await client.xreadgroup("app", "crashed-1", {"work": ">"}, count=1)
+        # Two deliveries so far, and idle for an hour: its consumers are gone.
+        await client.xclaim("work", "app", "crashed-2", 0, [poison], idle=3_600_000, retrycount=2)
+        assert (await client.xpending_range("work", "app", "-", "+", 1))[0]["times_delivered"] == 2
+        broker = await make_broker(
+            "redis", server, processingTimeout="100ms", redeliverInterval="50ms", maxDeliveryCount="2"
+        )
+        consumer = await broker.subscribe("work")  # claims the stale entry at once, before reading
+        fresh = await broker.publish("work", b"fresh", {})
+        (taken,) = await asyncio.wait_for(consumer.receive(1), 10)
+        assert taken.message.id == fresh  # the poison was not delivered
+        await taken.ack()
+        ((_, fields),) = await client.xrange("work:parked:app")
+        assert (fields[b"data"], fields[b"parkedId"], fields[b"parkedDeliveries"]) == (
+            b"kills its consumer",
+            poison.encode(),
+            b"3",
+        )
+        (line,) = parked_lines(caplog)
+        assert (
+            "delivered 3 times (maxDeliveryCount 2), none of its deliveries was settled" in line.getMessage()
+        )
+
+        replayed = await client.eval(replay_script(), 2, "work:parked:app", "work", 100)
+        assert replayed == 1
+        (again,) = await asyncio.wait_for(consumer.receive(1), 10)
+        assert again.message.data == b"kills its consumer"
+        assert again.message.id != poison  # a new entry of the topic, delivered afresh
+        await again.ack()
+        assert await client.xlen("work:parked:app") == 0
+        await broker.close()  # sends the acks gathered so far
+        assert (await client.xpending("work", "app"))["pending"] == 0
+    finally:
+        await client.aclose()
+        if broker is not None:
+            await broker.close()
+
+
+def test_max_delivery_count_is_a_positive_integer() -> None:
+    from fastapi_dapr.brokers.redis import RedisBroker
+
+    assert RedisBroker("p", {"redisHost": "x:1"}, app_id="a").max_deliveries == 10
+    assert RedisBroker("p", {"redisHost": "x:1", "maxDeliveryCount": "4"}, app_id="a").max_deliveries == 4
+    with pytest.raises(ValueError, match="maxDeliveryCount must be at least 1, not 0"):
+        RedisBroker("p", {"redisHost": "x:1", "maxDeliveryCount": "0"}, app_id="a")
+    with pytest.raises(ValueError, match="maxDeliveryCount must be an integer, not 'ten'"):
+        RedisBroker("p", {"redisHost": "x:1", "maxDeliveryCount": "ten"}, app_id="a")

@@ -13,7 +13,10 @@ import asyncio
 import collections
 import importlib
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .._metrics import Metrics
 
 __all__ = [
     "BROKER_TYPES",
@@ -136,6 +139,8 @@ class Broker:
     concurrency: int | None = None
     """Messages handled at once across the subscriptions of this component (daprd's
     `concurrency` metadata, where the component has one); None: the engine's limit."""
+    metrics: Metrics | None = None
+    """The sidecar's metrics, for what a broker settles on its own (set by the runtime)."""
 
     def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
         self.name = name

@@ -21,6 +21,9 @@ Where it differs from daprd, on purpose:
   is merely slow (daprd's #4599).
 - `redeliverInterval` and `processingTimeout` accept Go durations and integer
   milliseconds alike (daprd ignores a duration string for `redeliverInterval`).
+- A message is delivered `maxDeliveryCount` times at most (Redis's own count),
+  then parked in a stream of its own for an operator (`redis_parking.py`);
+  daprd has no bound.
 
 The client is redis-py's asyncio client, which connects, authenticates, selects
 the database, sets up TLS and parses replies (with hiredis). The commands of
@@ -54,6 +57,7 @@ from .._durations import parse_duration
 from .._json import go_dumps
 from .._tls import load_client_certificate
 from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
+from .redis_parking import Parking
 
 if sys.version_info >= (3, 11, 3):  # as redis-py chooses (redis-py#2633)
     from asyncio import timeout as _deadline  # type: ignore[attr-defined,unused-ignore]
@@ -372,6 +376,9 @@ class _StreamConsumer(Consumer):
                 self.topic,
                 broker.processing_timeout,
             )
+            ids = [entry_id.decode() for entry_id, _ in claimed]
+            kept = await broker.parking.sift_claimed(self.topic, self.group, self.name, ids)
+            claimed = [entry for entry, keep in zip(claimed, kept, strict=True) if keep]
         return next_start, claimed
 
     async def _forget_departed(self) -> None:
@@ -454,10 +461,11 @@ class _StreamConsumer(Consumer):
         self._acks_settled.set()
 
     async def nack(self, delivery: Delivery, *, redeliver: bool) -> None:
-        """Not processed: left pending in Redis, to be claimed again after `processingTimeout`.
+        """Not processed: handed back to this process (`redeliver`), or left pending in Redis,
+        to be claimed again after `processingTimeout`.
 
-        In both cases: a message given up (no dead-letter topic, or its publish
-        failed) is not acknowledged either, so it is never lost.
+        A message given up (no dead-letter topic, or its publish failed) is not
+        acknowledged, so it is never lost; on its last allowed delivery it is parked.
         """
         message_id = delivery.message.id
         if redeliver and not self._closed:
@@ -468,13 +476,7 @@ class _StreamConsumer(Consumer):
             return
         self._held.pop(message_id, None)  # its idle time grows again: others may claim it
         if not redeliver:
-            logger.warning(
-                "redis pubsub %s: message %s of %s not acknowledged; it will be delivered again after %gs",
-                self._broker.name,
-                message_id,
-                self.topic,
-                self._broker.processing_timeout,
-            )
+            await self._broker.parking.give_up(self.topic, self.group, self.name, message_id)
 
     async def _keep_held(self) -> None:
         """Reset the idle time of what this process holds, so nobody claims it meanwhile."""
@@ -550,6 +552,7 @@ class RedisBroker(Broker):
         self.processing_timeout = _duration(self.metadata, "processingTimeout", 60.0)
         self.redeliver_interval = _duration(self.metadata, "redeliverInterval", 15.0)
         self.queue_depth = _integer(self.metadata, "queueDepth", 100, minimum=1)
+        self.max_deliveries = _integer(self.metadata, "maxDeliveryCount", 10, minimum=1)
         self.concurrency = _integer(self.metadata, "concurrency", 10, minimum=1)
         self.max_len_approx = _integer(self.metadata, "maxLenApprox", 0)
         self.stream_ttl = _duration(self.metadata, "streamTTL", 0.0)
@@ -571,6 +574,7 @@ class RedisBroker(Broker):
             f"{self.consumer_group}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self._client: aioredis.Redis | None = None
+        self._parking: Parking | None = None
         self._lines: aioredis.ConnectionPool | None = None
         self._writes: _CommandLine | None = None
         self._consumers: list[_StreamConsumer] = []
@@ -582,6 +586,12 @@ class RedisBroker(Broker):
     @property
     def reclaims(self) -> bool:
         return self.processing_timeout > 0 and self.redeliver_interval > 0
+
+    @property
+    def parking(self) -> Parking:
+        if self._parking is None:
+            raise BrokerError(f"redis pubsub {self.name} is not started")
+        return self._parking
 
     @property
     def client(self) -> aioredis.Redis:
@@ -612,6 +622,7 @@ class RedisBroker(Broker):
         self._client = aioredis.Redis(
             connection_pool=aioredis.ConnectionPool(**connection, socket_timeout=self.read_timeout)
         )
+        self._parking = Parking(self, self._client)
         self._lines = aioredis.ConnectionPool(**connection, socket_timeout=None)
         self._writes = self.command_line()
         try:
