@@ -234,6 +234,8 @@ class Runtime:
         return target
 
     async def close(self) -> None:
+        # First what resiliency timeouts gave up: such an attempt may still use a component.
+        await self.resiliency.close(self.shutdown_grace)
         if self._upstreams is not None:
             await self._upstreams.close()
             self._upstreams = None
@@ -467,6 +469,7 @@ class Runtime:
                     lambda: self._publish_message(broker, topic, message.data, metadata, message.decoded),
                     DEAD_LETTER_TIMEOUT,
                     self.clock,
+                    self.resiliency.abandoned,
                 )
                 done = True
             except DaprAPIError as exc:
