@@ -221,7 +221,7 @@ class Runtime:
             return False
         return name in (self.app_id, f"{self.app_id}.{self.namespace}")
 
-    def find_target(self, name: str) -> Target:
+    async def find_target(self, name: str) -> Target:
         """The network target `name` names (not this app's own id); daprd's error if none."""
         target = self.upstreams().resolve(name)
         if target is None:

@@ -115,7 +115,7 @@ class StandaloneRuntime(Runtime):
         self.names = names
         self.channel = channel
 
-    def find_target(self, name: str) -> Target:
+    async def find_target(self, name: str) -> Target:
         target = self.upstreams().resolve(name)  # an HTTPEndpoint, an allowed URL
         if target is not None:
             return target
@@ -124,7 +124,7 @@ class StandaloneRuntime(Runtime):
             app_id, dot, namespace = name.partition(".")
             namespace = namespace if dot else self.namespace
             try:
-                found = self.names.lookup(app_id)
+                found = await self.names.find(app_id)  # the file is read off the event loop
             except NameResolutionError as exc:
                 raise DaprAPIError(
                     500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {name}, err: {exc}"
