@@ -122,7 +122,7 @@ async def invoke(
 
         opener = open_self
     else:
-        found = runtime.find_target(target)
+        found = await runtime.find_target(target)
         policy = invocation_policy(runtime, found, target, method)
         connect_retry = built_in_retry(runtime, found)
         header_list = invocation_headers(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+import threading
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -38,20 +39,41 @@ class BadCloudEvent(EnvelopeError):
     """An `application/cloudevents+json` body that is not a JSON object."""
 
 
-_random_pool = b""
+class _RandomPool(threading.local):
+    """Random bytes from the OS, read 4 KiB at a time (kept as hex); one pool for each thread."""
+
+    digits = ""
+    used = 0
+
+
+_pool = _RandomPool()
+
+
+def _new_pool() -> None:
+    # A forked child (a worker of `uvicorn --workers` or gunicorn) must not hand out the
+    # bytes its parent had read and not used yet: they are its parent's next ids.
+    global _pool
+    _pool = _RandomPool()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_new_pool)
 
 
 def new_id() -> str:
     """A random (version 4) UUID, as daprd gives each event.
 
     The random bytes come from the OS like uuid4's, read 4 KiB at a time: one
-    system call per 256 ids instead of one each.
+    system call per 256 ids instead of one each. Each thread has a pool of its
+    own, and a forked child starts with an empty one, so no two ids are the same
+    bytes.
     """
-    global _random_pool
-    if len(_random_pool) < 16:
-        _random_pool = os.urandom(4096)
-    chunk, _random_pool = _random_pool[:16], _random_pool[16:]
-    h = chunk.hex()
+    pool = _pool
+    start = pool.used
+    if start + 32 > len(pool.digits):
+        pool.digits, start = os.urandom(4096).hex(), 0
+    pool.used = start + 32
+    h = pool.digits[start : start + 32]
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 

@@ -3,20 +3,31 @@
 Several sidecars started with the same `--name-resolution FILE` share it, as
 `dapr run` apps share mDNS. Each one registers itself when it starts (its app
 id, its loopback API port, its process id and a random sidecar token) and
-removes itself when it stops. Changes are made under an exclusive `flock` on
+removes itself when it stops. Changes are made under an exclusive lock on
 `FILE.lock` (tried without blocking, for `LOCK_WAIT` seconds at most), written
 to a temporary file in the same folder and moved over `FILE` (`os.replace`), so
 a reader sees either the old table or the new one.
 
-Each sidecar holds an exclusive `flock` on `FILE.<app-id>.lock` for as long as
-it runs: the kernel releases it when the process ends, however it ends, so an
+Each sidecar holds an exclusive lock on `FILE.<app-id>.lock` for as long as it
+runs: the system releases it when the process ends, however it ends, so an
 entry whose lock can be taken is a dead sidecar's (a process id, which may be
-reused, is not what decides). The lock files are left in place.
+reused, is not what decides). The lock files are left in place. The locks are
+`flock` where there is one (Linux, macOS, the BSDs) and `msvcrt.locking` on
+Windows, whose locks are exclusive only: there a reader's look at an app's lock
+is an exclusive try of a moment, so two readers at once may both take the app
+for running.
 
 The files are this user's only: a file or lock file that is a symbolic link,
 belongs to someone else or is writable by others is refused, and so is a folder
 others may write to, unless it is sticky and the user's or root's (as /tmp).
-Only loopback addresses are taken from the file.
+Where the system has no user ids (Windows), the folder's permissions are the
+system's business and only links are refused. Only loopback addresses are
+taken from the file.
+
+On the event loop, `find` answers from what it found last while the file is
+unchanged (one `stat`) and for `RECHECK_AFTER` seconds at most; otherwise it reads
+the file and tries the lock in a worker thread, so an invocation never opens,
+reads or locks a file in the loop.
 
 ```json
 {"version": 1, "apps": {"orders": {"host": "127.0.0.1", "port": 3501, "pid": 4242,
@@ -26,10 +37,10 @@ Only loopback addresses are taken from the file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -44,12 +55,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ._file_locks import lock_once, try_lock, unlock
+
 __all__: list[str] = []
 
 VERSION = 1
 LOCK_WAIT = 5.0  # seconds a change waits for FILE.lock before it fails
+RECHECK_AFTER = 1.0  # seconds `find` trusts a running sidecar it found before it tries its lock again
 _APP_LOCK_WAIT = 0.5  # seconds: a reader holds an app's lock for a moment only
-_LOCK_POLL = 0.01
+_REPLACE_POLL = 0.01
+
+
+# Without user ids (Windows) there are no owners and modes to check, and no O_NOFOLLOW:
+# a link is found with lstat before the file is opened, and the open one compared with it.
+_USER_IDS = hasattr(os, "getuid")
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = _NO_FOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+# Windows refuses to replace a file another process has open (a reader, for a moment).
+_REPLACE_MAY_WAIT = os.name == "nt"
+
+
+_Version = tuple[int, int, int, int]
 
 
 class NameResolutionError(Exception):
@@ -97,22 +123,17 @@ def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _try_flock(descriptor: int, operation: int, wait: float, stop: Callable[[], bool] | None = None) -> bool:
-    """`flock` without blocking, tried again every 10 ms for `wait` seconds at most (another
-    process holds it: there is nothing to await). False if it was still held, or `stop()`."""
+def _replace(source: str, target: Path, wait: float) -> None:
+    """`os.replace`; on Windows tried again for `wait` seconds while a reader has `target` open."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if not _REPLACE_MAY_WAIT or time.monotonic() >= deadline:
                 raise
-        if time.monotonic() >= deadline or (stop is not None and stop()):
-            return False
-        time.sleep(_LOCK_POLL)
+        time.sleep(_REPLACE_POLL)
 
 
 class NameResolutionFile:
@@ -128,6 +149,10 @@ class NameResolutionFile:
         self._seen: tuple[int, int, int] | None = None
         self._table: dict[str, Registration] = {}
         self._held: dict[str, int] = {}  # app id -> the descriptor of the lock this process holds
+        # `find`, on the event loop: running sidecars found (in which version of the file, and
+        # until when they are trusted), and the look-ups under way in a worker thread.
+        self._found: dict[str, tuple[Registration, _Version, float]] = {}
+        self._finding: dict[str, asyncio.Future[tuple[Registration | None, _Version | None]]] = {}
 
     def app_lock_path(self, app_id: str) -> Path:
         """`FILE.<app-id>.lock`, held by the running sidecar of `app_id`."""
@@ -142,6 +167,8 @@ class NameResolutionFile:
         path = path or self.path
         if not stat.S_ISREG(info.st_mode):
             raise NameResolutionError(f"{path}: is not a regular file; refused")
+        if not _USER_IDS:
+            return
         if info.st_uid != os.getuid():
             raise NameResolutionError(f"{path}: is owned by another user; refused")
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -167,6 +194,8 @@ class NameResolutionFile:
             raise NameResolutionError(f"{folder}: cannot be used: {_describe(exc)}") from None
         if not stat.S_ISDIR(info.st_mode):
             raise NameResolutionError(f"{folder}: is not a folder")
+        if not _USER_IDS:
+            return True
         if info.st_uid not in (os.getuid(), 0):
             raise NameResolutionError(f"{folder}: belongs to another user; refused")
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
@@ -178,14 +207,26 @@ class NameResolutionFile:
 
     def _open_checked(self, path: Path, flags: int) -> int:
         """`path` opened without following a symbolic link, and checked as `_check_owner` does."""
+        before = None
+        if not _NO_FOLLOW:
+            try:
+                before = os.lstat(path)
+            except FileNotFoundError:
+                if not flags & os.O_CREAT:
+                    raise
+            if before is not None and stat.S_ISLNK(before.st_mode):
+                raise NameResolutionError(f"{path}: is a symbolic link; refused")
         try:
-            descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            descriptor = os.open(path, flags | _OPEN_FLAGS, 0o600)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise NameResolutionError(f"{path}: is a symbolic link; refused") from None
             raise
         try:
-            self._check_owner(os.fstat(descriptor), path)
+            info = os.fstat(descriptor)
+            if before is not None and (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
+                raise NameResolutionError(f"{path}: was replaced while it was opened; refused")
+            self._check_owner(info, path)
         except BaseException:
             os.close(descriptor)
             raise
@@ -262,9 +303,12 @@ class NameResolutionFile:
         except OSError as exc:
             raise NameResolutionError(f"{path}: cannot be read: {_describe(exc)}") from None
         try:
-            return not _try_flock(descriptor, fcntl.LOCK_SH, 0)
+            taken = lock_once(descriptor, exclusive=False)
+            if taken:
+                unlock(descriptor)
+            return not taken
         finally:
-            os.close(descriptor)  # releases it, if it was taken
+            os.close(descriptor)
 
     def lookup(self, app_id: str) -> Registration | None:
         """The running sidecar of `app_id`; None if none is registered, or it has died."""
@@ -272,6 +316,53 @@ class NameResolutionFile:
         if registration is None or not self.running(app_id):
             return None
         return registration
+
+    def _version(self) -> _Version | None:
+        """What tells one version of the file from another (a change replaces it); None if
+        it can't be seen."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def _versioned_lookup(self, app_id: str) -> tuple[Registration | None, _Version | None]:
+        version = self._version()  # before the read: a change after it is seen as one
+        return self.lookup(app_id), version
+
+    async def find(self, app_id: str) -> Registration | None:
+        """`lookup` for the event loop, which it never holds up opening or locking files.
+
+        A running sidecar found is the answer while the file is the same (a `stat`), for
+        `RECHECK_AFTER` seconds at most: one that stops removes its entry and is seen gone
+        at once, one killed is seen gone once its lock is tried again (until then a call to
+        it fails to connect). Otherwise the file is read and the lock tried in a worker
+        thread, one look-up at a time for each app id; an id not found is looked up again
+        on the next call, so a sidecar that has just started is found at once."""
+        found = self._found.get(app_id)
+        if found is not None:
+            registration, version, until = found
+            if time.monotonic() < until and self._version() == version:
+                return registration
+        finding = self._finding.get(app_id)
+        if finding is None:
+            finding = asyncio.get_running_loop().run_in_executor(None, self._versioned_lookup, app_id)
+            self._finding[app_id] = finding
+            finding.add_done_callback(lambda done: self._found_one(app_id, done))
+        answer, _ = await asyncio.shield(finding)  # one that gives up leaves it to the others
+        return answer
+
+    def _found_one(
+        self, app_id: str, done: asyncio.Future[tuple[Registration | None, _Version | None]]
+    ) -> None:
+        del self._finding[app_id]
+        registration, version = (
+            (None, None) if done.cancelled() or done.exception() is not None else done.result()
+        )
+        if registration is None or version is None:
+            self._found.pop(app_id, None)
+        else:
+            self._found[app_id] = (registration, version, time.monotonic() + RECHECK_AFTER)
 
     # -- changing ------------------------------------------------------------------------------
 
@@ -282,8 +373,10 @@ class NameResolutionFile:
             descriptor = self._open_checked(self._lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise NameResolutionError(f"{self._lock_path}: cannot be opened: {_describe(exc)}") from None
+        taken = False
         try:
-            if not _try_flock(descriptor, fcntl.LOCK_EX, self.lock_wait, stop):
+            taken = try_lock(descriptor, True, self.lock_wait, stop)
+            if not taken:
                 reason = (
                     "the sidecar is stopping"
                     if stop is not None and stop()
@@ -292,7 +385,9 @@ class NameResolutionFile:
                 raise NameResolutionError(f"{self._lock_path}: could not be locked: {reason}")
             yield
         finally:
-            os.close(descriptor)  # releases the lock
+            if taken:
+                unlock(descriptor)
+            os.close(descriptor)
 
     def _write(self, table: dict[str, Registration]) -> None:
         body = json.dumps(
@@ -308,7 +403,7 @@ class NameResolutionFile:
                 file.write(body + "\n")
                 file.flush()
                 os.fsync(file.fileno())
-            os.replace(temporary, self.path)
+            _replace(temporary, self.path, self.lock_wait)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
@@ -329,7 +424,7 @@ class NameResolutionFile:
                 path = self.app_lock_path(app_id)
                 held = self._open_checked(path, os.O_RDWR | os.O_CREAT)
                 try:
-                    if not _try_flock(held, fcntl.LOCK_EX, _APP_LOCK_WAIT, stop):
+                    if not try_lock(held, True, _APP_LOCK_WAIT, stop):
                         existing = table.get(app_id)
                         by = (
                             f"the sidecar of process {existing.pid} on port {existing.port}"
@@ -346,6 +441,7 @@ class NameResolutionFile:
                     table[app_id] = registration
                     self._write(table)
                 except BaseException:
+                    unlock(held)
                     os.close(held)
                     raise
                 self._held[app_id] = held
@@ -368,4 +464,5 @@ class NameResolutionFile:
             raise NameResolutionError(f"{self.path}: cannot be changed: {_describe(exc)}") from None
         finally:
             if held is not None:
+                unlock(held)
                 os.close(held)

@@ -272,31 +272,76 @@ class CircuitBreaker:
 # -- running an operation under a policy ------------------------------------------
 
 
-def _abandoned(task: asyncio.Future[Any]) -> None:
-    """The end of an attempt given up at its deadline: its error retrieved, its answer closed."""
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is not None:
-        logger.debug("an attempt abandoned at its deadline failed afterwards: %r", error)
-        return
-    close = getattr(task.result(), "aclose", None)  # an invocation's answer holds a connection
-    if close is not None:
-        closing = asyncio.ensure_future(close())
-        _BACKGROUND.add(closing)
-        closing.add_done_callback(_BACKGROUND.discard)
+class Abandoned:
+    """The attempts given up at their deadline that have not stopped yet, and their owner.
+
+    `with_timeout` cancels an attempt at its deadline and answers at once; an attempt
+    that goes on (a cleanup that awaits, a library that ignores the cancellation) is
+    kept here: its error retrieved and an answer it gives closed when it ends, and
+    cancelled again and awaited by `close` when the runtime stops, so none outlives it.
+    """
+
+    def __init__(self) -> None:
+        self._attempts: set[asyncio.Future[Any]] = set()
+        self._closings: set[asyncio.Future[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._attempts) + len(self._closings)
+
+    def adopt(self, attempt: asyncio.Future[Any]) -> None:
+        self._attempts.add(attempt)
+        attempt.add_done_callback(self._ended)
+
+    def _ended(self, attempt: asyncio.Future[Any]) -> None:
+        self._attempts.discard(attempt)
+        if attempt.cancelled():
+            return
+        error = attempt.exception()
+        if error is not None:
+            logger.debug("an attempt abandoned at its deadline failed afterwards: %r", error)
+            return
+        close = getattr(attempt.result(), "aclose", None)  # an invocation's answer holds a connection
+        if close is not None:
+            closing = asyncio.ensure_future(close())
+            self._closings.add(closing)
+            closing.add_done_callback(self._closed)
+
+    def _closed(self, closing: asyncio.Future[Any]) -> None:
+        self._closings.discard(closing)
+        if not closing.cancelled() and closing.exception() is not None:
+            logger.debug("the answer of an abandoned attempt did not close: %r", closing.exception())
+
+    async def close(self, grace: float) -> None:
+        """Cancel the attempts still running, and wait `grace` seconds at most for them
+        (and for the answers being closed) to end; one that will not is logged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        cancelled: set[asyncio.Future[Any]] = set()
+        while self._attempts or self._closings:
+            for attempt in self._attempts - cancelled:
+                attempt.cancel()
+                cancelled.add(attempt)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(self._attempts | self._closings, timeout=remaining)
+        if self:
+            logger.warning(
+                "%d attempt(s) given up at their deadline did not stop within %gs of the shutdown",
+                len(self),
+                grace,
+            )
 
 
-_BACKGROUND: set[asyncio.Future[Any]] = set()
-
-
-async def with_timeout(operation: Callable[[], Awaitable[T]], seconds: float, clock: Clock) -> T:
+async def with_timeout(
+    operation: Callable[[], Awaitable[T]], seconds: float, clock: Clock, abandoned: Abandoned
+) -> T:
     """Run `operation`; at `seconds` on `clock` cancel it and raise `AttemptTimeout` at once.
 
     As daprd's runner: the deadline answers the caller whether or not the operation
-    stops when cancelled; one that goes on is left to finish on its own (its error
-    logged, an answer it gives closed). A cancellation of the caller cancels the
-    operation and is raised, on every Python version.
+    stops when cancelled; one that goes on is given to `abandoned`, which sees it end.
+    A cancellation of the caller cancels the operation and is raised, on every Python
+    version.
     """
     task: asyncio.Future[T] = asyncio.ensure_future(operation())
     deadline: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -311,7 +356,7 @@ async def with_timeout(operation: Callable[[], Awaitable[T]], seconds: float, cl
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         task.cancel()
-        task.add_done_callback(_abandoned)
+        abandoned.adopt(task)
         raise
     finally:
         timer.cancel()
@@ -319,7 +364,7 @@ async def with_timeout(operation: Callable[[], Awaitable[T]], seconds: float, cl
     if task.done():
         return task.result()
     task.cancel()
-    task.add_done_callback(_abandoned)
+    abandoned.adopt(task)
     raise AttemptTimeout(seconds)
 
 
@@ -333,6 +378,12 @@ class Policy:
     breaker: CircuitBreaker | None = None
     # Metrics: called with the kind of policy ("retry", "timeout") when one activates.
     report: Callable[[str], None] | None = dataclasses.field(default=None, compare=False)
+    # Where the attempts the timeout gives up go: their owner stops them at shutdown.
+    abandoned: Abandoned | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and self.abandoned is None:
+            raise ValueError(f"{self.name}: a policy with a timeout needs an owner for what it abandons")
 
     def activated(self, kind: str) -> None:
         if self.report is not None:
@@ -364,7 +415,8 @@ class Policy:
             if self.timeout is None:
                 result = await operation()
             else:
-                result = await with_timeout(operation, self.timeout, clock)
+                assert self.abandoned is not None  # __post_init__
+                result = await with_timeout(operation, self.timeout, clock, self.abandoned)
         except NotRetried as exc:
             if breaker is not None:
                 breaker.after(generation, success=not exc.counts)
@@ -509,6 +561,7 @@ class Resiliency:
     ) -> None:
         self.clock = clock or Clock()
         self.metrics = metrics
+        self.abandoned = Abandoned()  # the attempts its timeouts gave up; `close` stops them
         self.timeouts: dict[str, float] = {}
         self.retries: dict[str, RetryPolicy] = {BUILT_IN_SERVICE_RETRIES: _BUILT_IN_SERVICE}
         self.breakers: dict[str, BreakerTemplate] = {}
@@ -637,6 +690,7 @@ class Resiliency:
             self.retries.get(names.retry) if names.retry else None,
             breaker,
             self._reporter(direction.lower(), f"{kind}_{component}"),
+            self.abandoned,
         )
 
     def app_defined(self, app: str) -> bool:
@@ -671,8 +725,13 @@ class Resiliency:
             self.retries.get(names.retry) if names.retry else None,
             breaker,
             self._reporter("outbound", f"app_{app}"),
+            self.abandoned,
         )
 
     @property
     def built_in_service_retries(self) -> RetryPolicy:
         return self.retries[BUILT_IN_SERVICE_RETRIES]
+
+    async def close(self, grace: float) -> None:
+        """Stop what the timeouts left running: cancelled, and awaited for `grace` seconds at most."""
+        await self.abandoned.close(grace)

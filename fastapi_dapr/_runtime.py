@@ -223,7 +223,7 @@ class Runtime:
             return False
         return name in (self.app_id, f"{self.app_id}.{self.namespace}")
 
-    def find_target(self, name: str) -> Target:
+    async def find_target(self, name: str) -> Target:
         """The network target `name` names (not this app's own id); daprd's error if none."""
         target = self.upstreams().resolve(name)
         if target is None:
@@ -236,6 +236,8 @@ class Runtime:
         return target
 
     async def close(self) -> None:
+        # First what resiliency timeouts gave up: such an attempt may still use a component.
+        await self.resiliency.close(self.shutdown_grace)
         if self._upstreams is not None:
             await self._upstreams.close()
             self._upstreams = None
@@ -469,6 +471,7 @@ class Runtime:
                     lambda: self._publish_message(broker, topic, message.data, metadata, message.decoded),
                     DEAD_LETTER_TIMEOUT,
                     self.clock,
+                    self.resiliency.abandoned,
                 )
                 done = True
             except DaprAPIError as exc:

@@ -456,7 +456,7 @@ class SidecarAPI:
                     return await self._publish(
                         runtime, scope, receive, headers, path[len("/v1.0/publish/") :]
                     )
-            return self._invocation(runtime, scope, headers)
+            return await self._invocation(runtime, scope, headers)
         except _BadParameter as exc:
             return PlainTextResponse(f'failed to unescape request parameter "{exc}"\n', status_code=400)
         except ClientGone:
@@ -484,7 +484,7 @@ class SidecarAPI:
             return None
         return query_unescape(pubsub), query_unescape(topic)
 
-    def _invocation(
+    async def _invocation(
         self, runtime: Runtime, scope: Scope, headers: Mapping[str, str]
     ) -> Response | _SelfInvocation | _NetworkInvocation:
         """Any other path is service invocation, as in daprd (reference 6.1)."""
@@ -515,7 +515,7 @@ class SidecarAPI:
         if runtime.is_own_id(target):
             return _SelfInvocation(method, via_header)
         try:
-            found_target = runtime.find_target(target)
+            found_target = await runtime.find_target(target)
         except DaprAPIError as exc:
             return error_response(exc)
         return _NetworkInvocation(found_target, method, via_header)

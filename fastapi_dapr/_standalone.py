@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -115,7 +115,7 @@ class StandaloneRuntime(Runtime):
         self.names = names
         self.channel = channel
 
-    def find_target(self, name: str) -> Target:
+    async def find_target(self, name: str) -> Target:
         target = self.upstreams().resolve(name)  # an HTTPEndpoint, an allowed URL
         if target is not None:
             return target
@@ -124,7 +124,7 @@ class StandaloneRuntime(Runtime):
             app_id, dot, namespace = name.partition(".")
             namespace = namespace if dot else self.namespace
             try:
-                found = self.names.lookup(app_id)
+                found = await self.names.find(app_id)  # the file is read off the event loop
             except NameResolutionError as exc:
                 raise DaprAPIError(
                     500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {name}, err: {exc}"
@@ -292,6 +292,29 @@ class StandaloneSidecar:
         if self._signals > 1 and self._server is not None:
             self._server.stop(force=True)  # a second signal: stop waiting for in-flight calls
 
+    def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """SIGTERM and SIGINT stop the sidecar; the function returned puts back what was there.
+
+        Windows' event loops have no signal handlers: there a plain handler passes the signal
+        to the loop."""
+        previous: dict[int, Any] = {}
+        for number in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(number, self._on_signal, number)
+            except NotImplementedError:
+                previous[number] = signal.signal(
+                    number, lambda caught, _: loop.call_soon_threadsafe(self._on_signal, caught)
+                )
+
+        def restore() -> None:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                if number in previous:
+                    signal.signal(number, previous[number])
+                else:
+                    loop.remove_signal_handler(number)
+
+        return restore
+
     def _listen(self, port: int, flag: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in self.options.listen_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -308,9 +331,7 @@ class StandaloneSidecar:
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the process's exit status."""
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(number, self._on_signal, number)
+        restore_signals = self._handle_signals(asyncio.get_running_loop())
         sock: socket.socket | None = None
         metrics_sock: socket.socket | None = None
         status = 0
@@ -325,8 +346,7 @@ class StandaloneSidecar:
             logger.error("%s", exc)
             status = 1
         finally:
-            for number in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(number)
+            restore_signals()
             for opened in (sock, metrics_sock):
                 if opened is not None:
                     opened.close()

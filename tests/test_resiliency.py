@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -874,10 +875,10 @@ async def test_a_cancelled_trial_counts_as_a_failure_and_does_not_hold_the_circu
 
 
 async def test_a_caller_cancelled_with_the_deadline_is_cancelled_not_timed_out() -> None:
-    from fastapi_dapr._resiliency import with_timeout
+    from fastapi_dapr._resiliency import Abandoned, with_timeout
 
     clock = FakeClock()
-    call = asyncio.create_task(with_timeout(asyncio.Event().wait, 5.0, clock))
+    call = asyncio.create_task(with_timeout(asyncio.Event().wait, 5.0, clock, Abandoned()))
     await asyncio.sleep(0)
     clock.advance(5.0)  # the deadline and the cancellation in the same turn
     call.cancel()
@@ -886,7 +887,7 @@ async def test_a_caller_cancelled_with_the_deadline_is_cancelled_not_timed_out()
 
 
 async def test_the_deadline_answers_even_when_the_operation_ignores_its_cancellation() -> None:
-    from fastapi_dapr._resiliency import AttemptTimeout, with_timeout
+    from fastapi_dapr._resiliency import Abandoned, AttemptTimeout, with_timeout
 
     clock = FakeClock()
     release = asyncio.Event()
@@ -900,7 +901,7 @@ async def test_the_deadline_answers_even_when_the_operation_ignores_its_cancella
         finished.append("late")
         return "late answer"
 
-    call = asyncio.create_task(with_timeout(stubborn, 1.0, clock))
+    call = asyncio.create_task(with_timeout(stubborn, 1.0, clock, Abandoned()))
     await asyncio.sleep(0)
     clock.advance(1.0)
     with pytest.raises(AttemptTimeout, match=r"^context deadline exceeded$"):
@@ -1004,3 +1005,104 @@ def test_advancing_the_clock_from_a_synchronous_test(tmp_path: Path) -> None:
         report = client.wait_for_delivery(topic="orders")
     assert report.outcome == "delivered"
     assert len(calls) == 2
+
+
+# -- attempts given up at their deadline have an owner -------------------------------------
+
+
+class StubbornBroker(MemoryBroker):
+    """The in-memory broker, whose publish awaits a cleanup when it is cancelled (as client
+    libraries do); `ended` says when its `finally` ran."""
+
+    def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
+        super().__init__(name, metadata, app_id=app_id)
+        self.entered = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.ended: list[str] = []
+
+    async def publish(
+        self,
+        topic: str,
+        data: bytes,
+        metadata: Mapping[str, str],
+        *,
+        decoded: Mapping[str, Any] | None = None,
+    ) -> str:
+        # Futures no one else holds: only whoever keeps this task keeps it alive.
+        loop = asyncio.get_running_loop()
+        self.entered.set()
+        try:
+            await loop.create_future()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            await loop.create_future()  # the cleanup: ended by a second cancellation only
+        finally:
+            self.ended.append("finally")
+        return "never"
+
+
+async def test_an_attempt_given_up_at_its_deadline_is_stopped_before_the_app_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    monkeypatch.setitem(BROKER_TYPES, "pubsub.stubborn", (f"{__name__}:StubbornBroker", None))
+    component = (
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec: {type: pubsub.stubborn, version: v1}\n"
+    )
+    spec = OUTBOUND.format(retries=0, extra=", timeout: short")
+    app, _ = publishing_app(folder_with(tmp_path, component, resiliency(spec)))
+    clock = FakeClock()
+    async with DaprTest(app, clock=clock) as test:
+        broker = app.state.fastapi_dapr._runtime.brokers["pubsub"]
+        assert isinstance(broker, StubbornBroker)
+        posting = asyncio.create_task(test.client.post("/v1.0/publish/pubsub/orders", json={"n": 1}))
+        await broker.entered.wait()
+        clock.advance(3.5)
+        response = await posting
+        assert response.status_code == 500
+        assert response.json()["message"].endswith(": context deadline exceeded")  # answered at once
+        await broker.cancelled.wait()
+        gc.collect()
+        assert "Task was destroyed but it is pending" not in caplog.text  # it has an owner
+        assert broker.ended == []  # and goes on cleaning up
+    assert broker.ended == ["finally"]  # cancelled again and awaited before the app stopped
+    gc.collect()
+    assert "Task was destroyed" not in caplog.text
+
+
+async def test_an_attempt_that_will_not_stop_delays_the_shutdown_by_the_grace_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fastapi_dapr._resiliency import Abandoned, AttemptTimeout, with_timeout
+
+    release = asyncio.Event()
+
+    class Answer:
+        closed = False
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    answer = Answer()
+
+    async def deaf() -> Answer:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # refuses every cancellation
+                await release.wait()
+        return answer
+
+    abandoned = Abandoned()
+    clock = FakeClock()
+    call = asyncio.create_task(with_timeout(deaf, 1.0, clock, abandoned))
+    await asyncio.sleep(0)
+    clock.advance(1.0)
+    with pytest.raises(AttemptTimeout):
+        await call
+    assert len(abandoned) == 1
+    await asyncio.wait_for(abandoned.close(0.05), 5)  # bounded: the grace, not for ever
+    assert "1 attempt(s) given up at their deadline did not stop within 0.05s" in caplog.text
+    release.set()
+    await asyncio.wait_for(abandoned.close(5), 5)  # ends it, and closes the answer it gave late
+    assert (len(abandoned), answer.closed) == (0, True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from starlette.types import Message
 from fastapi_dapr import BulkSubscribe, SubscriptionError
 from fastapi_dapr._app_channel import AppChannel
 from fastapi_dapr._name_resolution import NameResolutionError, NameResolutionFile, Registration
+from fastapi_dapr._standalone import SidecarOptions, StandaloneSidecar
 from fastapi_dapr._subscription import parse_subscribe_answer
 
 
@@ -327,3 +330,42 @@ async def test_the_app_channel_drops_the_headers_the_apps_connection_header_name
     names = [name for name, _ in start["headers"]]
     assert b"x-kept" in names
     assert not {b"x-hop", b"connection", b"keep-alive"} & set(names)
+
+
+# -- without the event loop's signal handlers (Windows) ---------------------------------------
+
+
+async def test_a_signal_stops_the_sidecar_where_the_loop_has_no_signal_handlers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    def unsupported(*args: object) -> None:
+        raise NotImplementedError  # as Windows' event loops answer
+
+    monkeypatch.setattr(loop, "add_signal_handler", unsupported)
+    monkeypatch.setattr(loop, "remove_signal_handler", unsupported)
+    caplog.set_level(logging.INFO, logger="fastapi_dapr")
+    listening = asyncio.Event()
+
+    class Listening(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Dapr API listening" in record.getMessage():
+                listening.set()
+
+    watcher = Listening()
+    logging.getLogger("fastapi_dapr").addHandler(watcher)
+    before = signal.getsignal(signal.SIGINT)
+    sidecar = StandaloneSidecar(SidecarOptions(app_id="orders", dapr_http_port=0))
+    running = asyncio.create_task(sidecar.run())
+    waiting = asyncio.ensure_future(listening.wait())
+    try:
+        await asyncio.wait({running, waiting}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert not running.done(), running.exception()  # it started, and listens
+        signal.raise_signal(signal.SIGINT)
+        assert await asyncio.wait_for(running, 30) == 0
+    finally:
+        waiting.cancel()
+        logging.getLogger("fastapi_dapr").removeHandler(watcher)
+    assert "SIGINT received: stopping" in caplog.text
+    assert signal.getsignal(signal.SIGINT) is before  # put back
