@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._bulk import publish_bulk
-from ._caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, read_body
+from ._caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, declared_size, read_body
 from ._envelope import PublishRequest
 from ._errors import direct_invoke_error, error_response
 from ._exceptions import DaprAPIError
@@ -146,8 +146,13 @@ def is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _is_loopback_url(url: str) -> bool:
-    """Whether an Origin (`http://localhost:8000`) or `//Host` names this machine."""
-    return _is_loopback_host(urlsplit(url).hostname or "")
+    """Whether an Origin (`http://localhost:8000`) or `//Host` names this machine; one that
+    cannot be read (`[`, an unclosed or invalid IPv6 address) does not."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return _is_loopback_host(host or "")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -294,11 +299,10 @@ class SidecarAPI:
 
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}
-        declared = headers.get("content-length", "").strip()
         body: bytes | AsyncIterator[bytes] | None = None
         streamed: RequestBody | None = None
         with CallerWatch(receive) as watch:
-            if declared.isdigit():
+            if declared_size(headers) is not None:
                 try:
                     body = await read_body(receive, headers, self.max_body_size)
                 except ClientGone:
@@ -502,8 +506,8 @@ class SidecarAPI:
             return error_response(
                 direct_invoke_error(500, f"failed to invoke, id: {target}, err: invalid HTTP verb")
             )
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_size:
+        declared = declared_size(headers)
+        if declared is not None and declared > self.max_body_size:
             return error_response(
                 DaprAPIError(
                     413,
