@@ -24,10 +24,19 @@ class BodyTooLarge(Exception):
     """The caller's body is larger than the limit."""
 
 
+def declared_size(headers: Mapping[str, str]) -> int | None:
+    """The body's `Content-Length`, None when none is given or it is not a number. Only
+    ASCII digits are one: `str.isdigit` also takes `²`, which `int` refuses."""
+    declared = headers.get("content-length", "").strip(" \t")
+    if declared.isascii() and declared.isdigit():
+        return int(declared)
+    return None
+
+
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The whole body; a declared length over `limit` is refused before reading."""
-    declared = headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = declared_size(headers)
+    if declared is not None and declared > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0

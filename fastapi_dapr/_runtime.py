@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,8 @@ class Runtime:
         self._observers: list[Callable[[DeliveryReport], None]] = []
         self._stopping = asyncio.Event()
         self.ready = False
+        self.extended_metadata: dict[str, str] = {}  # set with PUT /v1.0/metadata/{key}
+        self._extended_size = 0
 
     # -- components ----------------------------------------------------------
 
@@ -503,6 +506,41 @@ class Runtime:
     def in_flight(self) -> int:
         return sum(worker.in_flight for worker in self.workers)
 
+    def set_extended_metadata(self, key: str, value: bytes, limit: int) -> bool:
+        """Keep `value` as `key` of the extended metadata (daprd's SetMetadata), unless the
+        extended metadata would then hold more than `limit` bytes; whether it was kept."""
+        text = value.decode("utf-8", errors="replace")  # as Go's JSON writes a string of bytes
+        old = self.extended_metadata.get(key)
+        size = self._extended_size + len(text.encode())
+        size -= len(old.encode()) if old is not None else -len(key.encode())
+        if size > limit:
+            return False
+        self.extended_metadata[key] = text
+        self._extended_size = size
+        return True
+
+    def shutdown(self) -> Callable[[], None]:
+        """What `POST /v1.0/shutdown` runs once its 204 is sent; `DaprAPIError` if refused.
+
+        daprd stops gracefully. The embedded sidecar is the app's own process, so the
+        process is asked to stop as SIGTERM asks it: only when something in it (the
+        server: uvicorn, hypercorn, a gunicorn worker) handles SIGTERM, since without a
+        handler the signal would kill the process at once, and a test client has none."""
+        if not callable(signal.getsignal(signal.SIGTERM)):
+            raise DaprAPIError(
+                501,
+                "ERR_API_UNIMPLEMENTED",
+                "the embedded sidecar is the app's own process, and nothing in it stops gracefully "
+                "on SIGTERM (no server such as uvicorn runs it): stop the app itself",
+            )
+
+        def stop() -> None:
+            # A warning: the app stops because of a call, and the server's own lines do not say so.
+            logger.warning("shutdown requested through the API: stopping the app as on SIGTERM")
+            signal.raise_signal(signal.SIGTERM)
+
+        return stop
+
     def metadata(self, *, channel_port: int | None = None) -> dict[str, Any]:
         """`GET /v1.0/metadata` in daprd's shape."""
         body: dict[str, Any] = {
@@ -518,7 +556,8 @@ class Runtime:
                 }
                 for broker in self.brokers.values()
             ],
-            "extended": {"appCommand": "", "runtime": "fastapi-dapr embedded"},
+            # What PUT /v1.0/metadata/{key} set; the runtime's own key last, as daprd's.
+            "extended": {"appCommand": "", **self.extended_metadata, "runtime": "fastapi-dapr embedded"},
             "subscriptions": [
                 {
                     "pubsubname": route.pubsub,

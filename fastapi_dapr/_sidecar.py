@@ -21,11 +21,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
+from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._blocks import VERSIONS, find_unserved
 from ._bulk import publish_bulk
-from ._caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, read_body
+from ._caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, declared_size, read_body
 from ._envelope import PublishRequest
 from ._errors import direct_invoke_error, error_response
 from ._exceptions import DaprAPIError
@@ -47,8 +49,9 @@ __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
 
-API_PREFIXES = ("/v1.0/", "/v1.0-alpha1/")
+API_PREFIXES = tuple(f"/{version}/" for version in VERSIONS)
 HEALTH_PATHS = ("/v1.0/healthz", "/v1.0/healthz/outbound")
+METADATA_KEY_PREFIX = "/v1.0/metadata/"  # PUT /v1.0/metadata/{key}: one segment, as chi routes it
 METRICS_PATH = "/metrics"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # daprd's --max-body-size default
@@ -146,8 +149,13 @@ def is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _is_loopback_url(url: str) -> bool:
-    """Whether an Origin (`http://localhost:8000`) or `//Host` names this machine."""
-    return _is_loopback_host(urlsplit(url).hostname or "")
+    """Whether an Origin (`http://localhost:8000`) or `//Host` names this machine; one that
+    cannot be read (`[`, an unclosed or invalid IPv6 address) does not."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return _is_loopback_host(host or "")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -294,11 +302,10 @@ class SidecarAPI:
 
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}
-        declared = headers.get("content-length", "").strip()
         body: bytes | AsyncIterator[bytes] | None = None
         streamed: RequestBody | None = None
         with CallerWatch(receive) as watch:
-            if declared.isdigit():
+            if declared_size(headers) is not None:
                 try:
                     body = await read_body(receive, headers, self.max_body_size)
                 except ClientGone:
@@ -448,6 +455,12 @@ class SidecarAPI:
                 return await self._secrets(runtime, path[len("/v1.0/secrets/") :])
             if path == "/v1.0/metadata" and method == "GET":
                 return Response(go_dumps(runtime.metadata()), media_type="application/json")
+            key = path[len(METADATA_KEY_PREFIX) :]
+            if method == "PUT" and path.startswith(METADATA_KEY_PREFIX) and "/" not in key:
+                return await self._put_metadata(runtime, receive, headers, query_unescape(key))
+            if path == "/v1.0/shutdown" and method == "POST":
+                # daprd answers 204, then stops; the stop runs once the answer is sent.
+                return Response(status_code=204, background=BackgroundTask(runtime.shutdown()))
             if method in ("POST", "PUT"):
                 for prefix in ("/v1.0/publish/bulk/", "/v1.0-alpha1/publish/bulk/"):
                     if path.startswith(prefix):
@@ -456,6 +469,11 @@ class SidecarAPI:
                     return await self._publish(
                         runtime, scope, receive, headers, path[len("/v1.0/publish/") :]
                     )
+            unserved = find_unserved(path, method)
+            if unserved is not None:
+                answer, params = unserved
+                unescaped = {name: query_unescape(value) for name, value in params.items()}
+                return error_response(answer(unescaped, runtime.app_id, runtime.namespace))
             return await self._invocation(runtime, scope, headers)
         except _BadParameter as exc:
             return PlainTextResponse(f'failed to unescape request parameter "{exc}"\n', status_code=400)
@@ -502,8 +520,8 @@ class SidecarAPI:
             return error_response(
                 direct_invoke_error(500, f"failed to invoke, id: {target}, err: invalid HTTP verb")
             )
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_size:
+        declared = declared_size(headers)
+        if declared is not None and declared > self.max_body_size:
             return error_response(
                 DaprAPIError(
                     413,
@@ -519,6 +537,30 @@ class SidecarAPI:
         except DaprAPIError as exc:
             return error_response(exc)
         return _NetworkInvocation(found_target, method, via_header)
+
+    async def _put_metadata(
+        self, runtime: Runtime, receive: Receive, headers: Mapping[str, str], key: str
+    ) -> Response | None:
+        """`PUT /v1.0/metadata/{key}`: the body is the value of `key` in the extended metadata."""
+        try:
+            body = await read_body(receive, headers, self.max_body_size)
+        except ClientGone:
+            return error_response(
+                DaprAPIError(400, "ERR_BODY_READ", "failed to read request body: the client went away")
+            )
+        except BodyTooLarge:
+            body = None
+        # daprd keeps any number of values of any size: here they hold the body limit in all.
+        if body is None or not runtime.set_extended_metadata(key, body, self.max_body_size):
+            return error_response(
+                DaprAPIError(
+                    413,
+                    "ERR_METADATA_TOO_LARGE",
+                    f"the extended metadata (keys and values together) may hold at most "
+                    f"{self.max_body_size} bytes",
+                )
+            )
+        return None
 
     @staticmethod
     async def _secrets(runtime: Runtime, rest: str) -> Response:
@@ -655,7 +697,7 @@ class SidecarDispatch:
             path = route_path(scope)
             if (
                 path.startswith(API_PREFIXES)
-                or path in ("/v1.0", "/v1.0-alpha1")
+                or path[1:] in VERSIONS
                 or (path == METRICS_PATH and self.api.metrics is not None)
             ):
                 await self.api(scope, receive, send)

@@ -109,11 +109,22 @@ class StandaloneRuntime(Runtime):
         *,
         names: NameResolutionFile | None,
         channel: AppChannel | None,
+        stop: Callable[[], None],
         **options: Any,
     ) -> None:
         super().__init__(app=channel if channel is not None else _NoApp(), **options)
         self.names = names
         self.channel = channel
+        self._stop = stop
+
+    def shutdown(self) -> Callable[[], None]:
+        """`POST /v1.0/shutdown`: the sidecar stops as on SIGTERM, gracefully."""
+
+        def stop() -> None:
+            logger.info("app id %s: shutdown requested through the API: stopping", self.app_id)
+            self._stop()
+
+        return stop
 
     async def find_target(self, name: str) -> Target:
         target = self.upstreams().resolve(name)  # an HTTPEndpoint, an allowed URL
@@ -362,6 +373,7 @@ class StandaloneSidecar:
         runtime = StandaloneRuntime(
             names=self.names,
             channel=self.channel,
+            stop=self._stop.set,
             app_id=options.app_id,
             app_api_token=options.app_api_token,
             resources=resources,
