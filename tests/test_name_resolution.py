@@ -60,7 +60,12 @@ async def test_an_invocation_reads_the_file_and_tries_locks_off_the_event_loop(
 
     sidecar = StandaloneSidecar(SidecarOptions(app_id="orders", name_resolution=str(path)))
     runtime = StandaloneRuntime(
-        names=sidecar.names, channel=None, app_id="orders", app_api_token=None, resources=Resources()
+        names=sidecar.names,
+        channel=None,
+        app_id="orders",
+        app_api_token=None,
+        resources=Resources(),
+        stop=lambda: None,
     )
     sidecar.runtime = runtime
     monkeypatch.setattr(os, "open", recording_open)
