@@ -9,10 +9,11 @@ attribute that was never sent and, in 2.x, turn binary data into text.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
+
+from ._json import DELIVERY_DEPTH, loads
 
 __all__: list[str] = []  # internal: the public names are in fastapi_dapr.__all__
 
@@ -33,7 +34,7 @@ def _is_text_content_type(content_type: str) -> bool:
 def _decode_body(body: bytes, content_type: str) -> Any:
     if is_json_content_type(content_type):
         try:
-            return json.loads(body)
+            return loads(body, DELIVERY_DEPTH)
         except ValueError:
             return body.decode("utf-8", errors="replace")
     if _is_text_content_type(content_type):
@@ -58,7 +59,7 @@ def event_dict_from_http(body: bytes, headers: Mapping[str, str]) -> dict[str, A
         return attributes
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/cloudevents+json" or (is_json_content_type(media) and body):
-        parsed = json.loads(body)  # ValueError for a broken body
+        parsed = loads(body, DELIVERY_DEPTH)  # ValueError for a broken body, or one nested too deep
         if isinstance(parsed, dict) and "specversion" in parsed:
             return parsed
         # JSON that is not a CloudEvent: the whole body is the data.

@@ -69,14 +69,20 @@ def _positive(text: str) -> float:
     return value
 
 
-def _megabytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MB") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1 (MB)")
-    return value
+def _at_least_one(unit: str = "") -> Callable[[str], int]:
+    """A whole number (of `unit`, `MB`), 1 or more."""
+    of_unit, in_unit = (f" of {unit}", f" ({unit})") if unit else ("", "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{of_unit}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value} must be at least 1{in_unit}")
+        return value
+
+    return parse
 
 
 def _boolean(text: str) -> bool:
@@ -130,10 +136,17 @@ def parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--config", metavar="FILE", help="a Dapr Configuration resource")
     sidecar.add_argument(
         "--dapr-http-max-request-size",
-        type=_megabytes,
+        type=_at_least_one("MB"),
         default=4,
         metavar="MB",
         help="largest request body (MB)",
+    )
+    sidecar.add_argument(
+        "--max-bulk-entries",
+        type=_at_least_one(),
+        default=10_000,
+        metavar="N",
+        help="ours: the most entries one bulk publish may have (default 10000)",
     )
     sidecar.add_argument(
         "--dapr-graceful-shutdown-seconds",
@@ -230,6 +243,7 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
         dapr_http_port=arguments.dapr_http_port,
         resources_paths=[*arguments.resources_path, *arguments.components_path],
         max_body_size=arguments.dapr_http_max_request_size * 1024 * 1024,
+        max_bulk_entries=arguments.max_bulk_entries,
         api_token=os.environ.get("DAPR_API_TOKEN") or None,
         app_api_token=os.environ.get("APP_API_TOKEN") or None,
         name_resolution=arguments.name_resolution,

@@ -16,6 +16,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ._json import DELIVERY_DEPTH, loads
+
 __all__ = ["BulkEntry", "CloudEvent"]
 
 DataT = TypeVar("DataT")
@@ -107,7 +109,7 @@ def _coerce(data: Any, kind: _DataKind) -> Any:
     if kind == "structured" and isinstance(data, (str, bytes)):
         # A JSON payload that travelled as text or as base64 (raw payloads).
         try:
-            return json.loads(data)
+            return loads(data, DELIVERY_DEPTH)
         except ValueError:
             return data
     return data

@@ -56,6 +56,20 @@ def _failed_entries() -> Callable[[Iterable[Mapping[str, Any]]], list[FailedEntr
     return failed_entries
 
 
+def _check_metadata(pubsub: str, metadata: Mapping[str, str] | None) -> None:
+    """Refuse, before daprd takes it, metadata that would fail every delivery (remote mode:
+    in embedded mode the runtime refuses it, on every path)."""
+    if not metadata:
+        return
+    from ._publishing import metadata_problem
+
+    problem = metadata_problem(metadata)
+    if problem is not None:
+        from ._errors import PubSubErrors
+
+        raise PubSubErrors.bad_metadata(pubsub, metadata, problem)
+
+
 @functools.cache
 def _publish_request() -> type[PublishRequest]:
     from ._envelope import PublishRequest  # embedded mode only
@@ -90,6 +104,7 @@ class Dapr:
     `serve_api=False` leaves the sidecar API unmounted: mount `dapr.sidecar`
     where you want it. `max_body_size` limits request bodies of the API
     (daprd's `--max-body-size`, 4 MiB), `max_header_size` their headers (431
+    beyond), `max_bulk_entries` the entries of one bulk publish (10,000; 400
     beyond). `invocation` says which other apps
     and which URLs service invocation may reach (`InvocationSettings`).
     `metrics=True` (embedded mode) counts publishes, deliveries, retries, dead
@@ -112,6 +127,7 @@ class Dapr:
         serve_api: bool = True,
         max_body_size: int = 4 * 1024 * 1024,
         max_header_size: int = 16 * 1024,
+        max_bulk_entries: int = 10_000,
         invocation: InvocationSettings | None = None,
         metrics: bool = False,
     ) -> None:
@@ -169,6 +185,7 @@ class Dapr:
                 max_body_size=max_body_size,
                 max_header_size=max_header_size,
                 metrics=self.metrics,
+                max_bulk_entries=max_bulk_entries,
             )
             if serve_api:
                 self._serve_sidecar_api(app, self.sidecar)
@@ -249,9 +266,11 @@ class Dapr:
         as JSON (pydantic models included). `metadata` are the `metadata.*`
         parameters of the HTTP API: `rawPayload`, `ttlInSeconds`,
         `cloudevent.*` overrides, or anything the subscriber should get as a
-        header. Raises `DaprAPIError` with daprd's status and error code.
+        header (so each key an HTTP token, each value without CR, LF or another
+        control character). Raises `DaprAPIError` with daprd's status and error code.
         """
         if self.mode == "remote":
+            _check_metadata(pubsub, metadata)
             body, media_type, _ = _encode_data()(data, content_type)
             await self._remote_sidecar().publish(pubsub, topic, body, media_type, dict(metadata or {}))
             return
@@ -272,14 +291,21 @@ class Dapr:
         `publish()` encodes it, its entry id its position). `metadata` is the
         request's `metadata.*`. Returns the entries that were not published (none:
         every one was); raises `DaprAPIError` when the request as a whole is
-        refused (no such pubsub, a forbidden topic, a malformed entry).
+        refused (no such pubsub, a forbidden topic, a malformed entry, metadata that
+        cannot be a header; in embedded mode, more than `max_bulk_entries` entries).
         """
-        body = _bulk_body()(entries)
         if self.mode == "remote":
+            entries = list(entries)
+            _check_metadata(pubsub, metadata)
+            for entry in entries:
+                _check_metadata(pubsub, getattr(entry, "metadata", None))
+            body = _bulk_body()(entries)
             return await self._remote_sidecar().publish_bulk(pubsub, topic, body, dict(metadata or {}))
+        body = _bulk_body()(entries)
         from ._bulk import publish_bulk
 
         runtime = self._running()
+        assert self.sidecar is not None  # embedded mode
         runtime.check_pubsub(pubsub, topic, metadata or {})  # as the HTTP API, before the entries
         trace = CURRENT.get()
         failed = await publish_bulk(
@@ -290,6 +316,7 @@ class Dapr:
             dict(metadata or {}),
             trace[0] if trace is not None else "",
             trace[1] if trace is not None else "",
+            max_entries=self.sidecar.max_bulk_entries,
         )
         return _failed_entries()(failed)
 

@@ -27,7 +27,7 @@ from ._asgi import AppCaller, AppResponse, AppUnreachable
 from ._cel import RoutingError, Rules
 from ._envelope import has_expired, raw_payload_event
 from ._headers import HOP_BY_HOP
-from ._json import go_dumps
+from ._json import DELIVERY_DEPTH, go_dumps, loads, nests_deeper
 from ._resiliency import CircuitBusy, CircuitOpen, Policy, PolicyError
 from ._retry import Clock
 from ._status import Status
@@ -139,7 +139,7 @@ def _loads(data: bytes) -> Any:
     try:
         return from_json(data)
     except ValueError:
-        return json.loads(data)
+        return loads(data, DELIVERY_DEPTH)  # another publisher's message may nest deeper
 
 
 def classify(response: AppResponse) -> Attempt:
@@ -155,6 +155,8 @@ def classify(response: AppResponse) -> Attempt:
     if not response.body.strip():
         return Attempt(Status.SUCCESS, code)
     try:
+        if nests_deeper(response.body):
+            raise ValueError("nested too deep")
         parsed = _DECODER.raw_decode(response.body.decode("utf-8", errors="replace").strip())[0]
     except ValueError:
         return Attempt(Status.SUCCESS, code, "the body is not JSON: read as SUCCESS")
@@ -183,7 +185,7 @@ def _bulk_statuses(response: AppResponse, entry_ids: Sequence[str]) -> dict[str,
         return {e: Attempt(None, code, f"HTTP {code}") for e in entry_ids}
     failed = {e: Attempt(None, code, "no status for this entry") for e in entry_ids}
     try:
-        parsed = json.loads(response.body)
+        parsed = loads(response.body)
         items = parsed["statuses"]
         if not isinstance(items, list):
             raise TypeError

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ._durations import parse_go_duration
-from ._json import NO_VALUE, decode_first, go_dumps
+from ._json import NO_VALUE, TooDeep, check_depth, decode_first, go_dumps
+from ._publishing import metadata_problem
 
 __all__: list[str] = []
 
@@ -32,7 +34,8 @@ class EnvelopeError(ValueError):
 
 
 class BadMetadata(EnvelopeError):
-    """A `metadata.*` value daprd cannot use (`rawPayload`, `ttlInSeconds`)."""
+    """A `metadata.*` value daprd cannot use (`rawPayload`, `ttlInSeconds`), or one that
+    cannot become a header of the deliveries."""
 
 
 class BadCloudEvent(EnvelopeError):
@@ -114,25 +117,36 @@ def _lookup(metadata: Mapping[str, str], *keys: str) -> str:
     return ""
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # Go's strconv.ParseInt, base 10
+
+
 def ttl_seconds(metadata: Mapping[str, str]) -> float | None:
     """The message TTL from `ttl` or `ttlInSeconds` (reference 1.6), or None.
 
-    Raises `BadMetadata` for a value daprd would silently ignore.
+    Read as components-contrib's `TryGetTTL` reads it, with daprd's messages. Raises
+    `BadMetadata` for a value daprd ignores silently (not a duration nor an integer, an
+    integer of 0 or less), and for a duration under a second (`0`, `0s`, `-10s`, `1ns`),
+    which daprd takes and which expires the message at once: an expiration has whole seconds.
     """
     value = _lookup(metadata, "ttl", "ttlInSeconds")
     if not value:
         return None
     try:
-        return max(parse_go_duration(value), 0.0)
+        seconds = parse_go_duration(value)
     except ValueError:
-        pass
-    try:
-        seconds = int(value)
-    except ValueError:
-        raise BadMetadata(f"ttlInSeconds value must be a valid integer: actual is '{value}'") from None
+        number = int(value) if _INTEGER.fullmatch(value) else None
+        if number is None or not -(2**63) <= number < 2**63:  # an int64
+            raise BadMetadata(f"ttl value must be a valid integer: actual is '{value}'") from None
+        if number <= 0:
+            raise BadMetadata(f"ttl value must be higher than zero: actual is '{number}'") from None
+        return float(number)
     if seconds <= 0:
-        raise BadMetadata(f"ttlInSeconds value must be higher than zero: actual is '{seconds}'")
-    return float(seconds)
+        raise BadMetadata(f"ttl value must be higher than zero: actual is '{value}'")
+    if seconds < 1:
+        raise BadMetadata(
+            f"ttl value must be at least 1s, the precision of an expiration: actual is '{value}'"
+        )
+    return seconds
 
 
 def rfc3339(moment: datetime.datetime) -> str:
@@ -233,6 +247,10 @@ def _new_cloudevent(request: PublishRequest, app_id: str) -> dict[str, Any]:
     }
     if is_content_type(content_type, "application/json"):
         if request.value is not NO_VALUE:
+            try:
+                check_depth(request.data)  # as deep as a body read over HTTP may be
+            except TooDeep as exc:
+                raise EnvelopeError(f"the data cannot be published: {exc}") from None
             event["data"] = request.value
         else:
             try:
@@ -265,6 +283,9 @@ def build_cloudevent(request: PublishRequest, app_id: str) -> dict[str, Any]:
 def message_data(request: PublishRequest, app_id: str) -> tuple[bytes, dict[str, Any] | None]:
     """The bytes the broker stores (the envelope, or the body itself for raw
     payloads), and the envelope they encode, if there is one."""
+    problem = metadata_problem(request.metadata)
+    if problem is not None:
+        raise BadMetadata(problem)
     if is_raw_payload(request.metadata):
         ttl_seconds(request.metadata)  # refused here too, for one rule on every path
         return request.data, None

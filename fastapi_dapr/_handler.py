@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import inspect
-import json
 import logging
 import os
 import typing
@@ -31,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from ._binding import event_dict_from_http, is_json_content_type
 from ._cloudevent import BulkEntry, CloudEvent
 from ._exceptions import HandlerSignatureError
+from ._json import DELIVERY_DEPTH, loads
 from ._status import DROP, RETRY, SUCCESS, Status
 from ._subscription import Subscription
 
@@ -199,7 +199,7 @@ def _event_id_for_log(body: bytes, headers: Mapping[str, str]) -> str:
     if "ce-id" in headers:
         return headers["ce-id"]
     try:
-        parsed = json.loads(body)
+        parsed = loads(body, DELIVERY_DEPTH)
     except ValueError:
         return "<unparseable body>"
     if isinstance(parsed, dict):
@@ -310,7 +310,7 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
     async def bulk(request: Request, kwargs: dict[str, Any]) -> Response:
         body = await request.body()
         try:
-            envelope = json.loads(body)
+            envelope = loads(body, DELIVERY_DEPTH)
             raw_entries = envelope["entries"]
             if not isinstance(raw_entries, list):
                 raise TypeError("entries is not a list")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any
@@ -9,6 +10,19 @@ from typing import Any
 __all__: list[str] = []
 
 NO_VALUE: Any = object()  # "no JSON value was given", where None would be JSON null
+
+MAX_DEPTH = 128
+"""How deeply the arrays and objects of a JSON body may nest. Python's parsers recurse (a
+few hundred levels is a `RecursionError`, pydantic refuses beyond 200); 128 leaves room for
+the envelopes a message is wrapped in on its way to a handler. (Go's limit is 10,000.)"""
+DELIVERY_DEPTH = 200
+"""How deeply a delivery's JSON is read (a message read back from a broker, a request to a
+subscription's route): MAX_DEPTH and the envelopes around it fit, as in pydantic's parser,
+which stops there too; and far below Python's recursion limit, whatever calls the parser."""
+
+
+class TooDeep(ValueError):
+    """JSON that nests deeper than the sidecar reads."""
 
 
 def _not_json(constant: str) -> Any:
@@ -34,6 +48,36 @@ _GO_ESCAPES = {
 }
 _NEEDS_ESCAPE = re.compile("[<>&\u2028\u2029]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_STRING = re.compile(rb'"[^"]*"')
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+
+
+def nests_deeper(body: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether the arrays and objects of JSON text `body` nest deeper than `limit` (a scalar
+    is 0 deep, `[]` 1), found without parsing and without recursion, in linear time: the
+    strings cut out, then the running count of brackets."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    if b"\\" in body:  # escapes occur only in strings: an escaped quote must not end one
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = _STRING.sub(b"", body.translate(None, _STRUCTURE))
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def check_depth(body: bytes | str, limit: int = MAX_DEPTH) -> None:
+    """Raise `TooDeep` when `body` nests deeper than `limit`."""
+    data = body.encode("utf-8", errors="surrogatepass") if isinstance(body, str) else body
+    if nests_deeper(data, limit):
+        raise TooDeep(f"the JSON nests deeper than {limit} levels")
+
+
+def loads(body: bytes | str, limit: int = MAX_DEPTH) -> Any:
+    """`json.loads`, refusing (`TooDeep`, a `ValueError`) what nests deeper than `limit`."""
+    check_depth(body, limit)
+    return json.loads(body)
 
 
 def go_dumps(value: Any) -> bytes:
@@ -55,8 +99,10 @@ def decode_first(body: bytes | str) -> Any:
     """The first JSON value of `body`, as Go's `json.Decoder.Decode` reads it.
 
     Trailing data after the first value is ignored; invalid UTF-8 becomes
-    U+FFFD. Raises `ValueError` when there is no valid first value.
+    U+FFFD. Raises `ValueError` when there is no valid first value, and
+    `TooDeep` when the body nests deeper than `MAX_DEPTH`.
     """
+    check_depth(body)
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     start = len(text) - len(text.lstrip(_WHITESPACE))
     value, _ = _decoder.raw_decode(text, start)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json, to_jsonable_python
 
 from ._cloudevent import CloudEvent
+from ._headers import BAD_VALUE_RE, TOKEN_RE
 from ._json import NO_VALUE
 
 __all__ = ["BulkPublishEntry", "FailedEntry"]
@@ -30,6 +31,28 @@ def encode_data(data: Any, content_type: str | None) -> tuple[bytes, str, Any]:
         return body, content_type or "application/cloudevents+json", NO_VALUE
     value = data.model_dump(mode="json") if isinstance(data, BaseModel) else to_jsonable_python(data)
     return to_json(value), content_type or "application/json", value
+
+
+def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
+    """Why `metadata` cannot travel with a message; None when it can.
+
+    Each key and value becomes a header of every delivery (reference 3.2): a key that is
+    not an HTTP token, or a value with CR, LF or another control character, would fail
+    every delivery to an app over HTTP, and every dead-letter publish after it.
+    """
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return f"metadata keys and values must be strings: {key!r}"
+        if not TOKEN_RE.fullmatch(key):
+            return (
+                f"the metadata key {key[:40]!r} is not an HTTP token (it becomes a header of the deliveries)"
+            )
+        if BAD_VALUE_RE.search(value):
+            return (
+                f"the metadata value of {key!r} has CR, LF or another control character "
+                "(it becomes a header of the deliveries)"
+            )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -342,6 +342,13 @@ class Runtime:
             worker = Worker(engine, route, consumer, runners, limits.get(broker.name))
             worker.start()
             self.workers.append(worker)
+        self.subscriptions_started()
+
+    def subscriptions_started(self) -> None:
+        """Every subscription there will be has joined its topic (or there are none): the
+        in-memory brokers stop keeping messages for subscriptions to come."""
+        for broker in self.brokers.values():
+            broker.subscriptions_started()
         self.ready = True
 
     def inbound_policy(self, pubsub: str) -> Policy:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._blocks import VERSIONS, find_unserved
-from ._bulk import publish_bulk
+from ._bulk import DEFAULT_MAX_ENTRIES, publish_bulk
 from ._caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, declared_size, read_body
 from ._envelope import PublishRequest
 from ._errors import direct_invoke_error, error_response
@@ -195,6 +195,7 @@ class SidecarAPI:
     `runtime` returns the running `Runtime`, or None before the app started.
     With `api_token` set every call but the health checks needs it in the
     `dapr-api-token` header; without one only loopback clients are answered.
+    A bulk publish takes at most `max_bulk_entries` entries.
     """
 
     def __init__(
@@ -205,12 +206,16 @@ class SidecarAPI:
         max_body_size: int = DEFAULT_MAX_BODY,
         max_header_size: int = DEFAULT_MAX_HEADERS,
         metrics: Metrics | None = None,
+        max_bulk_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
+        if max_bulk_entries < 1:
+            raise ValueError(f"max_bulk_entries must be at least 1, not {max_bulk_entries}")
         self._runtime = runtime
         self.metrics = metrics  # served at GET /metrics when given
         self.api_token = api_token or None
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size
+        self.max_bulk_entries = max_bulk_entries
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -642,6 +647,7 @@ class SidecarAPI:
             metadata,
             trace[0] if trace is not None else "",
             trace[1] if trace is not None else "",
+            max_entries=self.max_bulk_entries,
         )
         if not failed:
             return None

@@ -57,6 +57,7 @@ class SidecarOptions:
     dapr_http_port: int = 3500
     resources_paths: Sequence[str] = ()
     max_body_size: int = 4 * 1024 * 1024
+    max_bulk_entries: int = 10_000
     api_token: str | None = None
     app_api_token: str | None = None
     name_resolution: str | None = None
@@ -209,7 +210,10 @@ class StandaloneSidecar:
         self.names = NameResolutionFile(options.name_resolution) if options.name_resolution else None
         self.channel = AppChannel(options.app_channel_address, options.app_port) if options.app_port else None
         self.api = SidecarAPI(
-            lambda: self.runtime, api_token=options.api_token, max_body_size=options.max_body_size
+            lambda: self.runtime,
+            api_token=options.api_token,
+            max_body_size=options.max_body_size,
+            max_bulk_entries=options.max_bulk_entries,
         )
         self.metrics = Metrics(options.app_id) if options.metrics_port is not None else None
         self.port = 0
@@ -482,7 +486,7 @@ class StandaloneSidecar:
         from ._exceptions import SubscriptionError
 
         if self.channel is None:
-            runtime.ready = True  # no app: no subscriptions, as daprd without an app channel
+            runtime.subscriptions_started()  # no app: no subscriptions, as daprd without an app channel
             logger.info("app id %s: ready: no app (no --app-port), no subscriptions", runtime.app_id)
             return
         await self.channel.wait_until_listening(self.options.app_wait_timeout)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -74,7 +75,7 @@ def test_mixed_good_and_bad_entries_answer_the_failed_ones_in_daprds_shape() -> 
     assert list(body) == ["failedEntries", "errorCode"]  # daprd's struct order, on the wire
     assert body["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"
     assert [entry["entryId"] for entry in body["failedEntries"]] == ["bad"]
-    assert "ttlInSeconds value must be a valid integer" in body["failedEntries"][0]["error"]
+    assert "ttl value must be a valid integer: actual is 'soon'" in body["failedEntries"][0]["error"]
     assert answer.headers["metadata.responseData"] == answer.text
     assert sorted(event.data["n"] for event in got) == [1, 3]  # the good ones went out
 
@@ -136,7 +137,7 @@ async def test_publish_bulk_in_code_takes_data_and_entries() -> None:
         for _ in range(3):
             await test.wait_for_delivery(topic="orders")
     assert failed == [FailedEntry("3", failed[0].error)]  # the entry id is its position
-    assert "ttlInSeconds" in failed[0].error
+    assert "ttl value must be a valid integer" in failed[0].error
     assert sorted(str(event.datacontenttype) for event in got) == [
         "application/json",
         "application/octet-stream",
@@ -177,3 +178,86 @@ async def test_publish_bulk_under_daprd_posts_its_bulk_api() -> None:
         {"entryId": "0", "event": {"n": 1}, "contentType": "application/json"},
         {"entryId": "e2", "event": "hi", "contentType": "text/plain"},
     ]
+
+
+def test_a_bulk_over_the_entry_limit_is_400_and_publishes_nothing() -> None:
+    app = FastAPI()
+    dapr = Dapr(app, api_token="", max_bulk_entries=3)
+    entries = [{"entryId": str(n), "event": {"n": n}, "contentType": "application/json"} for n in range(4)]
+    with DaprTestClient(app) as client:
+        broker: Any = dapr._running().brokers["pubsub"]
+        client.portal.call(broker.subscribe, "orders")  # type: ignore[union-attr]  # keeps what comes
+        answer = client.post(BULK, json=entries)
+        assert answer.status_code == 400
+        body = answer.json()
+        assert body["errorCode"] == "ERR_PUBSUB_EVENTS_SER"
+        assert body["message"] == (
+            "error when unmarshaling the request for topic orders pubsub pubsub: "
+            "4 entries, more than the limit of 3 a request"
+        )
+        assert body["details"][1]["reason"] == "DAPR_PUBSUB_UNMARSHAL_EVENTS"
+
+        async def in_code() -> None:
+            with pytest.raises(DaprAPIError) as refused:
+                await dapr.publish_bulk("pubsub", "orders", [{"n": n} for n in range(4)])
+            assert (refused.value.status_code, refused.value.error_code) == (400, "ERR_PUBSUB_EVENTS_SER")
+
+        client.portal.call(in_code)  # type: ignore[union-attr]
+        assert broker.queued() == 0
+        assert client.post(BULK, json=entries[:3]).status_code == 204
+        assert broker.queued() == 3
+
+
+def test_the_entry_limit_is_set_on_the_command_line_and_must_be_positive() -> None:
+    from fastapi_dapr._cli import _options, parser
+    from fastapi_dapr._standalone import StandaloneSidecar
+
+    def fail(message: str) -> Any:
+        raise AssertionError(message)
+
+    arguments = parser().parse_args(["sidecar", "--app-id", "x", "--max-bulk-entries", "5"])
+    assert StandaloneSidecar(_options(arguments, fail)).api.max_bulk_entries == 5
+    defaults = parser().parse_args(["sidecar", "--app-id", "x"])
+    assert StandaloneSidecar(_options(defaults, fail)).api.max_bulk_entries == 10_000
+    with pytest.raises(SystemExit):
+        parser().parse_args(["sidecar", "--app-id", "x", "--max-bulk-entries", "0"])
+    with pytest.raises(ValueError, match="max_bulk_entries must be at least 1"):
+        Dapr(FastAPI(), max_bulk_entries=0)
+
+
+async def test_other_requests_are_answered_while_a_large_bulk_is_published() -> None:
+    app = FastAPI()
+    dapr = Dapr(app, api_token="")
+    entries = [{"entryId": str(n), "event": {"n": n}, "contentType": "application/json"} for n in range(5000)]
+    async with DaprTest(app) as test:
+        broker: Any = dapr._running().brokers["pubsub"]
+        consumer = await broker.subscribe("orders")  # keeps what is published; only this test reads it
+        bulk = asyncio.ensure_future(test.client.post(BULK, json=entries))
+        await consumer.receive(1)  # the first entry is published: the bulk is under way
+        health = await test.client.get("/v1.0/healthz")
+        published_by_then = broker.queued() + 1
+        answer = await bulk
+        published = broker.queued() + 1
+    assert health.status_code == 204
+    # Answered between two turns of the bulk, not once it was over.
+    assert published_by_then < len(entries) / 2
+    assert (answer.status_code, published) == (204, len(entries))
+
+
+def test_an_event_nested_too_deep_is_400_and_one_as_deep_as_the_bound_is_delivered() -> None:
+    app, _, got = collecting_app()
+    deepest: Any = []
+    for _ in range(127):
+        deepest = [deepest]  # 128 levels
+    too_deep = b"[" * 1000 + b"]" * 1000
+    with DaprTestClient(app) as client:
+        answer = client.post(
+            BULK, content=b'[{"entryId":"a","contentType":"application/json","event":' + too_deep + b"}]"
+        )
+        assert answer.status_code == 400
+        assert answer.json()["errorCode"] == "ERR_PUBSUB_EVENTS_SER"
+        assert answer.json()["message"].endswith("an event nests deeper than 128 levels")
+        entry = {"entryId": "a", "event": deepest, "contentType": "application/json"}
+        assert client.post(BULK, json=[entry]).status_code == 204
+        wait_for(client, 1)
+    assert [event.data for event in got] == [deepest]

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.requests import Request
 
-from fastapi_dapr import CloudEvent, Dapr
-from fastapi_dapr.testing import DaprTestClient
+from fastapi_dapr import BulkEntry, BulkPublishEntry, CloudEvent, Dapr, DaprAPIError, FailedEntry
+from fastapi_dapr.testing import DaprTest, DaprTestClient
 
 
 @pytest.fixture
@@ -93,15 +98,62 @@ def test_bad_raw_payload_value(client: DaprTestClient) -> None:
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        ("abc", "ttlInSeconds value must be a valid integer: actual is 'abc'"),
-        ("-5", "ttlInSeconds value must be higher than zero: actual is '-5'"),
+        # daprd's TryGetTTL refuses these, and then its publish ignores the error:
+        ("abc", "ttl value must be a valid integer: actual is 'abc'"),
+        ("-5", "ttl value must be higher than zero: actual is '-5'"),
+        ("99999999999999999999", "ttl value must be a valid integer: actual is '99999999999999999999'"),
+        # daprd takes these (Go durations), and the message expires at once:
+        ("0", "ttl value must be higher than zero: actual is '0'"),
+        ("0s", "ttl value must be higher than zero: actual is '0s'"),
+        ("-10s", "ttl value must be higher than zero: actual is '-10s'"),
+        ("1ns", "ttl value must be at least 1s, the precision of an expiration: actual is '1ns'"),
+        ("999ms", "ttl value must be at least 1s, the precision of an expiration: actual is '999ms'"),
     ],
 )
-def test_bad_ttl_is_refused_where_daprd_ignores_it(client: DaprTestClient, value: str, problem: str) -> None:
-    answer = client.post(f"/v1.0/publish/pubsub/orders?metadata.ttlInSeconds={value}", json={})
-    assert answer.status_code == 400
-    assert answer.json()["errorCode"] == "ERR_PUBSUB_REQUEST_METADATA"
-    assert answer.json()["message"] == f"failed deserializing metadata. Error: {problem}"
+async def test_a_ttl_that_cannot_work_is_refused_on_every_path(value: str, problem: str) -> None:
+    app = FastAPI()
+    dapr = Dapr(app, app_id="app1", api_token="")
+    message = f"failed deserializing metadata. Error: {problem}"
+    async with DaprTest(app) as test:
+        for key in ("ttlInSeconds", "ttl"):
+            answer = await test.client.post(f"/v1.0/publish/pubsub/orders?metadata.{key}={value}", json={})
+            assert answer.status_code == 400
+            assert answer.json()["errorCode"] == "ERR_PUBSUB_REQUEST_METADATA"
+            assert answer.json()["message"] == message
+        with pytest.raises(DaprAPIError) as refused:
+            await dapr.publish("pubsub", "orders", {}, metadata={"ttlInSeconds": value})
+        assert (refused.value.status_code, refused.value.error_code) == (400, "ERR_PUBSUB_REQUEST_METADATA")
+        assert refused.value.message == message
+        # A bulk entry with that TTL (its own, or the request's merged into its own) fails.
+        entries = [
+            {"entryId": "own", "event": {}, "contentType": "application/json", "metadata": {"ttl": value}},
+            {"entryId": "merged", "event": {}, "contentType": "application/json", "metadata": {}},
+        ]
+        answer = await test.client.post(
+            f"/v1.0-alpha1/publish/bulk/pubsub/orders?metadata.ttlInSeconds={value}", json=entries
+        )
+        assert answer.status_code == 500
+        assert answer.json()["failedEntries"] == [
+            {"entryId": "own", "error": message},
+            {"entryId": "merged", "error": message},
+        ]
+        failed = await dapr.publish_bulk("pubsub", "orders", [BulkPublishEntry({}, metadata={"ttl": value})])
+        assert failed == [FailedEntry("0", message)]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("1", 1), ("%2B2", 2), ("1s", 1), ("1.5s", 1.5), ("2m", 120)])
+async def test_a_ttl_of_a_second_or_more_sets_the_expiration(value: str, seconds: float) -> None:
+    app = FastAPI()
+    dapr = Dapr(app, api_token="")
+    async with DaprTest(app) as test:
+        consumer = await dapr._running().brokers["pubsub"].subscribe("kept")  # read by this test only
+        before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        answer = await test.client.post(f"/v1.0/publish/pubsub/kept?metadata.ttlInSeconds={value}", json={})
+        assert answer.status_code == 204
+        (delivery,) = await consumer.receive(1)
+    event = json.loads(delivery.message.data)
+    moment = datetime.datetime.fromisoformat(event["expiration"].replace("Z", "+00:00"))
+    assert before <= moment <= before + datetime.timedelta(seconds=seconds + 1)
 
 
 @pytest.mark.parametrize("body", [b"[1, 2]", b"not json", b"null", b"", b'"text"'])
@@ -193,8 +245,6 @@ async def test_waiting_publishers_do_not_overfill_the_queue(tmp_path: Path) -> N
         "spec:\n  type: pubsub.in-memory\n  version: v1\n  metadata:\n"
         "  - {name: maxQueueLength, value: 2}\n  - {name: publishTimeout, value: 10s}\n"
     )
-    from fastapi_dapr.testing import DaprTest
-
     app = FastAPI()
     dapr = Dapr(app, resources_path=tmp_path)
     async with DaprTest(app):
@@ -304,8 +354,6 @@ async def test_a_body_cut_short_is_not_published() -> None:
     async def on_order(event: CloudEvent) -> None:
         seen.append(event.data)
 
-    from fastapi_dapr.testing import DaprTest
-
     async with DaprTest(app) as test:
         messages = [
             {"type": "http.request", "body": b'{"amount": 100', "more_body": True},
@@ -380,3 +428,332 @@ def test_app_routes_are_not_affected(client: DaprTestClient) -> None:
 
     assert client.get("/v1.0x").json() == {"app": True}
     assert json.loads(client.get("/dapr/subscribe").content) == []
+
+
+# -- metadata that becomes headers --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("metadata.note=a%0D%0Ab", "the metadata value of 'note' has CR, LF or another control character"),
+        ("metadata.note=a%0Ab", "the metadata value of 'note' has CR, LF or another control character"),
+        ("metadata.note=a%00b", "the metadata value of 'note' has CR, LF or another control character"),
+        ("metadata.a:b=1", "the metadata key 'a:b' is not an HTTP token"),
+        ("metadata.a%20b=1", "the metadata key 'a b' is not an HTTP token"),
+        ("metadata.k%0A=1", "the metadata key 'k\\n' is not an HTTP token"),
+        ("metadata.=1", "the metadata key '' is not an HTTP token"),
+    ],
+)
+async def test_metadata_that_cannot_be_a_header_is_refused_on_every_path(query: str, problem: str) -> None:
+    # Every key and value becomes a header of the deliveries (reference 3.2): such a message
+    # would fail every delivery to an app over HTTP, then its dead-letter publish.
+    app = FastAPI()
+    dapr = Dapr(app, api_token="")
+    key, _, raw_value = query[len("metadata.") :].partition("=")
+    metadata = {unquote(key): unquote(raw_value)}
+
+    def is_refused(error: dict[str, Any]) -> None:
+        assert error["errorCode"] == "ERR_PUBSUB_REQUEST_METADATA"
+        assert error["message"].startswith("failed deserializing metadata. Error: ")
+        assert problem in error["message"]
+        assert error["details"][-1]["reason"] == "DAPR_PUBSUB_METADATA_DESERIALIZATION"
+
+    async with DaprTest(app) as test:
+        broker: Any = dapr._running().brokers["pubsub"]
+        await broker.subscribe("orders")  # keeps whatever is published
+        answer = await test.client.post(f"/v1.0/publish/pubsub/orders?{query}", json={})
+        assert answer.status_code == 400
+        is_refused(answer.json())
+        bulk = "/v1.0-alpha1/publish/bulk/pubsub/orders"
+        good = {"entryId": "good", "event": {}, "contentType": "application/json"}
+        answer = await test.client.post(f"{bulk}?{query}", json=[good])  # the request's metadata
+        assert answer.status_code == 400
+        is_refused(answer.json())
+        answer = await test.client.post(bulk, json=[good, {**good, "entryId": "bad", "metadata": metadata}])
+        assert answer.status_code == 400  # the whole request: nothing published
+        is_refused(answer.json())
+        for call in (
+            lambda: dapr.publish("pubsub", "orders", {}, metadata=metadata),
+            lambda: dapr.publish_bulk("pubsub", "orders", [{}], metadata=metadata),
+            lambda: dapr.publish_bulk("pubsub", "orders", [{}, BulkPublishEntry({}, metadata=metadata)]),
+        ):
+            with pytest.raises(DaprAPIError) as refused:
+                await call()
+            assert refused.value.status_code == 400
+            is_refused(refused.value.to_json())
+        assert broker.queued() == 0
+
+    remote = FastAPI()
+    nowhere = Dapr(remote, mode="remote", dapr_http_endpoint="http://127.0.0.1:9")  # never called
+    async with remote.router.lifespan_context(remote):
+        for call in (
+            lambda: nowhere.publish("pubsub", "orders", {}, metadata=metadata),
+            lambda: nowhere.publish_bulk("pubsub", "orders", [BulkPublishEntry({}, metadata=metadata)]),
+        ):
+            with pytest.raises(DaprAPIError) as refused:
+                await call()
+            assert refused.value.status_code == 400
+            is_refused(refused.value.to_json())
+
+
+def test_metadata_values_with_tabs_and_any_letters_are_delivered_as_headers() -> None:
+    app = FastAPI()
+    dapr = Dapr(app, api_token="")
+    seen: list[dict[str, str]] = []
+
+    @app.post("/orders")
+    async def orders(request: Request) -> dict[str, str]:
+        seen.append(dict(request.headers))
+        return {"status": "SUCCESS"}
+
+    dapr.subscribe("pubsub", "orders", route="/orders")(orders)
+    with DaprTestClient(app) as client:
+        query = "metadata.note=a%09b&metadata.city=K%C3%B8benhavn&metadata.x-trace.id=7"
+        assert client.post(f"/v1.0/publish/pubsub/orders?{query}", json={}).status_code == 204
+        assert client.wait_for_delivery().outcome == "delivered"
+    (headers,) = seen
+    assert headers["note"] == "a\tb"
+    assert headers["city"].encode("latin-1").decode() == "København"  # UTF-8, as daprd sends it
+    assert headers["x-trace.id"] == "7"
+
+
+# -- JSON nested deeper than the sidecar reads (MAX_DEPTH) --------------------
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_json_body_nested_too_deep_is_kept_as_text(caplog: pytest.LogCaptureFixture) -> None:
+    app = FastAPI()
+    dapr = Dapr(app, api_token="")
+    got: list[Any] = []
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent) -> None:
+        got.append(event.data)
+
+    body = b"[" * 1000 + b"]" * 1000
+    with caplog.at_level(logging.ERROR, logger="fastapi_dapr"), DaprTestClient(app) as client:
+        answer = client.post(
+            "/v1.0/publish/pubsub/orders", content=body, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 204
+        assert client.wait_for_delivery().outcome == "delivered"
+    assert got == [body.decode()]  # as any body that does not parse (reference 1.4, case B)
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 1000 + b"]" * 1000,
+        b'{"specversion":"1.0","id":"1","source":"s","type":"t","data":'
+        + json.dumps(nested(200)).encode()
+        + b"}",
+    ],
+)
+def test_a_cloudevent_nested_too_deep_is_400(client: DaprTestClient, body: bytes) -> None:
+    answer = client.post(
+        "/v1.0/publish/pubsub/orders", content=body, headers={"content-type": "application/cloudevents+json"}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["errorCode"] == "ERR_PUBSUB_CLOUD_EVENTS_SER"
+    assert "nests deeper than 128 levels" in answer.json()["details"][1]["metadata"]["error"]
+
+
+def test_json_as_deep_as_the_bound_goes_through_rules_to_single_and_bulk_handlers() -> None:
+    app = FastAPI()
+    dapr = Dapr(app, api_token="")
+    got: list[Any] = []
+
+    @dapr.subscribe("pubsub", "orders", match='event.type == "com.dapr.event.sent"', priority=1)
+    async def on_order(event: CloudEvent) -> None:
+        got.append(event.data)
+
+    @dapr.subscribe("pubsub", "batches", bulk=True)
+    async def on_batch(entries: list[BulkEntry[Any]]) -> None:
+        got.extend(entry.event.data for entry in entries)
+
+    deepest = nested(128)
+    with DaprTestClient(app) as client:
+        for topic in ("orders", "batches"):
+            assert client.post(f"/v1.0/publish/pubsub/{topic}", json=deepest).status_code == 204
+            assert client.wait_for_delivery(topic=topic).outcome == "delivered"
+    assert got == [deepest, deepest]
+
+
+async def test_data_nested_too_deep_is_refused_by_dapr_publish() -> None:
+    app = FastAPI()
+    dapr = Dapr(app)
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent) -> None: ...
+
+    async with DaprTest(app) as test:
+        assert (await test.publish_and_wait("pubsub", "orders", nested(128))).outcome == "delivered"
+        with pytest.raises(DaprAPIError) as refused:
+            await dapr.publish("pubsub", "orders", nested(129))
+    assert (refused.value.status_code, refused.value.error_code) == (400, "ERR_PUBSUB_CLOUD_EVENTS_SER")
+
+
+async def test_a_message_another_publisher_nested_too_deep_is_settled_as_invalid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A daprd publishing to the same Redis stream reads 10,000 levels: its message must not
+    # break the delivery here.
+    app = FastAPI()
+    dapr = Dapr(app)
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent) -> None: ...
+
+    deep = b'{"specversion":"1.0","id":"1","data":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    async with DaprTest(app) as test:
+        await dapr._running().brokers["pubsub"].publish("orders", deep, {})
+        report = await test.wait_for_delivery()
+    assert report.outcome == "invalid"
+    assert "nests deeper than 200 levels" in str(report.reason)
+    assert "Traceback" not in caplog.text
+
+
+def test_a_delivery_from_daprd_nested_too_deep_is_dropped_not_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    # daprd reads and sends 10,000 levels: the app's side reads 200, then drops what it cannot.
+    app = FastAPI()
+    dapr = Dapr(app, mode="remote", dapr_http_endpoint="http://127.0.0.1:9")
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent) -> None: ...
+
+    @dapr.subscribe("pubsub", "batches", bulk=True)
+    async def on_batch(entries: list[BulkEntry[Any]]) -> None: ...
+
+    deep = b"[" * 1000 + b"]" * 1000
+    event = b'{"specversion":"1.0","id":"deep","source":"s","type":"t","data":' + deep + b"}"
+    bulk = b'{"entries":[{"entryId":"e","event":' + event + b'}],"metadata":{}}'
+    with caplog.at_level(logging.WARNING, logger="fastapi_dapr"), TestClient(app) as client:
+        single = client.post(
+            "/events/pubsub/orders", content=event, headers={"content-type": "application/cloudevents+json"}
+        )
+        batch = client.post(
+            "/events/pubsub/batches", content=bulk, headers={"content-type": "application/json"}
+        )
+    assert (single.status_code, single.json()) == (200, {"status": "DROP"})
+    assert batch.status_code == 400
+    assert batch.json()["errorCode"] == "ERR_MALFORMED_REQUEST"
+    assert "Traceback" not in caplog.text
+
+
+# -- before deliveries start, and after they stop ------------------------------
+
+
+def starting_app(publish: Callable[[Dapr], Awaitable[None]], **dapr_options: Any) -> tuple[FastAPI, Dapr]:
+    """An app whose own start-up runs `publish`, before the runtime's deliveries start."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await publish(dapr)
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    dapr = Dapr(app, **dapr_options)
+    return app, dapr
+
+
+async def test_a_message_published_while_the_app_starts_is_delivered_once_deliveries_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def publish(dapr: Dapr) -> None:
+        await dapr.publish("pubsub", "orders", {"n": 1})
+        await dapr.publish("pubsub", "nobody", {"n": 2})
+
+    app, dapr = starting_app(publish)
+    got: list[Any] = []
+    delivered = asyncio.Event()
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent) -> None:
+        got.append(event.data)
+        delivered.set()
+
+    with caplog.at_level(logging.WARNING, logger="fastapi_dapr"):
+        async with DaprTest(app):  # its reports start after the start-up: the handler says it
+            await asyncio.wait_for(delivered.wait(), 10)
+    assert got == [{"n": 1}]
+    # Kept until the subscriptions started: none took this one, as a log line says.
+    assert "1 messages of topic nobody were not delivered and are discarded at start-up" in caplog.text
+
+
+async def test_messages_kept_until_deliveries_start_are_bounded(tmp_path: Path) -> None:
+    (tmp_path / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec:\n  type: pubsub.in-memory\n  version: v1\n  metadata:\n  - {name: maxQueueLength, value: 2}\n"
+    )
+    refusals: list[DaprAPIError] = []
+
+    async def publish(dapr: Dapr) -> None:
+        for n in range(3):
+            try:
+                await dapr.publish("pubsub", "orders" if n % 2 else "audits", n)
+            except DaprAPIError as exc:
+                refusals.append(exc)
+
+    app, dapr = starting_app(publish, resources_path=tmp_path)
+    got: list[Any] = []
+    both = asyncio.Event()
+
+    @dapr.subscribe("pubsub", "orders")
+    @dapr.subscribe("pubsub", "audits")
+    async def on_any(event: CloudEvent) -> None:
+        got.append(event.data)
+        if len(got) == 2:
+            both.set()
+
+    async with DaprTest(app):
+        await asyncio.wait_for(both.wait(), 10)
+    assert sorted(got) == [0, 1]
+    (refusal,) = refusals
+    assert (refusal.status_code, refusal.error_code) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert "2 messages wait for the subscriptions to start" in refusal.message
+
+
+async def test_a_publish_once_deliveries_stopped_is_refused_not_dropped() -> None:
+    refusals: list[DaprAPIError] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        try:  # the app's own shutdown runs after the runtime's deliveries stopped
+            await dapr.publish("pubsub", "orders", {"n": 1})
+        except DaprAPIError as exc:
+            refusals.append(exc)
+
+    app = FastAPI(lifespan=lifespan)
+    dapr = Dapr(app)
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent) -> None: ...
+
+    async with DaprTest(app):
+        pass
+    (refusal,) = refusals
+    assert (refusal.status_code, refusal.error_code) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert "the subscriptions to topic orders have stopped" in refusal.message
+
+
+async def test_before_and_after_the_runtime_a_publish_is_refused() -> None:
+    app = FastAPI()
+    dapr = Dapr(app)
+    for moment in ("before", "after"):
+        with pytest.raises(DaprAPIError) as refused:
+            await dapr.publish("pubsub", "orders", {"n": 1})
+        assert (refused.value.status_code, refused.value.error_code) == (503, "ERR_SIDECAR_NOT_STARTED"), (
+            moment
+        )
+        if moment == "before":
+            async with DaprTest(app):
+                pass

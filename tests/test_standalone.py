@@ -272,6 +272,18 @@ async def test_the_app_gets_its_token_only_not_the_callers_as_well() -> None:
     assert "expect" not in call["headers"]
 
 
+async def test_a_message_published_before_the_app_listens_is_delivered_once_it_does() -> None:
+    app = App()
+    sidecar = Sidecar("plain", app.port, ready=b"Dapr API listening on")  # it waits for the app
+    async with running(sidecar), sidecar.client() as client:
+        answer = await client.post("/v1.0/publish/pubsub/orders", json={"n": 1})
+        assert answer.status_code == 204
+        async with running(app):
+            await sidecar.printed(b": ready: ")
+            (order,) = await app.received(1, "orders")
+    assert order["body"]["data"] == {"n": 1}
+
+
 def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "fastapi-dapr"
     if not script.exists():

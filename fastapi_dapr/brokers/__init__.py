@@ -177,6 +177,10 @@ class Broker:
         """Join this component's consumer group on `topic`."""
         raise NotImplementedError
 
+    def subscriptions_started(self) -> None:
+        """Every subscription of the runtime to this component has joined its topic: a
+        broker that kept messages for subscriptions to come lets go of the others."""
+
 
 def load_broker_class(type_name: str) -> type[Broker]:
     """The broker class for a Component `spec.type`; `LookupError` or `ImportError` if none."""

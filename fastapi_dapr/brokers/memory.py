@@ -6,6 +6,13 @@ A full queue makes publishers wait up to `publishTimeout`, then fail, so a
 slow subscriber pushes back instead of growing memory without limit. Messages
 live as long as the process: published to a topic nobody subscribes to, they
 are discarded, as daprd's in-memory component does (reference 5.5).
+
+Until the runtime's subscriptions have joined their topics (the app's own
+start-up runs before them, and the standalone sidecar waits for its app), a
+message to a topic nobody has joined yet is kept for the subscription that
+will: at most `maxQueueLength` such messages, a publish beyond them fails.
+Once the subscriptions have stopped, a publish to their topics fails: nobody
+would receive it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class _Queue(Consumer):
         self._not_full = asyncio.Event()
         self._not_full.set()
         self.closed = False
+        self.claimed = False  # a subscription's; else kept for one to come (`MemoryBroker._hold`)
 
     def put(self, message: Message) -> None:
         self.items.append(message)
@@ -82,6 +90,9 @@ class _Queue(Consumer):
                 self._not_full.clear()
 
     async def close(self) -> None:
+        self._discard("at shutdown")
+
+    def _discard(self, when: str) -> None:
         self.closed = True
         self._broker._remove(self)
         self._not_full.set()  # publishers waiting for this queue go on without it
@@ -89,10 +100,11 @@ class _Queue(Consumer):
             # In-memory messages end with the process: say how many, and which.
             logger.warning(
                 "in-memory pubsub %s: %d messages of topic %s were not delivered and are discarded "
-                "at shutdown (ids %s)",
+                "%s (ids %s)",
                 self._broker.name,
                 len(self.items),
                 self.topic,
+                when,
                 ", ".join(message.id for message in list(self.items)[:20])
                 + (" ..." if len(self.items) > 20 else ""),
             )
@@ -102,8 +114,9 @@ class _Queue(Consumer):
 class MemoryBroker(Broker):
     """In-process pub/sub with bounded queues.
 
-    Metadata: `maxQueueLength` (messages per consumer group, default 10000) and
-    `publishTimeout` (how long a publisher waits for room, default 5s).
+    Metadata: `maxQueueLength` (messages per consumer group, and kept before the
+    subscriptions start; default 10000) and `publishTimeout` (how long a publisher
+    waits for room, default 5s).
     """
 
     type_name = "pubsub.in-memory"
@@ -124,6 +137,9 @@ class MemoryBroker(Broker):
             raise ValueError(f"publishTimeout is not a duration: {timeout!r}") from None
         self._queues: dict[str, dict[str, _Queue]] = {}
         self._ids = itertools.count(1)
+        self._holding = True  # until `subscriptions_started`
+        self._unclaimed: dict[str, _Queue] = {}  # by topic: kept for a subscription to come
+        self._stopped: set[str] = set()  # topics whose subscriptions have stopped
 
     async def publish(
         self,
@@ -135,7 +151,11 @@ class MemoryBroker(Broker):
     ) -> str:
         queues = list(self._queues.get(topic, {}).values())
         message_id = str(next(self._ids))
-        if not queues:
+        if self._holding and (not queues or topic in self._unclaimed):
+            queues = [self._hold(topic)]
+        elif not queues:
+            if topic in self._stopped:
+                raise BrokerError(f"the subscriptions to topic {topic} have stopped: nobody would receive it")
             logger.debug("in-memory pubsub %s: no subscriber on %s, message discarded", self.name, topic)
             return message_id
         loop = asyncio.get_running_loop()
@@ -170,19 +190,47 @@ class MemoryBroker(Broker):
                 queue.put(message)
         return message_id
 
+    def _hold(self, topic: str) -> _Queue:
+        """The queue that keeps `topic`'s messages for a subscription to come."""
+        held = sum(len(queue.items) for queue in self._unclaimed.values())
+        if held >= self.capacity:
+            raise BrokerError(
+                f"{held} messages wait for the subscriptions to start, the most this component keeps "
+                "(maxQueueLength)"
+            )
+        queue = self._unclaimed.get(topic)
+        if queue is None:
+            queue = self._unclaimed[topic] = _Queue(self, topic, self.consumer_group, self.capacity)
+            self._queues.setdefault(topic, {})[queue.group] = queue
+        return queue
+
     async def subscribe(self, topic: str) -> Consumer:
         group = self.consumer_group
+        self._unclaimed.pop(topic, None)  # its messages are this subscription's
         groups = self._queues.setdefault(topic, {})
-        if group in groups:
-            return groups[group]
-        queue = _Queue(self, topic, group, self.capacity)
-        groups[group] = queue
+        queue = groups.get(group)
+        if queue is None:
+            queue = groups[group] = _Queue(self, topic, group, self.capacity)
+        queue.claimed = True
         return queue
+
+    def subscriptions_started(self) -> None:
+        self._holding = False
+        unclaimed, self._unclaimed = self._unclaimed, {}
+        for queue in unclaimed.values():
+            queue._discard("at start-up: no subscription to the topic started")
+
+    async def close(self) -> None:
+        for groups in list(self._queues.values()):
+            for queue in list(groups.values()):
+                await queue.close()
 
     def _remove(self, queue: _Queue) -> None:
         groups = self._queues.get(queue.topic, {})
         if groups.get(queue.group) is queue:
             del groups[queue.group]
+            if queue.claimed:
+                self._stopped.add(queue.topic)
 
     def queued(self) -> int:
         """Messages waiting in every queue (for tests and benchmarks)."""
