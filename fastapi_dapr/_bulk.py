@@ -21,7 +21,7 @@ from ._json import MAX_DEPTH, TooDeep, go_dumps, loads
 from ._publishing import metadata_problem
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from ._runtime import Envelope, Runtime
 
 __all__: list[str] = []
 
@@ -47,10 +47,24 @@ async def publish_bulk(
     requests = await bulk_requests(
         runtime.app_id, pubsub, topic, body, metadata, traceparent, tracestate, max_entries=max_entries
     )
+    # Every envelope is made before any entry is published: one that cannot be made refuses
+    # the request as a whole, as in daprd (400 here, as for a single publish); metadata the
+    # broker cannot use (a TTL) fails that entry only, as daprd's component does.
+    envelopes: list[Envelope | DaprAPIError] = []
+    for start in range(0, len(requests), _TURN):
+        if start:
+            await asyncio.sleep(0)
+        for _, request in requests[start : start + _TURN]:
+            try:
+                envelopes.append(runtime.envelope(request))
+            except DaprAPIError as exc:
+                if exc.error_code != "ERR_PUBSUB_REQUEST_METADATA":
+                    raise
+                envelopes.append(exc)
     # Scopes are checked on the whole request, once the entries are read (reference 1.8).
     runtime.check_scopes(pubsub, topic)
     started = time.perf_counter()
-    results = await _publish_all(runtime, [request for _, request in requests])
+    results = await _publish_all(runtime, [request for _, request in requests], envelopes)
     if runtime.metrics is not None:
         published = sum(not isinstance(result, BaseException) for result in results)
         elapsed = (time.perf_counter() - started) * 1000
@@ -64,16 +78,20 @@ async def publish_bulk(
     return failed
 
 
-async def _publish_all(runtime: Runtime, requests: Sequence[PublishRequest]) -> list[Any]:
+async def _publish_all(
+    runtime: Runtime, requests: Sequence[PublishRequest], envelopes: Sequence[Envelope | DaprAPIError]
+) -> list[Any]:
     """Each request's message id or error. All are published at once, as daprd's default
     bulk publisher does (an entry waiting for room in a queue does not hold up the others),
-    but started a turn's worth at a time: each starts with its envelope, which is the work."""
+    but started a turn's worth at a time."""
     tasks: list[asyncio.Future[str]] = []
     try:
         for start in range(0, len(requests), _TURN):
             tasks += [
-                asyncio.ensure_future(runtime.publish(request, entry=True))
-                for request in requests[start : start + _TURN]
+                _published(runtime, request, envelope)
+                for request, envelope in zip(
+                    requests[start : start + _TURN], envelopes[start : start + _TURN], strict=True
+                )
             ]
             await asyncio.sleep(0)  # those run their start before more are made
         return await asyncio.gather(*tasks, return_exceptions=True)
@@ -83,6 +101,17 @@ async def _publish_all(runtime: Runtime, requests: Sequence[PublishRequest]) -> 
             task.cancel()
         if unfinished:
             await asyncio.wait(unfinished)
+
+
+def _published(
+    runtime: Runtime, request: PublishRequest, envelope: Envelope | DaprAPIError
+) -> asyncio.Future[str]:
+    if isinstance(envelope, DaprAPIError):
+        failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        failed.set_exception(envelope)
+        failed.exception()  # read by gather; marked so that a cancelled request logs nothing
+        return failed
+    return asyncio.ensure_future(runtime.publish(request, entry=envelope))
 
 
 def _entry_bytes(event: Any, content_type: str) -> bytes:

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from starlette.types import ASGIApp
 
@@ -44,6 +44,14 @@ DEFAULT_PUBSUB = Component(
 )
 RUNTIME_VERSION = "fastapi-dapr"
 DEAD_LETTER_TIMEOUT = 30.0
+
+
+class Envelope(NamedTuple):
+    """A publish made ready: its pubsub, the bytes it stores, the envelope they encode."""
+
+    broker: Broker
+    data: bytes
+    event: dict[str, Any] | None
 
 
 class Runtime:
@@ -392,10 +400,9 @@ class Runtime:
         if not self.scopes[pubsub].may_publish(topic):
             raise PubSubErrors.forbidden(pubsub, topic, self.app_id)
 
-    async def publish(self, request: PublishRequest, *, entry: bool = False) -> str:
-        """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`.
-
-        `entry`: one entry of a bulk publish, which the bulk metrics count instead."""
+    def envelope(self, request: PublishRequest) -> Envelope:
+        """The pubsub, the bytes it stores and the envelope they encode, for `request`, checked
+        as daprd checks a publish before it reaches the scopes; raises `DaprAPIError`."""
         broker = self.check_pubsub(request.pubsub, request.topic, request.metadata)
         try:
             data, event = message_data(request, self.app_id)
@@ -403,10 +410,18 @@ class Runtime:
             raise PubSubErrors.bad_metadata(request.pubsub, request.metadata, str(exc)) from None
         except EnvelopeError as exc:
             raise PubSubErrors.cloud_event_creation(request.pubsub, self.app_id, str(exc)) from None
+        return Envelope(broker, data, event)
+
+    async def publish(self, request: PublishRequest, *, entry: Envelope | None = None) -> str:
+        """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`.
+
+        `entry`: the envelope of one entry of a bulk publish, made and checked with the
+        others before any is published; the bulk metrics count it instead."""
+        broker, data, event = entry if entry is not None else self.envelope(request)
         # After the envelope, as daprd orders it: a bad body answers before a scope does.
         self.check_scopes(request.pubsub, request.topic)
         metrics = self.metrics
-        if metrics is None or entry:
+        if metrics is None or entry is not None:
             return await self._publish_message(broker, request.topic, data, request.metadata, event)
         started = time.perf_counter()
         success = False

@@ -261,3 +261,21 @@ def test_an_event_nested_too_deep_is_400_and_one_as_deep_as_the_bound_is_deliver
         assert client.post(BULK, json=[entry]).status_code == 204
         wait_for(client, 1)
     assert [event.data for event in got] == [deepest]
+
+
+@pytest.mark.parametrize("event", [None, [1, 2], "text", 5])
+def test_an_entry_that_cannot_be_a_cloudevent_refuses_the_whole_request(event: Any) -> None:
+    # daprd makes every envelope before it publishes any, and refuses the request as a
+    # whole when one cannot be made (500 there; 400 here, as for a single publish).
+    app, _, got = collecting_app()
+    entries = [
+        {"entryId": "a", "event": {"n": 1}, "contentType": "application/json"},
+        {"entryId": "b", "event": event, "contentType": "application/cloudevents+json"},
+    ]
+    with DaprTestClient(app) as client:
+        answer = client.post(BULK, json=entries)
+        client.publish_and_wait("pubsub", "orders", {"n": "after"})  # behind "a", had it gone out
+    assert answer.status_code == 400
+    assert answer.json()["errorCode"] == "ERR_PUBSUB_CLOUD_EVENTS_SER"
+    assert answer.json()["message"] == "cannot create cloudevent"
+    assert [event.data for event in got] == [{"n": "after"}]
