@@ -3,12 +3,15 @@
 Each loaded resource is a frozen dataclass; camelCase stays in this module.
 Unlike daprd, which logs a warning and goes on, a file that cannot be used
 stops the start-up with one `ResourceError` naming the file, the kind, the
-resource's name and the field.
+resource's name and the field; so does a `dapr.io` document of a kind or
+version that is not read here (a typo would leave the app on defaults).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,9 +20,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from ._durations import parse_duration
+from ._durations import parse_duration, parse_go_int
 from ._exceptions import ResourceError, SubscriptionError
 from ._resiliency import (
     AppTarget,
@@ -31,19 +32,25 @@ from ._resiliency import (
 )
 from ._retry import RetryPolicy
 from ._subscription import BulkSubscribe, check_match
+from ._yaml import read_documents
 
 __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
 
-_KINDS = {
-    ("dapr.io/v1alpha1", "Component"),
-    ("dapr.io/v1alpha1", "HTTPEndpoint"),
-    ("dapr.io/v1alpha1", "Subscription"),
-    ("dapr.io/v2alpha1", "Subscription"),
-    ("dapr.io/v1alpha1", "Resiliency"),
+_READ = {  # kind -> the apiVersions read (reference 7.2); a Resiliency of any apiVersion, as in daprd
+    "Component": ("dapr.io/v1alpha1",),
+    "HTTPEndpoint": ("dapr.io/v1alpha1",),
+    "Resiliency": ("dapr.io/v1alpha1",),
+    "Subscription": ("dapr.io/v1alpha1", "dapr.io/v2alpha1"),
+}
+_NOT_READ = {  # Dapr kinds that may sit in a resources folder, and why they are skipped
+    "Configuration": "a Configuration is read from --config, not from the resources folder",
+    "MCPServer": "MCP servers are not served here",
+    "WorkflowAccessPolicy": "workflows are not served here",
 }
 _DENIED_ENV = ("APP_API_TOKEN",)
+_MAX_EXPRESSION = 100_000  # characters of a CEL expression: cel-go's default limit, which daprd keeps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +151,10 @@ class _Document:
                 raise self.error(field, "is required")
             return default
         value = mapping[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.error(field, f"must be {_article(expected)}, not {type(value).__name__}")
+        kinds = (kind,) if isinstance(kind, type) else kind
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(_article(k.__name__) for k in kinds)
+            raise self.error(field, f"must be {expected}, not {_type_name(value)}")
         return value
 
     def mapping(self, mapping: Mapping[str, Any], key: str, field: str) -> Mapping[str, Any]:
@@ -154,21 +162,49 @@ class _Document:
         return result
 
     def string_map(self, mapping: Mapping[str, Any], key: str, field: str) -> dict[str, str]:
+        """A `map[string]string`: scalars are taken as their text, a list or a mapping is refused."""
         result = {}
         for name, value in self.mapping(mapping, key, field).items():
-            result[str(name)] = _dynamic_value(value)
+            name = self.key(name, field)
+            if isinstance(value, (dict, list)):
+                raise self.error(f"{field}.{name}", f"must be a string, not {_type_name(value)}")
+            result[name] = _dynamic_value(value)
         return result
+
+    def key(self, key: Any, field: str) -> str:
+        """A mapping key used as a name: YAML may have read `1234` or `true` as a number or a boolean."""
+        if isinstance(key, bool):
+            return "true" if key else "false"
+        if isinstance(key, (str, int)):
+            return str(key)
+        raise self.error(field, f"a key must be a name, not {_type_name(key)} {_shown(key)}")
+
+    def items(self, mapping: Mapping[str, Any], key: str, field: str) -> list[tuple[str, Any]]:
+        """The entries of a mapping of names, each name checked."""
+        return [(self.key(name, field), value) for name, value in self.mapping(mapping, key, field).items()]
 
 
 def _article(noun: str) -> str:
     names = {
         "str": "a string",
         "int": "an integer",
+        "float": "a number",
         "bool": "a boolean",
         "dict": "a mapping",
         "list": "a list",
+        "NoneType": "null",
     }
     return names.get(noun, noun)
+
+
+def _type_name(value: Any) -> str:
+    return _article(type(value).__name__)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """`repr` of a value the user wrote, cut short: a message must not carry a megabyte."""
+    text = repr(value) if isinstance(value, (str, int, float, bool)) or value is None else _type_name(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _dynamic_value(value: Any) -> str:
@@ -179,8 +215,6 @@ def _dynamic_value(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return ""
-    import json
-
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -192,7 +226,8 @@ def _read_env(doc: _Document, field: str, variable: str) -> str:
     if variable.startswith("DAPR_") or variable in _DENIED_ENV or " " in variable:
         raise doc.error(
             field,
-            f"envRef {variable!r} is not allowed (DAPR_* and APP_API_TOKEN are the sidecar's own secrets)",
+            f"envRef {_shown(variable)} is not allowed "
+            "(DAPR_* and APP_API_TOKEN are the sidecar's own secrets)",
         )
     return os.environ.get(variable, "")
 
@@ -209,7 +244,7 @@ def _metadata_items(
             raise doc.error(field, "must be a mapping with name and value")
         name = doc.get(item, "name", f"{field}.name", str, required=True)
         if name in seen:
-            raise doc.error(f"{field}.name", f"{name!r} is given twice")
+            raise doc.error(f"{field}.name", f"{_shown(name)} is given twice")
         seen.add(name)
         if "secretKeyRef" in item and item["secretKeyRef"] is not None:
             ref = doc.get(item, "secretKeyRef", f"{field}.secretKeyRef", dict)
@@ -245,7 +280,7 @@ def _component(doc: _Document) -> Component:
         try:
             init_timeout = parse_duration(str(timeout_text), integer_unit=1e-3)
         except ValueError:
-            raise doc.error("spec.initTimeout", f"{timeout_text!r} is not a duration") from None
+            raise doc.error("spec.initTimeout", f"{_shown(timeout_text)} is not a duration") from None
     auth = doc.mapping(doc.raw, "auth", "auth")
     return Component(
         name=doc.name,
@@ -279,12 +314,26 @@ def _tls_item(doc: _Document, tls: Mapping[str, Any], key: str) -> MetadataItem 
     return MetadataItem(key, value=value)
 
 
+def _base_url(doc: _Document, spec: Mapping[str, Any]) -> str:
+    """`spec.baseUrl`, refused at start-up when no call could ever use it."""
+    base_url: str = doc.get(spec, "baseUrl", "spec.baseUrl", str, required=True)
+    if any(char <= " " or char == "\x7f" for char in base_url):
+        raise doc.error("spec.baseUrl", f"{_shown(base_url)} has a space or a control character")
+    try:
+        parsed = urlsplit(base_url)
+        port = parsed.port  # checked only when asked for: `:99999` and `:http` raise here
+    except ValueError as exc:
+        raise doc.error("spec.baseUrl", f"{_shown(base_url)} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise doc.error("spec.baseUrl", f"{_shown(base_url)} is not an http:// or https:// URL with a host")
+    if port == 0:
+        raise doc.error("spec.baseUrl", f"{_shown(base_url)}: port 0 cannot be called")
+    return base_url
+
+
 def _http_endpoint(doc: _Document) -> HTTPEndpoint:
     spec = doc.mapping(doc.raw, "spec", "spec")
-    base_url = doc.get(spec, "baseUrl", "spec.baseUrl", str, required=True)
-    parsed = urlsplit(base_url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise doc.error("spec.baseUrl", f"{base_url!r} is not an http:// or https:// URL with a host")
+    base_url = _base_url(doc, spec)
     tls = doc.mapping(spec, "clientTLS", "spec.clientTLS")
     auth = doc.mapping(doc.raw, "auth", "auth")
     return HTTPEndpoint(
@@ -326,11 +375,12 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
                 raise doc.error(field, "must be a mapping with match and path")
             match = doc.get(rule, "match", f"{field}.match", str, default="")
             path = doc.get(rule, "path", f"{field}.path", str, required=True)
+            _check_length(doc, match, f"{field}.match")
             try:
                 check_match(match, f"{doc.source}: Subscription {doc.name!r}")
             except SubscriptionError as exc:
                 problem = str(exc.__cause__ or exc).strip()
-                problem = f"{match!r} is not a valid CEL expression: {problem}"
+                problem = f"{_shown(match)} is not a valid CEL expression: {problem}"
                 raise doc.error(f"{field}.match", problem) from None
             rules.append((match, path))
         default = doc.get(routes, "default", "spec.routes.default", str) or None
@@ -348,16 +398,21 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
     )
 
 
+def _check_length(doc: _Document, expression: str, field: str) -> None:
+    if len(expression) > _MAX_EXPRESSION:
+        raise doc.error(field, f"the CEL expression is over {_MAX_EXPRESSION} characters (cel-go's limit)")
+
+
 def _duration(doc: _Document, value: Any, field: str) -> float:
     """A Resiliency duration: a Go duration, or an integer of milliseconds (daprd's parseDuration)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise doc.error(field, f"must be a duration such as '5s', not {type(value).__name__}")
+        raise doc.error(field, f"must be a duration such as '5s', not {_type_name(value)}")
     try:
         seconds = parse_duration(str(value), integer_unit=1e-3)
     except ValueError:
-        raise doc.error(field, f"{value!r} is not a duration") from None
+        raise doc.error(field, f"{_shown(value)} is not a duration") from None
     if seconds < 0:
-        raise doc.error(field, f"{value!r} is negative")
+        raise doc.error(field, f"{_shown(value)} is negative")
     return seconds
 
 
@@ -369,15 +424,15 @@ def _status_codes(doc: _Document, text: Any, field: str, low: int, high: int) ->
         raise doc.error(field, "must be a string of codes and ranges such as '429,500-599'")
     codes: set[int] = set()
     for part in str(text).split(","):
-        part = part.strip()  # daprd refuses spaces around a code; they are accepted here
+        part = part.strip(" ")  # daprd refuses spaces around a code; they are accepted here
         if not part:
             continue
         start_text, dash, end_text = part.partition("-")
-        try:
-            start = int(start_text)
-            end = int(end_text) if dash else start
+        try:  # as daprd's strconv.Atoi: ASCII digits, an optional sign
+            start = parse_go_int(start_text)
+            end = parse_go_int(end_text) if dash else start
         except ValueError:
-            raise doc.error(field, f"{part!r} is not a code or a range of codes") from None
+            raise doc.error(field, f"{_shown(part)} is not a code or a range of codes") from None
         if not (low <= start <= high and low <= end <= high):
             raise doc.error(field, f"{part!r}: codes go from {low} to {high}")
         if end < start:
@@ -397,7 +452,7 @@ def _retry_policy(doc: _Document, raw: Any, field: str) -> RetryPolicy:
             )
     kind = str(doc.get(raw, "policy", f"{field}.policy", str, default="constant")).lower()
     if kind not in ("constant", "exponential"):
-        raise doc.error(f"{field}.policy", f"must be constant or exponential, not {raw['policy']!r}")
+        raise doc.error(f"{field}.policy", f"must be constant or exponential, not {_shown(raw['policy'])}")
     max_retries = doc.get(raw, "maxRetries", f"{field}.maxRetries", int, default=-1)
     if max_retries < -1:
         raise doc.error(f"{field}.maxRetries", "must be -1 (no limit), 0 or more")
@@ -441,6 +496,7 @@ def _breaker(doc: _Document, name: str, raw: Any, field: str) -> BreakerTemplate
         timeout=_duration(doc, raw.get("timeout", 0), f"{field}.timeout") or 60.0,
     )
     if trip_text:
+        _check_length(doc, trip_text, f"{field}.trip")
         try:
             trip = compile_trip(trip_text)
         except ValueError as exc:
@@ -466,31 +522,31 @@ def _resiliency(doc: _Document) -> ResiliencyResource:
     policies = doc.mapping(spec, "policies", "spec.policies")
     targets = doc.mapping(spec, "targets", "spec.targets")
     timeouts = {
-        str(name): _duration(doc, value, f"spec.policies.timeouts.{name}")
-        for name, value in doc.mapping(policies, "timeouts", "spec.policies.timeouts").items()
+        name: _duration(doc, value, f"spec.policies.timeouts.{name}")
+        for name, value in doc.items(policies, "timeouts", "spec.policies.timeouts")
     }
     retries = {
-        str(name): _retry_policy(doc, value, f"spec.policies.retries.{name}")
-        for name, value in doc.mapping(policies, "retries", "spec.policies.retries").items()
+        name: _retry_policy(doc, value, f"spec.policies.retries.{name}")
+        for name, value in doc.items(policies, "retries", "spec.policies.retries")
     }
     breakers = {
-        str(name): _breaker(doc, str(name), value, f"spec.policies.circuitBreakers.{name}")
-        for name, value in doc.mapping(policies, "circuitBreakers", "spec.policies.circuitBreakers").items()
+        name: _breaker(doc, name, value, f"spec.policies.circuitBreakers.{name}")
+        for name, value in doc.items(policies, "circuitBreakers", "spec.policies.circuitBreakers")
     }
     apps = {}
-    for app, raw in doc.mapping(targets, "apps", "spec.targets.apps").items():
+    for app, raw in doc.items(targets, "apps", "spec.targets.apps"):
         field = f"spec.targets.apps.{app}"
         names = _policy_names(doc, raw, field)
         size = doc.get(
             raw or {}, "circuitBreakerCacheSize", f"{field}.circuitBreakerCacheSize", int, default=0
         )
-        apps[str(app)] = AppTarget(names, cache_size=size or 100)
+        apps[app] = AppTarget(names, cache_size=size or 100)
     components = {}
-    for component, raw in doc.mapping(targets, "components", "spec.targets.components").items():
+    for component, raw in doc.items(targets, "components", "spec.targets.components"):
         field = f"spec.targets.components.{component}"
         if not isinstance(raw, dict):
             raise doc.error(field, "must be a mapping with inbound and outbound")
-        components[str(component)] = ComponentTarget(
+        components[component] = ComponentTarget(
             inbound=_policy_names(doc, raw.get("inbound"), f"{field}.inbound"),
             outbound=_policy_names(doc, raw.get("outbound"), f"{field}.outbound"),
         )
@@ -508,17 +564,6 @@ def _resiliency(doc: _Document) -> ResiliencyResource:
     )
 
 
-def _documents(path: Path) -> Iterable[tuple[int, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResourceError(f"{path}: cannot be read: {exc}") from None
-    try:
-        yield from enumerate(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ResourceError(f"{path}: is not valid YAML: {exc}") from None
-
-
 def _files(paths: Sequence[str | os.PathLike[str]]) -> Iterable[Path]:
     for entry in paths:
         folder = Path(entry)
@@ -530,6 +575,72 @@ def _files(paths: Sequence[str | os.PathLike[str]]) -> Iterable[Path]:
                 yield path
             elif path.is_file():
                 logger.debug("%s: not a .yaml or .yml file, ignored", path)
+
+
+def _where(path: Path, number: int, raw: Mapping[str, Any]) -> str:
+    """The file and document, for a document whose kind is not known yet."""
+    meta = raw.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return f"{path}: document {number}" + (f" ({_shown(name)})" if isinstance(name, str) else "")
+
+
+def _nearest(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+
+
+def _read_as(path: Path, number: int, raw: Mapping[str, Any], skipped: list[str]) -> tuple[str, str] | None:
+    """The kind and apiVersion of a document read here, or None for one that is skipped.
+
+    daprd skips any document whose kind and apiVersion it does not read, typos
+    included; here a `dapr.io` one stops the start-up, and others are listed in
+    one warning for the file.
+    """
+    api_version, kind = raw.get("apiVersion"), raw.get("kind")
+    for field, value in (("apiVersion", api_version), ("kind", kind)):
+        if value is not None and not isinstance(value, str):
+            raise ResourceError(
+                f"{_where(path, number, raw)}: {field}: must be a string, not {_type_name(value)}"
+            )
+    if kind == "Resiliency":  # daprd reads a Resiliency of any apiVersion (reference 7.3)
+        return kind, api_version or ""
+    if (api_version or "").partition("/")[0].lower() != "dapr.io":
+        hint = f": a Dapr {kind} has apiVersion {_READ[kind][0]}" if kind in _READ else ""
+        skipped.append(f"document {number} ({_shown(api_version)} {_shown(kind)}{hint})")
+        return None
+    assert api_version is not None
+    if kind in _READ:
+        if api_version in _READ[kind]:
+            return kind, api_version
+        problem = f"{_shown(api_version)} is not a version of {kind} read here"
+        raise ResourceError(
+            f"{_where(path, number, raw)}: apiVersion: {problem}; {_nearest(api_version, _READ[kind])}"
+        )
+    if kind in _NOT_READ:
+        logger.info("%s: document %d: %s; skipped", path, number, _NOT_READ[kind])
+        return None
+    known = sorted({*_READ, *_NOT_READ})
+    if kind is None:
+        raise ResourceError(f"{_where(path, number, raw)}: kind: is required ({', '.join(known)})")
+    problem = f"{_shown(kind)} is not a kind of Dapr resource read here"
+    raise ResourceError(f"{_where(path, number, raw)}: kind: {problem}; {_nearest(kind, known)}")
+
+
+def _document(path: Path, number: int, kind: str, raw: Mapping[str, Any]) -> _Document:
+    meta = raw.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise ResourceError(
+            f"{path}: {kind} in document {number}: metadata: must be a mapping, not {_type_name(meta)}"
+        )
+    name = meta.get("name") if meta else None
+    if not isinstance(name, str):
+        problem = "is required" if name is None else f"must be a string, not {_type_name(name)}"
+        raise ResourceError(f"{path}: {kind} in document {number}: metadata.name: {problem}")
+    doc = _Document(str(path), kind, name, raw)
+    if not _valid_name(name):
+        raise doc.error("metadata.name", "must be a name without '/' or '%' (not '.' or '..')")
+    doc.get(meta or {}, "namespace", "metadata.namespace", str)
+    return doc
 
 
 def load_resources(
@@ -544,18 +655,19 @@ def load_resources(
     resiliencies: list[ResiliencyResource] = []
     names: dict[tuple[str, str], str] = {}
     for path in _files(paths):
-        for index, raw in enumerate_documents(path):
-            api_version = raw.get("apiVersion")
-            kind = raw.get("kind")
-            if (api_version, kind) not in _KINDS and kind != "Resiliency":  # daprd: any apiVersion
-                logger.debug("%s: document %d (%s %s) is not read here", path, index, api_version, kind)
+        skipped: list[str] = []
+        for number, raw in enumerate(read_documents(path), start=1):
+            if raw is None:
                 continue
-            meta = raw.get("metadata")
-            name = meta.get("name") if isinstance(meta, dict) else None
-            doc = _Document(str(path), str(kind), str(name), raw)
-            if not isinstance(name, str) or not _valid_name(name):
-                raise doc.error("metadata.name", "must be a name without '/' or '%' (not '.' or '..')")
-            doc_namespace = meta.get("namespace") if isinstance(meta, dict) else None
+            if not isinstance(raw, dict):
+                raise ResourceError(f"{path}: document {number} is not a mapping")
+            read_as = _read_as(path, number, raw, skipped)
+            if read_as is None:
+                continue
+            kind, api_version = read_as
+            doc = _document(path, number, kind, raw)
+            name = doc.name
+            doc_namespace = raw["metadata"].get("namespace")
             if namespace and doc_namespace and doc_namespace != namespace:
                 continue
             resource: Component | DeclarativeSubscription | HTTPEndpoint | ResiliencyResource
@@ -566,14 +678,14 @@ def load_resources(
             elif kind == "Resiliency":
                 resource = _resiliency(doc)
             else:
-                resource = _subscription(doc, str(api_version))
+                resource = _subscription(doc, api_version)
             if resource.scopes and app_id not in resource.scopes:
                 logger.debug("%s: %s %r is scoped to other apps", path, kind, name)
                 continue
-            if (str(kind), name) in names:
-                first = names[(str(kind), name)]
+            if (kind, name) in names:
+                first = names[(kind, name)]
                 raise doc.error("metadata.name", f"a {kind} of this name is also in {first}")
-            names[(str(kind), name)] = str(path)
+            names[(kind, name)] = str(path)
             if isinstance(resource, Component):
                 components.append(resource)
             elif isinstance(resource, HTTPEndpoint):
@@ -582,18 +694,12 @@ def load_resources(
                 resiliencies.append(resource)
             else:
                 subscriptions.append(resource)
+        if skipped:
+            more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            logger.warning("%s: not Dapr resources, skipped: %s%s", path, "; ".join(skipped[:5]), more)
     return Resources(
         components=tuple(components),
         subscriptions=tuple(subscriptions),
         http_endpoints=tuple(endpoints),
         resiliencies=tuple(resiliencies),
     )
-
-
-def enumerate_documents(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
-    for index, raw in _documents(path):
-        if raw is None:
-            continue
-        if not isinstance(raw, dict):
-            raise ResourceError(f"{path}: document {index + 1} is not a mapping")
-        yield index, raw
