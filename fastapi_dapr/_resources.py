@@ -1,6 +1,8 @@
 """Dapr's YAML resources, read from the same folders daprd reads (reference 7).
 
-Each loaded resource is a frozen dataclass; camelCase stays in this module.
+Each loaded resource is a frozen dataclass; camelCase stays in this module
+and in `_resiliency_resource.py`, which reads Resiliency resources; every field
+is taken through `_document.Document`.
 Unlike daprd, which logs a warning and goes on, a file that cannot be used
 stops the start-up with one `ResourceError` naming the file, the kind, the
 resource's name and the field; so does a `dapr.io` document of a kind or
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,17 +21,11 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._durations import parse_duration, parse_go_int
+from ._document import Document, check_length, dynamic_value, shown, type_name
+from ._durations import parse_duration
 from ._exceptions import ResourceError, SubscriptionError
-from ._resiliency import (
-    AppTarget,
-    BreakerTemplate,
-    ComponentTarget,
-    PolicyNames,
-    ResiliencyResource,
-    compile_trip,
-)
-from ._retry import RetryPolicy
+from ._resiliency import ResiliencyResource
+from ._resiliency_resource import read_resiliency
 from ._subscription import BulkSubscribe, check_match
 from ._yaml import read_documents
 
@@ -50,7 +45,6 @@ _NOT_READ = {  # Dapr kinds that may sit in a resources folder, and why they are
     "WorkflowAccessPolicy": "workflows are not served here",
 }
 _DENIED_ENV = ("APP_API_TOKEN",)
-_MAX_EXPRESSION = 100_000  # characters of a CEL expression: cel-go's default limit, which daprd keeps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,115 +119,22 @@ class Resources:
     resiliencies: tuple[ResiliencyResource, ...] = ()
 
 
-class _Document:
-    """One YAML document, with the context every error message needs."""
-
-    def __init__(self, source: str, kind: str, name: str, raw: Mapping[str, Any]) -> None:
-        self.source = source
-        self.kind = kind
-        self.name = name
-        self.raw = raw
-
-    def error(self, field: str, problem: str) -> ResourceError:
-        return ResourceError(f"{self.source}: {self.kind} {self.name!r}: {field}: {problem}")
-
-    def get(
-        self,
-        mapping: Mapping[str, Any],
-        key: str,
-        field: str,
-        kind: type | tuple[type, ...],
-        default: Any = None,
-        required: bool = False,
-    ) -> Any:
-        if key not in mapping or mapping[key] is None:
-            if required:
-                raise self.error(field, "is required")
-            return default
-        value = mapping[key]
-        kinds = (kind,) if isinstance(kind, type) else kind
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            expected = " or ".join(_article(k.__name__) for k in kinds)
-            raise self.error(field, f"must be {expected}, not {_type_name(value)}")
-        return value
-
-    def mapping(self, mapping: Mapping[str, Any], key: str, field: str) -> Mapping[str, Any]:
-        result: Mapping[str, Any] = self.get(mapping, key, field, dict, default={})
-        return result
-
-    def string_map(self, mapping: Mapping[str, Any], key: str, field: str) -> dict[str, str]:
-        """A `map[string]string`: scalars are taken as their text, a list or a mapping is refused."""
-        result = {}
-        for name, value in self.mapping(mapping, key, field).items():
-            name = self.key(name, field)
-            if isinstance(value, (dict, list)):
-                raise self.error(f"{field}.{name}", f"must be a string, not {_type_name(value)}")
-            result[name] = _dynamic_value(value)
-        return result
-
-    def key(self, key: Any, field: str) -> str:
-        """A mapping key used as a name: YAML may have read `1234` or `true` as a number or a boolean."""
-        if isinstance(key, bool):
-            return "true" if key else "false"
-        if isinstance(key, (str, int)):
-            return str(key)
-        raise self.error(field, f"a key must be a name, not {_type_name(key)} {_shown(key)}")
-
-    def items(self, mapping: Mapping[str, Any], key: str, field: str) -> list[tuple[str, Any]]:
-        """The entries of a mapping of names, each name checked."""
-        return [(self.key(name, field), value) for name, value in self.mapping(mapping, key, field).items()]
-
-
-def _article(noun: str) -> str:
-    names = {
-        "str": "a string",
-        "int": "an integer",
-        "float": "a number",
-        "bool": "a boolean",
-        "dict": "a mapping",
-        "list": "a list",
-        "NoneType": "null",
-    }
-    return names.get(noun, noun)
-
-
-def _type_name(value: Any) -> str:
-    return _article(type(value).__name__)
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """`repr` of a value the user wrote, cut short: a message must not carry a megabyte."""
-    text = repr(value) if isinstance(value, (str, int, float, bool)) or value is None else _type_name(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _dynamic_value(value: Any) -> str:
-    """daprd's `DynamicValue.String()`: strings as they are, other JSON as its text."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _valid_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "%" not in name
 
 
-def _read_env(doc: _Document, field: str, variable: str) -> str:
+def _read_env(doc: Document, field: str, variable: str) -> str:
     if variable.startswith("DAPR_") or variable in _DENIED_ENV or " " in variable:
         raise doc.error(
             field,
-            f"envRef {_shown(variable)} is not allowed "
+            f"envRef {shown(variable)} is not allowed "
             "(DAPR_* and APP_API_TOKEN are the sidecar's own secrets)",
         )
     return os.environ.get(variable, "")
 
 
 def _metadata_items(
-    doc: _Document, spec: Mapping[str, Any], key: str = "metadata"
+    doc: Document, spec: Mapping[str, Any], key: str = "metadata"
 ) -> tuple[MetadataItem, ...]:
     items = doc.get(spec, key, f"spec.{key}", list, default=[])
     result = []
@@ -244,7 +145,7 @@ def _metadata_items(
             raise doc.error(field, "must be a mapping with name and value")
         name = doc.get(item, "name", f"{field}.name", str, required=True)
         if name in seen:
-            raise doc.error(f"{field}.name", f"{_shown(name)} is given twice")
+            raise doc.error(f"{field}.name", f"{shown(name)} is given twice")
         seen.add(name)
         if "secretKeyRef" in item and item["secretKeyRef"] is not None:
             ref = doc.get(item, "secretKeyRef", f"{field}.secretKeyRef", dict)
@@ -252,7 +153,7 @@ def _metadata_items(
             key = doc.get(ref, "key", f"{field}.secretKeyRef.key", str) or secret
             result.append(MetadataItem(name, secret_name=secret, secret_key=key))
         elif "value" in item:
-            result.append(MetadataItem(name, value=_dynamic_value(item["value"])))
+            result.append(MetadataItem(name, value=dynamic_value(item["value"])))
         elif item.get("envRef") is not None:
             variable = doc.get(item, "envRef", f"{field}.envRef", str)
             result.append(
@@ -263,15 +164,7 @@ def _metadata_items(
     return tuple(result)
 
 
-def _scopes(doc: _Document) -> tuple[str, ...]:
-    scopes = doc.get(doc.raw, "scopes", "scopes", list, default=[])
-    for index, scope in enumerate(scopes):
-        if not isinstance(scope, str):
-            raise doc.error(f"scopes[{index}]", "must be an app id string")
-    return tuple(scopes)
-
-
-def _component(doc: _Document) -> Component:
+def _component(doc: Document) -> Component:
     spec = doc.mapping(doc.raw, "spec", "spec")
     type_name = doc.get(spec, "type", "spec.type", str, required=True)
     init_timeout = 5.0
@@ -280,7 +173,7 @@ def _component(doc: _Document) -> Component:
         try:
             init_timeout = parse_duration(str(timeout_text), integer_unit=1e-3)
         except ValueError:
-            raise doc.error("spec.initTimeout", f"{_shown(timeout_text)} is not a duration") from None
+            raise doc.error("spec.initTimeout", f"{shown(timeout_text)} is not a duration") from None
     auth = doc.mapping(doc.raw, "auth", "auth")
     return Component(
         name=doc.name,
@@ -291,11 +184,11 @@ def _component(doc: _Document) -> Component:
         ignore_errors=doc.get(spec, "ignoreErrors", "spec.ignoreErrors", bool, default=False),
         init_timeout=init_timeout,
         secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
-        scopes=_scopes(doc),
+        scopes=doc.scopes(),
     )
 
 
-def _tls_item(doc: _Document, tls: Mapping[str, Any], key: str) -> MetadataItem | None:
+def _tls_item(doc: Document, tls: Mapping[str, Any], key: str) -> MetadataItem | None:
     field = f"spec.clientTLS.{key}"
     raw = doc.get(tls, key, field, dict)
     if raw is None:
@@ -314,24 +207,24 @@ def _tls_item(doc: _Document, tls: Mapping[str, Any], key: str) -> MetadataItem 
     return MetadataItem(key, value=value)
 
 
-def _base_url(doc: _Document, spec: Mapping[str, Any]) -> str:
+def _base_url(doc: Document, spec: Mapping[str, Any]) -> str:
     """`spec.baseUrl`, refused at start-up when no call could ever use it."""
     base_url: str = doc.get(spec, "baseUrl", "spec.baseUrl", str, required=True)
     if any(char <= " " or char == "\x7f" for char in base_url):
-        raise doc.error("spec.baseUrl", f"{_shown(base_url)} has a space or a control character")
+        raise doc.error("spec.baseUrl", f"{shown(base_url)} has a space or a control character")
     try:
         parsed = urlsplit(base_url)
         port = parsed.port  # checked only when asked for: `:99999` and `:http` raise here
     except ValueError as exc:
-        raise doc.error("spec.baseUrl", f"{_shown(base_url)} is not a URL: {exc}") from None
+        raise doc.error("spec.baseUrl", f"{shown(base_url)} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise doc.error("spec.baseUrl", f"{_shown(base_url)} is not an http:// or https:// URL with a host")
+        raise doc.error("spec.baseUrl", f"{shown(base_url)} is not an http:// or https:// URL with a host")
     if port == 0:
-        raise doc.error("spec.baseUrl", f"{_shown(base_url)}: port 0 cannot be called")
+        raise doc.error("spec.baseUrl", f"{shown(base_url)}: port 0 cannot be called")
     return base_url
 
 
-def _http_endpoint(doc: _Document) -> HTTPEndpoint:
+def _http_endpoint(doc: Document) -> HTTPEndpoint:
     spec = doc.mapping(doc.raw, "spec", "spec")
     base_url = _base_url(doc, spec)
     tls = doc.mapping(spec, "clientTLS", "spec.clientTLS")
@@ -345,11 +238,11 @@ def _http_endpoint(doc: _Document) -> HTTPEndpoint:
         certificate=_tls_item(doc, tls, "certificate"),
         private_key=_tls_item(doc, tls, "privateKey"),
         secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
-        scopes=_scopes(doc),
+        scopes=doc.scopes(),
     )
 
 
-def _bulk(doc: _Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
+def _bulk(doc: Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
     raw = doc.mapping(spec, "bulkSubscribe", "spec.bulkSubscribe")
     if not raw or not doc.get(raw, "enabled", "spec.bulkSubscribe.enabled", bool, default=False):
         return None
@@ -361,7 +254,7 @@ def _bulk(doc: _Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
         raise doc.error("spec.bulkSubscribe", str(exc)) from None
 
 
-def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
+def _subscription(doc: Document, api_version: str) -> DeclarativeSubscription:
     spec = doc.mapping(doc.raw, "spec", "spec")
     rules: list[tuple[str, str]] = []
     default: str | None
@@ -375,12 +268,12 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
                 raise doc.error(field, "must be a mapping with match and path")
             match = doc.get(rule, "match", f"{field}.match", str, default="")
             path = doc.get(rule, "path", f"{field}.path", str, required=True)
-            _check_length(doc, match, f"{field}.match")
+            check_length(doc, match, f"{field}.match")
             try:
                 check_match(match, f"{doc.source}: Subscription {doc.name!r}")
             except SubscriptionError as exc:
                 problem = str(exc.__cause__ or exc).strip()
-                problem = f"{_shown(match)} is not a valid CEL expression: {problem}"
+                problem = f"{shown(match)} is not a valid CEL expression: {problem}"
                 raise doc.error(f"{field}.match", problem) from None
             rules.append((match, path))
         default = doc.get(routes, "default", "spec.routes.default", str) or None
@@ -394,173 +287,7 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
         dead_letter_topic=doc.get(spec, "deadLetterTopic", "spec.deadLetterTopic", str) or None,
         bulk=_bulk(doc, spec),
         source=doc.source,
-        scopes=_scopes(doc),
-    )
-
-
-def _check_length(doc: _Document, expression: str, field: str) -> None:
-    if len(expression) > _MAX_EXPRESSION:
-        raise doc.error(field, f"the CEL expression is over {_MAX_EXPRESSION} characters (cel-go's limit)")
-
-
-def _duration(doc: _Document, value: Any, field: str) -> float:
-    """A Resiliency duration: a Go duration, or an integer of milliseconds (daprd's parseDuration)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise doc.error(field, f"must be a duration such as '5s', not {_type_name(value)}")
-    try:
-        seconds = parse_duration(str(value), integer_unit=1e-3)
-    except ValueError:
-        raise doc.error(field, f"{_shown(value)} is not a duration") from None
-    if seconds < 0:
-        raise doc.error(field, f"{_shown(value)} is negative")
-    return seconds
-
-
-def _status_codes(doc: _Document, text: Any, field: str, low: int, high: int) -> frozenset[int] | None:
-    """`matching` codes: a comma-separated list of codes and ranges (`429,500-599`)."""
-    if text is None or text == "":
-        return None
-    if not isinstance(text, (str, int)) or isinstance(text, bool):
-        raise doc.error(field, "must be a string of codes and ranges such as '429,500-599'")
-    codes: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip(" ")  # daprd refuses spaces around a code; they are accepted here
-        if not part:
-            continue
-        start_text, dash, end_text = part.partition("-")
-        try:  # as daprd's strconv.Atoi: ASCII digits, an optional sign
-            start = parse_go_int(start_text)
-            end = parse_go_int(end_text) if dash else start
-        except ValueError:
-            raise doc.error(field, f"{_shown(part)} is not a code or a range of codes") from None
-        if not (low <= start <= high and low <= end <= high):
-            raise doc.error(field, f"{part!r}: codes go from {low} to {high}")
-        if end < start:
-            raise doc.error(field, f"{part!r}: the range ends before it starts")
-        codes.update(range(start, end + 1))
-    return frozenset(codes)
-
-
-def _retry_policy(doc: _Document, raw: Any, field: str) -> RetryPolicy:
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping")
-    known = {"policy", "duration", "maxInterval", "maxRetries", "matching"}
-    for key in raw:
-        if key not in known:
-            raise doc.error(
-                f"{field}.{key}", f"is not a field of a retry policy ({', '.join(sorted(known))})"
-            )
-    kind = str(doc.get(raw, "policy", f"{field}.policy", str, default="constant")).lower()
-    if kind not in ("constant", "exponential"):
-        raise doc.error(f"{field}.policy", f"must be constant or exponential, not {_shown(raw['policy'])}")
-    max_retries = doc.get(raw, "maxRetries", f"{field}.maxRetries", int, default=-1)
-    if max_retries < -1:
-        raise doc.error(f"{field}.maxRetries", "must be -1 (no limit), 0 or more")
-    matching = doc.mapping(raw, "matching", f"{field}.matching")
-    return RetryPolicy(
-        policy="exponential" if kind == "exponential" else "constant",
-        duration=_duration(doc, raw.get("duration", "5s"), f"{field}.duration"),
-        # daprd's fixed exponential values (reference 8): the CRD cannot set them.
-        initial_interval=0.5,
-        multiplier=1.5,
-        randomization_factor=0.5,
-        max_interval=_duration(doc, raw.get("maxInterval", "60s"), f"{field}.maxInterval"),
-        max_retries=max_retries,
-        max_elapsed=900.0,
-        http_status_codes=_status_codes(
-            doc, matching.get("httpStatusCodes"), f"{field}.matching.httpStatusCodes", 100, 599
-        ),
-        grpc_status_codes=_status_codes(
-            doc, matching.get("gRPCStatusCodes"), f"{field}.matching.gRPCStatusCodes", 0, 16
-        ),
-    )
-
-
-def _breaker(doc: _Document, name: str, raw: Any, field: str) -> BreakerTemplate:
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping")
-    known = {"maxRequests", "interval", "timeout", "trip"}
-    for key in raw:
-        if key not in known:
-            raise doc.error(
-                f"{field}.{key}", f"is not a field of a circuit breaker ({', '.join(sorted(known))})"
-            )
-    max_requests = doc.get(raw, "maxRequests", f"{field}.maxRequests", int, default=1)
-    if max_requests < 0:
-        raise doc.error(f"{field}.maxRequests", "must be 0 or more")
-    trip_text = doc.get(raw, "trip", f"{field}.trip", str)
-    template = BreakerTemplate(
-        name=name,
-        max_requests=max_requests or 1,
-        interval=_duration(doc, raw.get("interval", 0), f"{field}.interval"),
-        timeout=_duration(doc, raw.get("timeout", 0), f"{field}.timeout") or 60.0,
-    )
-    if trip_text:
-        _check_length(doc, trip_text, f"{field}.trip")
-        try:
-            trip = compile_trip(trip_text)
-        except ValueError as exc:
-            raise doc.error(f"{field}.trip", str(exc)) from None
-        template = dataclasses.replace(template, trip=trip, trip_text=trip_text)
-    return template
-
-
-def _policy_names(doc: _Document, raw: Any, field: str) -> PolicyNames:
-    if raw is None:
-        return PolicyNames()
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping of timeout, retry and circuitBreaker")
-    return PolicyNames(
-        timeout=doc.get(raw, "timeout", f"{field}.timeout", str) or None,
-        retry=doc.get(raw, "retry", f"{field}.retry", str) or None,
-        circuit_breaker=doc.get(raw, "circuitBreaker", f"{field}.circuitBreaker", str) or None,
-    )
-
-
-def _resiliency(doc: _Document) -> ResiliencyResource:
-    spec = doc.mapping(doc.raw, "spec", "spec")
-    policies = doc.mapping(spec, "policies", "spec.policies")
-    targets = doc.mapping(spec, "targets", "spec.targets")
-    timeouts = {
-        name: _duration(doc, value, f"spec.policies.timeouts.{name}")
-        for name, value in doc.items(policies, "timeouts", "spec.policies.timeouts")
-    }
-    retries = {
-        name: _retry_policy(doc, value, f"spec.policies.retries.{name}")
-        for name, value in doc.items(policies, "retries", "spec.policies.retries")
-    }
-    breakers = {
-        name: _breaker(doc, name, value, f"spec.policies.circuitBreakers.{name}")
-        for name, value in doc.items(policies, "circuitBreakers", "spec.policies.circuitBreakers")
-    }
-    apps = {}
-    for app, raw in doc.items(targets, "apps", "spec.targets.apps"):
-        field = f"spec.targets.apps.{app}"
-        names = _policy_names(doc, raw, field)
-        size = doc.get(
-            raw or {}, "circuitBreakerCacheSize", f"{field}.circuitBreakerCacheSize", int, default=0
-        )
-        apps[app] = AppTarget(names, cache_size=size or 100)
-    components = {}
-    for component, raw in doc.items(targets, "components", "spec.targets.components"):
-        field = f"spec.targets.components.{component}"
-        if not isinstance(raw, dict):
-            raise doc.error(field, "must be a mapping with inbound and outbound")
-        components[component] = ComponentTarget(
-            inbound=_policy_names(doc, raw.get("inbound"), f"{field}.inbound"),
-            outbound=_policy_names(doc, raw.get("outbound"), f"{field}.outbound"),
-        )
-    if doc.mapping(targets, "actors", "spec.targets.actors"):
-        logger.info("%s: Resiliency %r: actor targets are not used (no actors here)", doc.source, doc.name)
-    return ResiliencyResource(
-        name=doc.name,
-        source=doc.source,
-        scopes=_scopes(doc),
-        timeouts=timeouts,
-        retries=retries,
-        circuit_breakers=breakers,
-        apps=apps,
-        components=components,
+        scopes=doc.scopes(),
     )
 
 
@@ -581,7 +308,7 @@ def _where(path: Path, number: int, raw: Mapping[str, Any]) -> str:
     """The file and document, for a document whose kind is not known yet."""
     meta = raw.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
-    return f"{path}: document {number}" + (f" ({_shown(name)})" if isinstance(name, str) else "")
+    return f"{path}: document {number}" + (f" ({shown(name)})" if isinstance(name, str) else "")
 
 
 def _nearest(word: str, known: Sequence[str]) -> str:
@@ -600,19 +327,19 @@ def _read_as(path: Path, number: int, raw: Mapping[str, Any], skipped: list[str]
     for field, value in (("apiVersion", api_version), ("kind", kind)):
         if value is not None and not isinstance(value, str):
             raise ResourceError(
-                f"{_where(path, number, raw)}: {field}: must be a string, not {_type_name(value)}"
+                f"{_where(path, number, raw)}: {field}: must be a string, not {type_name(value)}"
             )
     if kind == "Resiliency":  # daprd reads a Resiliency of any apiVersion (reference 7.3)
         return kind, api_version or ""
     if (api_version or "").partition("/")[0].lower() != "dapr.io":
         hint = f": a Dapr {kind} has apiVersion {_READ[kind][0]}" if kind in _READ else ""
-        skipped.append(f"document {number} ({_shown(api_version)} {_shown(kind)}{hint})")
+        skipped.append(f"document {number} ({shown(api_version)} {shown(kind)}{hint})")
         return None
     assert api_version is not None
     if kind in _READ:
         if api_version in _READ[kind]:
             return kind, api_version
-        problem = f"{_shown(api_version)} is not a version of {kind} read here"
+        problem = f"{shown(api_version)} is not a version of {kind} read here"
         raise ResourceError(
             f"{_where(path, number, raw)}: apiVersion: {problem}; {_nearest(api_version, _READ[kind])}"
         )
@@ -622,21 +349,21 @@ def _read_as(path: Path, number: int, raw: Mapping[str, Any], skipped: list[str]
     known = sorted({*_READ, *_NOT_READ})
     if kind is None:
         raise ResourceError(f"{_where(path, number, raw)}: kind: is required ({', '.join(known)})")
-    problem = f"{_shown(kind)} is not a kind of Dapr resource read here"
+    problem = f"{shown(kind)} is not a kind of Dapr resource read here"
     raise ResourceError(f"{_where(path, number, raw)}: kind: {problem}; {_nearest(kind, known)}")
 
 
-def _document(path: Path, number: int, kind: str, raw: Mapping[str, Any]) -> _Document:
+def _document(path: Path, number: int, kind: str, raw: Mapping[str, Any]) -> Document:
     meta = raw.get("metadata")
     if meta is not None and not isinstance(meta, dict):
         raise ResourceError(
-            f"{path}: {kind} in document {number}: metadata: must be a mapping, not {_type_name(meta)}"
+            f"{path}: {kind} in document {number}: metadata: must be a mapping, not {type_name(meta)}"
         )
     name = meta.get("name") if meta else None
     if not isinstance(name, str):
-        problem = "is required" if name is None else f"must be a string, not {_type_name(name)}"
+        problem = "is required" if name is None else f"must be a string, not {type_name(name)}"
         raise ResourceError(f"{path}: {kind} in document {number}: metadata.name: {problem}")
-    doc = _Document(str(path), kind, name, raw)
+    doc = Document(str(path), kind, name, raw)
     if not _valid_name(name):
         raise doc.error("metadata.name", "must be a name without '/' or '%' (not '.' or '..')")
     doc.get(meta or {}, "namespace", "metadata.namespace", str)
@@ -676,7 +403,7 @@ def load_resources(
             elif kind == "HTTPEndpoint":
                 resource = _http_endpoint(doc)
             elif kind == "Resiliency":
-                resource = _resiliency(doc)
+                resource = read_resiliency(doc)
             else:
                 resource = _subscription(doc, api_version)
             if resource.scopes and app_id not in resource.scopes:
