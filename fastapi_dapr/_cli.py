@@ -12,9 +12,13 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
+
+from ._durations import parse_go_int
+from ._envelope import parse_go_bool
 
 if TYPE_CHECKING:
     from ._standalone import SidecarOptions
@@ -47,11 +51,12 @@ REFUSED_FLAGS = {
 }
 _LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING", "error": "ERROR"}
 _LOG_LEVELS["fatal"] = "CRITICAL"
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 
 def _port(text: str) -> int:
     try:
-        value = int(text)
+        value = parse_go_int(text)  # daprd's strconv.Atoi: no spaces, ASCII digits
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
     if not 0 <= value <= 65535:
@@ -60,10 +65,9 @@ def _port(text: str) -> int:
 
 
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not _DECIMAL.fullmatch(text):  # not `nan`, `inf`, `1_0`, spaces or other scripts' digits
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be more than 0")
     return value
@@ -75,7 +79,7 @@ def _at_least_one(unit: str = "") -> Callable[[str], int]:
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = parse_go_int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{of_unit}") from None
         if value < 1:
@@ -86,13 +90,11 @@ def _at_least_one(unit: str = "") -> Callable[[str], int]:
 
 
 def _boolean(text: str) -> bool:
-    """A Go flag's boolean: true, false, 1, 0, t, f (any case)."""
-    value = text.strip().lower()
-    if value in ("true", "t", "1"):
-        return True
-    if value in ("false", "f", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    """A Go flag's boolean (`strconv.ParseBool`): 1, t, T, TRUE, true, True, and the same for false."""
+    try:
+        return parse_go_bool(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false") from None
 
 
 DEFAULT_METRICS_PORT = 9090  # daprd's

@@ -12,9 +12,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-import yaml
-
 from ._exceptions import ResourceError
+from ._yaml import read_documents
 
 __all__: list[str] = []
 
@@ -36,20 +35,15 @@ class Configuration:
 def load_configuration(path: str | os.PathLike[str]) -> Configuration:
     """Read a Configuration file; `ResourceError` naming the file when it is not one."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResourceError(f"{source}: the configuration file cannot be read: {exc}") from None
-    try:
-        # daprd unmarshals the file once: the first document only.
-        document = next(iter(yaml.safe_load_all(text)), None)
-    except yaml.YAMLError as exc:
-        raise ResourceError(f"{source}: is not valid YAML: {exc}") from None
+    # daprd unmarshals the file once: the first document only.
+    document = next(iter(read_documents(Path(path))), None)
     if not isinstance(document, dict) or document.get("kind") != "Configuration":
         raise ResourceError(f"{source}: is not a Dapr Configuration resource (kind: Configuration)")
     metadata = document.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
+    if name is not None and not isinstance(name, str):
+        raise ResourceError(f"{source}: Configuration: metadata.name: must be a string")
     spec = document.get("spec") or {}
     if not isinstance(spec, dict):
         raise ResourceError(f"{source}: Configuration {name!r}: spec: must be a mapping")
-    return Configuration(name=str(name or ""), source=source, not_applied=tuple(str(key) for key in spec))
+    return Configuration(name=name or "", source=source, not_applied=tuple(str(key) for key in spec))

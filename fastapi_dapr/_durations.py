@@ -1,4 +1,9 @@
-"""Durations as Dapr's resources write them: Go duration strings or integers."""
+"""Durations and integers as Dapr's resources write them, read as Go reads them.
+
+Go's `time.ParseDuration` and `strconv.ParseInt` take ASCII digits only and no
+surrounding space: Python's `int()` and `\\d` would also take `" 10"`, `"1_0"`
+and Arabic-Indic or other Unicode digits, which daprd refuses.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +11,74 @@ import re
 
 __all__: list[str] = []
 
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
+_NS = {
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "μs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
 }
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_PART = re.compile(r"([0-9]*)(?:(\.)([0-9]*))?(ns|us|µs|μs|ms|s|m|h)")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_MAX = 2**63  # Go's time.Duration and int64: -2**63 to 2**63 - 1
+
+
+def parse_go_int(text: str) -> int:
+    """Go's `strconv.ParseInt(text, 10, 64)` (and `Atoi`): `ValueError` for anything it refuses."""
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"invalid integer {text!r}")
+    significant = text.lstrip("+-").lstrip("0")
+    if len(significant) > 19:
+        raise ValueError(f"integer {text!r} out of range")
+    number = int(significant or "0") * (-1 if text[0] == "-" else 1)
+    if not -_MAX <= number < _MAX:
+        raise ValueError(f"integer {text!r} out of range")
+    return number
 
 
 def parse_go_duration(text: str) -> float:
     """Seconds in a Go duration string such as `1h2m3.5s` or `-250ms`.
 
-    Raises `ValueError` for anything `time.ParseDuration` refuses.
+    Raises `ValueError` for anything `time.ParseDuration` refuses, overflow included.
     """
-    value = text.strip()
-    sign = 1.0
-    if value[:1] in "+-" and value:
-        sign = -1.0 if value[0] == "-" else 1.0
+    value = text
+    negative = value[:1] == "-"
+    if value[:1] in ("+", "-"):
         value = value[1:]
     if value == "0":
         return 0.0
     if not value:
         raise ValueError(f"invalid duration {text!r}")
-    total, position = 0.0, 0
-    for match in _PART.finditer(value):
-        if match.start() != position:
+    total, position = 0, 0
+    while position < len(value):
+        match = _PART.match(value, position)
+        whole, fraction = (match.group(1), match.group(3) or "") if match else ("", "")
+        if match is None or not (whole or fraction) or len(whole.lstrip("0")) > 19:
             raise ValueError(f"invalid duration {text!r}")
-        total += float(match.group(1)) * _UNITS[match.group(2)]
+        unit = _NS[match.group(4)]
+        fraction = fraction[:20]  # finer than a nanosecond of an hour: Go drops these digits too
+        total += int(whole.lstrip("0") or "0") * unit + int(fraction or "0") * unit // 10 ** len(fraction)
+        if total > _MAX:
+            raise ValueError(f"invalid duration {text!r}")
         position = match.end()
-    if position != len(value):
+    if total == _MAX and not negative:
         raise ValueError(f"invalid duration {text!r}")
-    return sign * total
+    return (-total if negative else total) / 1e9
 
 
 def parse_duration(text: str, *, integer_unit: float) -> float:
-    """Seconds in `text`: a Go duration, or an integer counted in `integer_unit` seconds."""
-    stripped = text.strip()
-    if re.fullmatch(r"[+-]?\d+", stripped):
-        return int(stripped) * integer_unit
-    return parse_go_duration(stripped)
+    """Seconds in `text`: an integer counted in `integer_unit` seconds, else a Go duration.
+
+    daprd's order: `strconv.ParseInt` first, then `time.ParseDuration`.
+    """
+    try:
+        number = parse_go_int(text)
+    except ValueError:
+        return parse_go_duration(text)
+    seconds = number * integer_unit
+    if abs(seconds) * 1e9 >= _MAX:
+        raise ValueError(f"invalid duration {text!r}: out of range")
+    return seconds

@@ -1,14 +1,18 @@
 """Dapr's YAML resources, read from the same folders daprd reads (reference 7).
 
-Each loaded resource is a frozen dataclass; camelCase stays in this module.
+Each loaded resource is a frozen dataclass; camelCase stays in this module
+and in `_resiliency_resource.py`, which reads Resiliency resources; every field
+is taken through `_document.Document`.
 Unlike daprd, which logs a warning and goes on, a file that cannot be used
 stops the start-up with one `ResourceError` naming the file, the kind, the
-resource's name and the field.
+resource's name and the field; so does a `dapr.io` document of a kind or
+version that is not read here (a typo would leave the app on defaults).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,32 +21,29 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from ._document import Document, check_length, dynamic_value, shown, type_name
 from ._durations import parse_duration
 from ._exceptions import ResourceError
 from ._match import match_problem
-from ._resiliency import (
-    AppTarget,
-    BreakerTemplate,
-    ComponentTarget,
-    PolicyNames,
-    ResiliencyResource,
-    compile_trip,
-)
-from ._retry import RetryPolicy
+from ._resiliency import ResiliencyResource
+from ._resiliency_resource import read_resiliency
 from ._subscription import BulkSubscribe
+from ._yaml import read_documents
 
 __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
 
-_KINDS = {
-    ("dapr.io/v1alpha1", "Component"),
-    ("dapr.io/v1alpha1", "HTTPEndpoint"),
-    ("dapr.io/v1alpha1", "Subscription"),
-    ("dapr.io/v2alpha1", "Subscription"),
-    ("dapr.io/v1alpha1", "Resiliency"),
+_READ = {  # kind -> the apiVersions read (reference 7.2); a Resiliency of any apiVersion, as in daprd
+    "Component": ("dapr.io/v1alpha1",),
+    "HTTPEndpoint": ("dapr.io/v1alpha1",),
+    "Resiliency": ("dapr.io/v1alpha1",),
+    "Subscription": ("dapr.io/v1alpha1", "dapr.io/v2alpha1"),
+}
+_NOT_READ = {  # Dapr kinds that may sit in a resources folder, and why they are skipped
+    "Configuration": "a Configuration is read from --config, not from the resources folder",
+    "MCPServer": "MCP servers are not served here",
+    "WorkflowAccessPolicy": "workflows are not served here",
 }
 _DENIED_ENV = ("APP_API_TOKEN",)
 
@@ -119,87 +120,22 @@ class Resources:
     resiliencies: tuple[ResiliencyResource, ...] = ()
 
 
-class _Document:
-    """One YAML document, with the context every error message needs."""
-
-    def __init__(self, source: str, kind: str, name: str, raw: Mapping[str, Any]) -> None:
-        self.source = source
-        self.kind = kind
-        self.name = name
-        self.raw = raw
-
-    def error(self, field: str, problem: str) -> ResourceError:
-        return ResourceError(f"{self.source}: {self.kind} {self.name!r}: {field}: {problem}")
-
-    def get(
-        self,
-        mapping: Mapping[str, Any],
-        key: str,
-        field: str,
-        kind: type | tuple[type, ...],
-        default: Any = None,
-        required: bool = False,
-    ) -> Any:
-        if key not in mapping or mapping[key] is None:
-            if required:
-                raise self.error(field, "is required")
-            return default
-        value = mapping[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.error(field, f"must be {_article(expected)}, not {type(value).__name__}")
-        return value
-
-    def mapping(self, mapping: Mapping[str, Any], key: str, field: str) -> Mapping[str, Any]:
-        result: Mapping[str, Any] = self.get(mapping, key, field, dict, default={})
-        return result
-
-    def string_map(self, mapping: Mapping[str, Any], key: str, field: str) -> dict[str, str]:
-        result = {}
-        for name, value in self.mapping(mapping, key, field).items():
-            result[str(name)] = _dynamic_value(value)
-        return result
-
-
-def _article(noun: str) -> str:
-    names = {
-        "str": "a string",
-        "int": "an integer",
-        "bool": "a boolean",
-        "dict": "a mapping",
-        "list": "a list",
-    }
-    return names.get(noun, noun)
-
-
-def _dynamic_value(value: Any) -> str:
-    """daprd's `DynamicValue.String()`: strings as they are, other JSON as its text."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    import json
-
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _valid_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "%" not in name
 
 
-def _read_env(doc: _Document, field: str, variable: str) -> str:
+def _read_env(doc: Document, field: str, variable: str) -> str:
     if variable.startswith("DAPR_") or variable in _DENIED_ENV or " " in variable:
         raise doc.error(
             field,
-            f"envRef {variable!r} is not allowed (DAPR_* and APP_API_TOKEN are the sidecar's own secrets)",
+            f"envRef {shown(variable)} is not allowed "
+            "(DAPR_* and APP_API_TOKEN are the sidecar's own secrets)",
         )
     return os.environ.get(variable, "")
 
 
 def _metadata_items(
-    doc: _Document, spec: Mapping[str, Any], key: str = "metadata"
+    doc: Document, spec: Mapping[str, Any], key: str = "metadata"
 ) -> tuple[MetadataItem, ...]:
     items = doc.get(spec, key, f"spec.{key}", list, default=[])
     result = []
@@ -210,7 +146,7 @@ def _metadata_items(
             raise doc.error(field, "must be a mapping with name and value")
         name = doc.get(item, "name", f"{field}.name", str, required=True)
         if name in seen:
-            raise doc.error(f"{field}.name", f"{name!r} is given twice")
+            raise doc.error(f"{field}.name", f"{shown(name)} is given twice")
         seen.add(name)
         if "secretKeyRef" in item and item["secretKeyRef"] is not None:
             ref = doc.get(item, "secretKeyRef", f"{field}.secretKeyRef", dict)
@@ -218,7 +154,7 @@ def _metadata_items(
             key = doc.get(ref, "key", f"{field}.secretKeyRef.key", str) or secret
             result.append(MetadataItem(name, secret_name=secret, secret_key=key))
         elif "value" in item:
-            result.append(MetadataItem(name, value=_dynamic_value(item["value"])))
+            result.append(MetadataItem(name, value=dynamic_value(item["value"])))
         elif item.get("envRef") is not None:
             variable = doc.get(item, "envRef", f"{field}.envRef", str)
             result.append(
@@ -229,15 +165,7 @@ def _metadata_items(
     return tuple(result)
 
 
-def _scopes(doc: _Document) -> tuple[str, ...]:
-    scopes = doc.get(doc.raw, "scopes", "scopes", list, default=[])
-    for index, scope in enumerate(scopes):
-        if not isinstance(scope, str):
-            raise doc.error(f"scopes[{index}]", "must be an app id string")
-    return tuple(scopes)
-
-
-def _component(doc: _Document) -> Component:
+def _component(doc: Document) -> Component:
     spec = doc.mapping(doc.raw, "spec", "spec")
     type_name = doc.get(spec, "type", "spec.type", str, required=True)
     init_timeout = 5.0
@@ -246,7 +174,7 @@ def _component(doc: _Document) -> Component:
         try:
             init_timeout = parse_duration(str(timeout_text), integer_unit=1e-3)
         except ValueError:
-            raise doc.error("spec.initTimeout", f"{timeout_text!r} is not a duration") from None
+            raise doc.error("spec.initTimeout", f"{shown(timeout_text)} is not a duration") from None
     auth = doc.mapping(doc.raw, "auth", "auth")
     return Component(
         name=doc.name,
@@ -257,11 +185,11 @@ def _component(doc: _Document) -> Component:
         ignore_errors=doc.get(spec, "ignoreErrors", "spec.ignoreErrors", bool, default=False),
         init_timeout=init_timeout,
         secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
-        scopes=_scopes(doc),
+        scopes=doc.scopes(),
     )
 
 
-def _tls_item(doc: _Document, tls: Mapping[str, Any], key: str) -> MetadataItem | None:
+def _tls_item(doc: Document, tls: Mapping[str, Any], key: str) -> MetadataItem | None:
     field = f"spec.clientTLS.{key}"
     raw = doc.get(tls, key, field, dict)
     if raw is None:
@@ -280,12 +208,26 @@ def _tls_item(doc: _Document, tls: Mapping[str, Any], key: str) -> MetadataItem 
     return MetadataItem(key, value=value)
 
 
-def _http_endpoint(doc: _Document) -> HTTPEndpoint:
-    spec = doc.mapping(doc.raw, "spec", "spec")
-    base_url = doc.get(spec, "baseUrl", "spec.baseUrl", str, required=True)
-    parsed = urlsplit(base_url)
+def _base_url(doc: Document, spec: Mapping[str, Any]) -> str:
+    """`spec.baseUrl`, refused at start-up when no call could ever use it."""
+    base_url: str = doc.get(spec, "baseUrl", "spec.baseUrl", str, required=True)
+    if any(char <= " " or char == "\x7f" for char in base_url):
+        raise doc.error("spec.baseUrl", f"{shown(base_url)} has a space or a control character")
+    try:
+        parsed = urlsplit(base_url)
+        port = parsed.port  # checked only when asked for: `:99999` and `:http` raise here
+    except ValueError as exc:
+        raise doc.error("spec.baseUrl", f"{shown(base_url)} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise doc.error("spec.baseUrl", f"{base_url!r} is not an http:// or https:// URL with a host")
+        raise doc.error("spec.baseUrl", f"{shown(base_url)} is not an http:// or https:// URL with a host")
+    if port == 0:
+        raise doc.error("spec.baseUrl", f"{shown(base_url)}: port 0 cannot be called")
+    return base_url
+
+
+def _http_endpoint(doc: Document) -> HTTPEndpoint:
+    spec = doc.mapping(doc.raw, "spec", "spec")
+    base_url = _base_url(doc, spec)
     tls = doc.mapping(spec, "clientTLS", "spec.clientTLS")
     auth = doc.mapping(doc.raw, "auth", "auth")
     return HTTPEndpoint(
@@ -297,11 +239,11 @@ def _http_endpoint(doc: _Document) -> HTTPEndpoint:
         certificate=_tls_item(doc, tls, "certificate"),
         private_key=_tls_item(doc, tls, "privateKey"),
         secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
-        scopes=_scopes(doc),
+        scopes=doc.scopes(),
     )
 
 
-def _bulk(doc: _Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
+def _bulk(doc: Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
     raw = doc.mapping(spec, "bulkSubscribe", "spec.bulkSubscribe")
     if not raw or not doc.get(raw, "enabled", "spec.bulkSubscribe.enabled", bool, default=False):
         return None
@@ -313,7 +255,7 @@ def _bulk(doc: _Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
         raise doc.error("spec.bulkSubscribe", str(exc)) from None
 
 
-def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
+def _subscription(doc: Document, api_version: str) -> DeclarativeSubscription:
     spec = doc.mapping(doc.raw, "spec", "spec")
     rules: list[tuple[str, str]] = []
     default: str | None
@@ -327,9 +269,10 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
                 raise doc.error(field, "must be a mapping with match and path")
             match = doc.get(rule, "match", f"{field}.match", str, default="")
             path = doc.get(rule, "path", f"{field}.path", str, required=True)
+            check_length(doc, match, f"{field}.match")
             problem = match_problem(match)
             if problem is not None:
-                raise doc.error(f"{field}.match", f"{match!r} {problem}")
+                raise doc.error(f"{field}.match", f"{shown(match)} {problem}")
             rules.append((match, path))
         default = doc.get(routes, "default", "spec.routes.default", str) or None
     return DeclarativeSubscription(
@@ -342,179 +285,8 @@ def _subscription(doc: _Document, api_version: str) -> DeclarativeSubscription:
         dead_letter_topic=doc.get(spec, "deadLetterTopic", "spec.deadLetterTopic", str) or None,
         bulk=_bulk(doc, spec),
         source=doc.source,
-        scopes=_scopes(doc),
+        scopes=doc.scopes(),
     )
-
-
-def _duration(doc: _Document, value: Any, field: str) -> float:
-    """A Resiliency duration: a Go duration, or an integer of milliseconds (daprd's parseDuration)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise doc.error(field, f"must be a duration such as '5s', not {type(value).__name__}")
-    try:
-        seconds = parse_duration(str(value), integer_unit=1e-3)
-    except ValueError:
-        raise doc.error(field, f"{value!r} is not a duration") from None
-    if seconds < 0:
-        raise doc.error(field, f"{value!r} is negative")
-    return seconds
-
-
-def _status_codes(doc: _Document, text: Any, field: str, low: int, high: int) -> frozenset[int] | None:
-    """`matching` codes: a comma-separated list of codes and ranges (`429,500-599`)."""
-    if text is None or text == "":
-        return None
-    if not isinstance(text, (str, int)) or isinstance(text, bool):
-        raise doc.error(field, "must be a string of codes and ranges such as '429,500-599'")
-    codes: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip()  # daprd refuses spaces around a code; they are accepted here
-        if not part:
-            continue
-        start_text, dash, end_text = part.partition("-")
-        try:
-            start = int(start_text)
-            end = int(end_text) if dash else start
-        except ValueError:
-            raise doc.error(field, f"{part!r} is not a code or a range of codes") from None
-        if not (low <= start <= high and low <= end <= high):
-            raise doc.error(field, f"{part!r}: codes go from {low} to {high}")
-        if end < start:
-            raise doc.error(field, f"{part!r}: the range ends before it starts")
-        codes.update(range(start, end + 1))
-    return frozenset(codes)
-
-
-def _retry_policy(doc: _Document, raw: Any, field: str) -> RetryPolicy:
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping")
-    known = {"policy", "duration", "maxInterval", "maxRetries", "matching"}
-    for key in raw:
-        if key not in known:
-            raise doc.error(
-                f"{field}.{key}", f"is not a field of a retry policy ({', '.join(sorted(known))})"
-            )
-    kind = str(doc.get(raw, "policy", f"{field}.policy", str, default="constant")).lower()
-    if kind not in ("constant", "exponential"):
-        raise doc.error(f"{field}.policy", f"must be constant or exponential, not {raw['policy']!r}")
-    max_retries = doc.get(raw, "maxRetries", f"{field}.maxRetries", int, default=-1)
-    if max_retries < -1:
-        raise doc.error(f"{field}.maxRetries", "must be -1 (no limit), 0 or more")
-    matching = doc.mapping(raw, "matching", f"{field}.matching")
-    return RetryPolicy(
-        policy="exponential" if kind == "exponential" else "constant",
-        duration=_duration(doc, raw.get("duration", "5s"), f"{field}.duration"),
-        # daprd's fixed exponential values (reference 8): the CRD cannot set them.
-        initial_interval=0.5,
-        multiplier=1.5,
-        randomization_factor=0.5,
-        max_interval=_duration(doc, raw.get("maxInterval", "60s"), f"{field}.maxInterval"),
-        max_retries=max_retries,
-        max_elapsed=900.0,
-        http_status_codes=_status_codes(
-            doc, matching.get("httpStatusCodes"), f"{field}.matching.httpStatusCodes", 100, 599
-        ),
-        grpc_status_codes=_status_codes(
-            doc, matching.get("gRPCStatusCodes"), f"{field}.matching.gRPCStatusCodes", 0, 16
-        ),
-    )
-
-
-def _breaker(doc: _Document, name: str, raw: Any, field: str) -> BreakerTemplate:
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping")
-    known = {"maxRequests", "interval", "timeout", "trip"}
-    for key in raw:
-        if key not in known:
-            raise doc.error(
-                f"{field}.{key}", f"is not a field of a circuit breaker ({', '.join(sorted(known))})"
-            )
-    max_requests = doc.get(raw, "maxRequests", f"{field}.maxRequests", int, default=1)
-    if max_requests < 0:
-        raise doc.error(f"{field}.maxRequests", "must be 0 or more")
-    trip_text = doc.get(raw, "trip", f"{field}.trip", str)
-    template = BreakerTemplate(
-        name=name,
-        max_requests=max_requests or 1,
-        interval=_duration(doc, raw.get("interval", 0), f"{field}.interval"),
-        timeout=_duration(doc, raw.get("timeout", 0), f"{field}.timeout") or 60.0,
-    )
-    if trip_text:
-        try:
-            trip = compile_trip(trip_text)
-        except ValueError as exc:
-            raise doc.error(f"{field}.trip", str(exc)) from None
-        template = dataclasses.replace(template, trip=trip, trip_text=trip_text)
-    return template
-
-
-def _policy_names(doc: _Document, raw: Any, field: str) -> PolicyNames:
-    if raw is None:
-        return PolicyNames()
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping of timeout, retry and circuitBreaker")
-    return PolicyNames(
-        timeout=doc.get(raw, "timeout", f"{field}.timeout", str) or None,
-        retry=doc.get(raw, "retry", f"{field}.retry", str) or None,
-        circuit_breaker=doc.get(raw, "circuitBreaker", f"{field}.circuitBreaker", str) or None,
-    )
-
-
-def _resiliency(doc: _Document) -> ResiliencyResource:
-    spec = doc.mapping(doc.raw, "spec", "spec")
-    policies = doc.mapping(spec, "policies", "spec.policies")
-    targets = doc.mapping(spec, "targets", "spec.targets")
-    timeouts = {
-        str(name): _duration(doc, value, f"spec.policies.timeouts.{name}")
-        for name, value in doc.mapping(policies, "timeouts", "spec.policies.timeouts").items()
-    }
-    retries = {
-        str(name): _retry_policy(doc, value, f"spec.policies.retries.{name}")
-        for name, value in doc.mapping(policies, "retries", "spec.policies.retries").items()
-    }
-    breakers = {
-        str(name): _breaker(doc, str(name), value, f"spec.policies.circuitBreakers.{name}")
-        for name, value in doc.mapping(policies, "circuitBreakers", "spec.policies.circuitBreakers").items()
-    }
-    apps = {}
-    for app, raw in doc.mapping(targets, "apps", "spec.targets.apps").items():
-        field = f"spec.targets.apps.{app}"
-        names = _policy_names(doc, raw, field)
-        size = doc.get(
-            raw or {}, "circuitBreakerCacheSize", f"{field}.circuitBreakerCacheSize", int, default=0
-        )
-        apps[str(app)] = AppTarget(names, cache_size=size or 100)
-    components = {}
-    for component, raw in doc.mapping(targets, "components", "spec.targets.components").items():
-        field = f"spec.targets.components.{component}"
-        if not isinstance(raw, dict):
-            raise doc.error(field, "must be a mapping with inbound and outbound")
-        components[str(component)] = ComponentTarget(
-            inbound=_policy_names(doc, raw.get("inbound"), f"{field}.inbound"),
-            outbound=_policy_names(doc, raw.get("outbound"), f"{field}.outbound"),
-        )
-    if doc.mapping(targets, "actors", "spec.targets.actors"):
-        logger.info("%s: Resiliency %r: actor targets are not used (no actors here)", doc.source, doc.name)
-    return ResiliencyResource(
-        name=doc.name,
-        source=doc.source,
-        scopes=_scopes(doc),
-        timeouts=timeouts,
-        retries=retries,
-        circuit_breakers=breakers,
-        apps=apps,
-        components=components,
-    )
-
-
-def _documents(path: Path) -> Iterable[tuple[int, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResourceError(f"{path}: cannot be read: {exc}") from None
-    try:
-        yield from enumerate(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ResourceError(f"{path}: is not valid YAML: {exc}") from None
 
 
 def _files(paths: Sequence[str | os.PathLike[str]]) -> Iterable[Path]:
@@ -530,6 +302,72 @@ def _files(paths: Sequence[str | os.PathLike[str]]) -> Iterable[Path]:
                 logger.debug("%s: not a .yaml or .yml file, ignored", path)
 
 
+def _where(path: Path, number: int, raw: Mapping[str, Any]) -> str:
+    """The file and document, for a document whose kind is not known yet."""
+    meta = raw.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return f"{path}: document {number}" + (f" ({shown(name)})" if isinstance(name, str) else "")
+
+
+def _nearest(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+
+
+def _read_as(path: Path, number: int, raw: Mapping[str, Any], skipped: list[str]) -> tuple[str, str] | None:
+    """The kind and apiVersion of a document read here, or None for one that is skipped.
+
+    daprd skips any document whose kind and apiVersion it does not read, typos
+    included; here a `dapr.io` one stops the start-up, and others are listed in
+    one warning for the file.
+    """
+    api_version, kind = raw.get("apiVersion"), raw.get("kind")
+    for field, value in (("apiVersion", api_version), ("kind", kind)):
+        if value is not None and not isinstance(value, str):
+            raise ResourceError(
+                f"{_where(path, number, raw)}: {field}: must be a string, not {type_name(value)}"
+            )
+    if kind == "Resiliency":  # daprd reads a Resiliency of any apiVersion (reference 7.3)
+        return kind, api_version or ""
+    if (api_version or "").partition("/")[0].lower() != "dapr.io":
+        hint = f": a Dapr {kind} has apiVersion {_READ[kind][0]}" if kind in _READ else ""
+        skipped.append(f"document {number} ({shown(api_version)} {shown(kind)}{hint})")
+        return None
+    assert api_version is not None
+    if kind in _READ:
+        if api_version in _READ[kind]:
+            return kind, api_version
+        problem = f"{shown(api_version)} is not a version of {kind} read here"
+        raise ResourceError(
+            f"{_where(path, number, raw)}: apiVersion: {problem}; {_nearest(api_version, _READ[kind])}"
+        )
+    if kind in _NOT_READ:
+        logger.info("%s: document %d: %s; skipped", path, number, _NOT_READ[kind])
+        return None
+    known = sorted({*_READ, *_NOT_READ})
+    if kind is None:
+        raise ResourceError(f"{_where(path, number, raw)}: kind: is required ({', '.join(known)})")
+    problem = f"{shown(kind)} is not a kind of Dapr resource read here"
+    raise ResourceError(f"{_where(path, number, raw)}: kind: {problem}; {_nearest(kind, known)}")
+
+
+def _document(path: Path, number: int, kind: str, raw: Mapping[str, Any]) -> Document:
+    meta = raw.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise ResourceError(
+            f"{path}: {kind} in document {number}: metadata: must be a mapping, not {type_name(meta)}"
+        )
+    name = meta.get("name") if meta else None
+    if not isinstance(name, str):
+        problem = "is required" if name is None else f"must be a string, not {type_name(name)}"
+        raise ResourceError(f"{path}: {kind} in document {number}: metadata.name: {problem}")
+    doc = Document(str(path), kind, name, raw)
+    if not _valid_name(name):
+        raise doc.error("metadata.name", "must be a name without '/' or '%' (not '.' or '..')")
+    doc.get(meta or {}, "namespace", "metadata.namespace", str)
+    return doc
+
+
 def load_resources(
     paths: Sequence[str | os.PathLike[str]], *, app_id: str, namespace: str | None = None
 ) -> Resources:
@@ -542,18 +380,19 @@ def load_resources(
     resiliencies: list[ResiliencyResource] = []
     names: dict[tuple[str, str], str] = {}
     for path in _files(paths):
-        for index, raw in enumerate_documents(path):
-            api_version = raw.get("apiVersion")
-            kind = raw.get("kind")
-            if (api_version, kind) not in _KINDS and kind != "Resiliency":  # daprd: any apiVersion
-                logger.debug("%s: document %d (%s %s) is not read here", path, index, api_version, kind)
+        skipped: list[str] = []
+        for number, raw in enumerate(read_documents(path), start=1):
+            if raw is None:
                 continue
-            meta = raw.get("metadata")
-            name = meta.get("name") if isinstance(meta, dict) else None
-            doc = _Document(str(path), str(kind), str(name), raw)
-            if not isinstance(name, str) or not _valid_name(name):
-                raise doc.error("metadata.name", "must be a name without '/' or '%' (not '.' or '..')")
-            doc_namespace = meta.get("namespace") if isinstance(meta, dict) else None
+            if not isinstance(raw, dict):
+                raise ResourceError(f"{path}: document {number} is not a mapping")
+            read_as = _read_as(path, number, raw, skipped)
+            if read_as is None:
+                continue
+            kind, api_version = read_as
+            doc = _document(path, number, kind, raw)
+            name = doc.name
+            doc_namespace = raw["metadata"].get("namespace")
             if namespace and doc_namespace and doc_namespace != namespace:
                 continue
             resource: Component | DeclarativeSubscription | HTTPEndpoint | ResiliencyResource
@@ -562,16 +401,16 @@ def load_resources(
             elif kind == "HTTPEndpoint":
                 resource = _http_endpoint(doc)
             elif kind == "Resiliency":
-                resource = _resiliency(doc)
+                resource = read_resiliency(doc)
             else:
-                resource = _subscription(doc, str(api_version))
+                resource = _subscription(doc, api_version)
             if resource.scopes and app_id not in resource.scopes:
                 logger.debug("%s: %s %r is scoped to other apps", path, kind, name)
                 continue
-            if (str(kind), name) in names:
-                first = names[(str(kind), name)]
+            if (kind, name) in names:
+                first = names[(kind, name)]
                 raise doc.error("metadata.name", f"a {kind} of this name is also in {first}")
-            names[(str(kind), name)] = str(path)
+            names[(kind, name)] = str(path)
             if isinstance(resource, Component):
                 components.append(resource)
             elif isinstance(resource, HTTPEndpoint):
@@ -580,18 +419,12 @@ def load_resources(
                 resiliencies.append(resource)
             else:
                 subscriptions.append(resource)
+        if skipped:
+            more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            logger.warning("%s: not Dapr resources, skipped: %s%s", path, "; ".join(skipped[:5]), more)
     return Resources(
         components=tuple(components),
         subscriptions=tuple(subscriptions),
         http_endpoints=tuple(endpoints),
         resiliencies=tuple(resiliencies),
     )
-
-
-def enumerate_documents(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
-    for index, raw in _documents(path):
-        if raw is None:
-            continue
-        if not isinstance(raw, dict):
-            raise ResourceError(f"{path}: document {index + 1} is not a mapping")
-        yield index, raw

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from .._durations import parse_duration
+from .._durations import parse_duration, parse_go_int
 from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
 
 __all__ = ["MemoryBroker"]
@@ -125,7 +125,7 @@ class MemoryBroker(Broker):
         super().__init__(name, metadata, app_id=app_id)
         capacity = self.metadata.get("maxQueueLength", "10000")
         try:
-            self.capacity = int(capacity)
+            self.capacity = parse_go_int(capacity)
             if self.capacity < 1:
                 raise ValueError
         except ValueError:
