@@ -283,6 +283,7 @@ async def open_in_process(
         start = await within(messages.get(), timeout)
     except BaseException as exc:
         task.cancel()  # cancelled (a policy's timeout) or timed out: the app sees the caller go
+        runtime.resiliency.abandoned.adopt(task)  # awaited at shutdown if it goes on
         if not isinstance(exc, asyncio.TimeoutError):
             raise
         raise DaprAPIError(

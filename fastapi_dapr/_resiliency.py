@@ -300,7 +300,12 @@ class Abandoned:
         if error is not None:
             logger.debug("an attempt abandoned at its deadline failed afterwards: %r", error)
             return
-        close = getattr(attempt.result(), "aclose", None)  # an invocation's answer holds a connection
+        self.close_answer(attempt.result())
+
+    def close_answer(self, answer: Any) -> None:
+        """Close an answer no one will read (an invocation's holds a connection), owned
+        here until it is closed."""
+        close = getattr(answer, "aclose", None)
         if close is not None:
             closing = asyncio.ensure_future(close())
             self._closings.add(closing)

@@ -9,7 +9,6 @@ parameter unescaped with Go's `url.QueryUnescape` (reference 1.1).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hmac
@@ -380,7 +379,7 @@ class SidecarAPI:
                 return
             # The cancellation may be lost in a race (an answer ready in the same turn):
             # closing the answer ends its streaming whatever happens.
-            watch.on_gone(lambda: asyncio.ensure_future(answer.aclose()))
+            watch.on_gone(lambda: runtime.resiliency.abandoned.close_answer(answer))
             # daprd's test, on the headers the target got (an HTTPEndpoint may add `Accept`).
             sent = outbound if target is not None else list(headers.items())
             event_stream = any(

@@ -24,8 +24,8 @@ async def within(
 ) -> T:
     """`await awaitable`, for at most `seconds` (None: no limit); `asyncio.TimeoutError` then.
 
-    Cancelled meanwhile, it cancels the awaitable and raises `CancelledError`; a result
-    that was ready or comes anyway goes to `discard`."""
+    Cancelled meanwhile, it cancels the awaitable, waits for it to stop and raises
+    `CancelledError`; a result that was ready or comes anyway goes to `discard`."""
     if seconds is None:
         return await awaitable
     task = asyncio.ensure_future(awaitable)
@@ -34,6 +34,7 @@ async def within(
     except asyncio.CancelledError:
         task.cancel()
         task.add_done_callback(lambda ended: _discard(ended, discard))
+        await asyncio.wait((task,))  # it stops before its caller does: nothing left behind
         raise
     if done:
         return task.result()

@@ -116,3 +116,35 @@ def test_sidecar_can_be_mounted_elsewhere() -> None:
         assert client.post("/v1.0/publish/pubsub/t", json={}).status_code == 404  # not served there
         assert client.post("/dapr/v1.0/publish/pubsub/t", json={}).status_code == 204
         assert client.get("/dapr/v1.0/healthz").status_code == 204
+
+
+async def test_an_own_route_past_its_timeout_is_stopped_and_awaited_before_the_app_stops() -> None:
+    # The caller gets its 500 at the deadline; the route, cancelled, may still clean up.
+    # Its task has an owner that awaits it when the app stops: it never outlives the app.
+    import asyncio
+
+    from fastapi_dapr import DaprAPIError
+    from fastapi_dapr.testing import DaprTest
+
+    app = FastAPI()
+    dapr = Dapr(app, app_id="self", api_token="")
+    entered = asyncio.Event()
+    ended: list[str] = []
+
+    @app.get("/slow")
+    async def slow() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            try:
+                await asyncio.Event().wait()  # a clean-up that goes on until cancelled again
+            finally:
+                ended.append("stopped")
+
+    async with DaprTest(app):
+        with pytest.raises(DaprAPIError, match="no answer within"):
+            await dapr.invoke("self", "slow", timeout=0.05)
+        assert entered.is_set()
+        assert ended == []  # still cleaning up
+    assert ended == ["stopped"]  # cancelled again and awaited before the app stopped

@@ -47,3 +47,26 @@ async def test_without_a_limit_it_is_a_plain_await() -> None:
         return 7
 
     assert await within(value(), None) == 7
+
+
+async def test_a_cancelled_caller_returns_only_once_the_awaitable_has_stopped() -> None:
+    # Nothing is left running behind a caller that left: the awaitable's clean-up (which
+    # lets a connection go) has ended when the cancellation reaches the caller.
+    entered = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def exchange() -> None:
+        try:
+            entered.set()
+            await asyncio.Event().wait()
+        finally:
+            for _ in range(3):  # a clean-up that takes a few turns
+                await asyncio.sleep(0)
+            cleaned.append("done")
+
+    outer = asyncio.ensure_future(within(exchange(), 30))
+    await entered.wait()
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert cleaned == ["done"]
