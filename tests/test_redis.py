@@ -253,6 +253,13 @@ async def test_bad_metadata_stops_the_start(tmp_path: Path) -> None:
         "p", {"redisHost": "x:1", "redeliverInterval": "30s", "processingTimeout": "1500"}, app_id="a"
     )
     assert (durations.redeliver_interval, durations.processing_timeout) == (30.0, 1.5)
+    # Read as Go reads them: ASCII digits, no spaces around.
+    with pytest.raises(ValueError, match="processingTimeout is not a duration"):
+        RedisBroker("p", {"redisHost": "x:1", "processingTimeout": " 10s"}, app_id="a")
+    with pytest.raises(ValueError, match="must be an integer"):
+        RedisBroker("p", {"redisHost": "x:1", "concurrency": "\u0661\u0660"}, app_id="a")
+    with pytest.raises(ValueError, match="must be an integer"):
+        RedisBroker("p", {"redisHost": "x:1", "concurrency": " 10"}, app_id="a")
     unreachable = RedisBroker("p", {"redisHost": "127.0.0.1:1"}, app_id="a")
     with pytest.raises(BrokerError, match=r"cannot reach Redis at 127\.0\.0\.1:1"):
         await unreachable.start()

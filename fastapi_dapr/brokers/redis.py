@@ -53,7 +53,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._durations import parse_duration
+from .._durations import parse_duration, parse_go_int
 from .._json import go_dumps
 from .._tls import load_client_certificate
 from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
@@ -110,7 +110,7 @@ def _truthy(value: str) -> bool:
 
 
 def _duration(metadata: Mapping[str, str], key: str, default: float) -> float:
-    value = metadata.get(key, "").strip()
+    value = metadata.get(key, "")
     if not value:
         return default
     try:
@@ -120,11 +120,11 @@ def _duration(metadata: Mapping[str, str], key: str, default: float) -> float:
 
 
 def _integer(metadata: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
-    value = metadata.get(key, "").strip()
+    value = metadata.get(key, "")
     if not value:
         return default
     try:
-        number = int(value)
+        number = parse_go_int(value)  # as Go reads it: ASCII digits, no spaces
     except ValueError:
         raise ValueError(f"{key} must be an integer, not {value!r}") from None
     if number < minimum:
