@@ -98,7 +98,6 @@ class Runtime:
         self._stopping = asyncio.Event()
         self.ready = False
         self.extended_metadata: dict[str, str] = {}  # set with PUT /v1.0/metadata/{key}
-        self._extended_size = 0
 
     # -- components ----------------------------------------------------------
 
@@ -532,13 +531,10 @@ class Runtime:
         """Keep `value` as `key` of the extended metadata (daprd's SetMetadata), unless the
         extended metadata would then hold more than `limit` bytes; whether it was kept."""
         text = value.decode("utf-8", errors="replace")  # as Go's JSON writes a string of bytes
-        old = self.extended_metadata.get(key)
-        size = self._extended_size + len(text.encode())
-        size -= len(old.encode()) if old is not None else -len(key.encode())
-        if size > limit:
+        kept = {**self.extended_metadata, key: text}
+        if sum(len(k.encode()) + len(v.encode()) for k, v in kept.items()) > limit:
             return False
-        self.extended_metadata[key] = text
-        self._extended_size = size
+        self.extended_metadata = kept
         return True
 
     def shutdown(self) -> Callable[[], None]:
