@@ -34,7 +34,7 @@ from typing import Any
 
 from publish_deliver import Row, environment, markdown, row_json
 
-from fastapi_dapr import _http1
+from fastapi_dapr.sidecar import http1 as _http1
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "http1_parser.json"

@@ -2,7 +2,7 @@
 
 import sys
 
-from ._cli import main
+from .sidecar.cli import main
 
 __all__: list[str] = []
 

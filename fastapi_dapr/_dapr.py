@@ -21,13 +21,13 @@ from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
 from ._trace import CURRENT
 
 if TYPE_CHECKING:
-    from ._client import RemoteSidecar
-    from ._envelope import PublishRequest
-    from ._metrics import Metrics
-    from ._proxy import Upstreams
     from ._publishing import FailedEntry
-    from ._runtime import Runtime
-    from ._sidecar import SidecarAPI
+    from ._remote import RemoteSidecar
+    from .sidecar.api import SidecarAPI
+    from .sidecar.envelope import PublishRequest
+    from .sidecar.metrics import Metrics
+    from .sidecar.proxy import Upstreams
+    from .sidecar.runtime import Runtime
 
 __all__ = ["Dapr"]
 
@@ -65,14 +65,14 @@ def _check_metadata(pubsub: str, metadata: Mapping[str, str] | None) -> None:
 
     problem = metadata_problem(metadata)
     if problem is not None:
-        from ._errors import PubSubErrors
+        from .sidecar.errors import PubSubErrors
 
         raise PubSubErrors.bad_metadata(pubsub, metadata, problem)
 
 
 @functools.cache
 def _publish_request() -> type[PublishRequest]:
-    from ._envelope import PublishRequest  # embedded mode only
+    from .sidecar.envelope import PublishRequest  # embedded mode only
 
     return PublishRequest
 
@@ -156,7 +156,7 @@ class Dapr:
         self.retry = retry
         self.invocation = invocation or InvocationSettings()
         if mode == "embedded":
-            from ._proxy import UrlPolicy
+            from .sidecar.proxy import UrlPolicy
 
             # A bad entry is a mistake to see now, not at the first invocation.
             UrlPolicy(self.invocation.allowed_urls, self.invocation.allow_private_addresses)
@@ -173,11 +173,11 @@ class Dapr:
         self.sidecar: SidecarAPI | None = None
         self.metrics: Metrics | None = None
         if metrics and mode == "embedded":
-            from ._metrics import Metrics
+            from .sidecar.metrics import Metrics
 
             self.metrics = Metrics(self.app_id)
         if mode == "embedded":
-            from ._sidecar import SidecarAPI
+            from .sidecar.api import SidecarAPI
 
             self.sidecar = SidecarAPI(
                 lambda: self._runtime,
@@ -202,7 +202,7 @@ class Dapr:
     @staticmethod
     def _serve_sidecar_api(app: FastAPI, api: SidecarAPI) -> None:
         """Put the sidecar in front of the app's middleware stack, built when the app starts."""
-        from ._sidecar import SidecarDispatch
+        from .sidecar.api import SidecarDispatch
 
         if app.middleware_stack is not None:
             raise RuntimeError("Dapr(app) must be created before the app starts serving")
@@ -302,7 +302,7 @@ class Dapr:
             body = _bulk_body()(entries)
             return await self._remote_sidecar().publish_bulk(pubsub, topic, body, dict(metadata or {}))
         body = _bulk_body()(entries)
-        from ._bulk import publish_bulk
+        from .sidecar.bulk_publish import publish_bulk
 
         runtime = self._running()
         assert self.sidecar is not None  # embedded mode
@@ -373,7 +373,7 @@ class Dapr:
         `ERR_DIRECT_INVOKE`), or is refused; `ValueError` for a header that
         cannot be sent.
         """
-        from ._calls import invoke
+        from .sidecar.calls import invoke
 
         response = await invoke(
             self,
@@ -409,7 +409,7 @@ class Dapr:
 
     def _remote_sidecar(self) -> RemoteSidecar:
         if self._remote is None:
-            from ._client import RemoteSidecar
+            from ._remote import RemoteSidecar
 
             self._remote = RemoteSidecar(self.dapr_http_endpoint, api_token=self._api_token)
         return self._remote
@@ -457,8 +457,8 @@ class Dapr:
         router.lifespan_context = lifespan
 
     def _create_runtime(self) -> Runtime:
-        from ._resources import Resources, load_resources
-        from ._runtime import Runtime
+        from .sidecar.resources import Resources, load_resources
+        from .sidecar.runtime import Runtime
 
         resources = (
             load_resources(self.resources_paths, app_id=self.app_id) if self.resources_paths else Resources()

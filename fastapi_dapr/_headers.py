@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ._trace import header_pairs
 
 if TYPE_CHECKING:
-    from ._proxy import Target
+    from .sidecar.proxy import Target
 
 __all__: list[str] = []
 

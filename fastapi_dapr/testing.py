@@ -32,8 +32,8 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from ._dapr import Dapr
-from ._delivery import Attempt, DeliveryReport
 from ._retry import Clock
+from .sidecar.delivery import Attempt, DeliveryReport
 
 __all__ = ["Attempt", "DaprTest", "DaprTestClient", "DeliveryReport", "FakeClock"]
 

@@ -233,7 +233,7 @@ async def test_the_async_testing_example_passes() -> None:
 
 
 def test_every_yaml_example_of_the_docs_is_a_resource_that_loads(tmp_path: Path) -> None:
-    from fastapi_dapr._resources import load_resources
+    from fastapi_dapr.sidecar.resources import load_resources
 
     blocks = []
     for page in sorted((ROOT / "docs").glob("*.md")):

@@ -3,7 +3,7 @@
 
 With `BENCH_PROXY_CLIENT=aiohttp` or `=httpx` the same proxy sends its
 requests with aiohttp's or httpx's client instead of fastapi-dapr's own
-(`fastapi_dapr._pool`, `_http1`): everything else (resolution, headers, streaming the
+(`fastapi_dapr.sidecar.pool`, `_http1`): everything else (resolution, headers, streaming the
 answer back) is the shipped code, so the difference between the runs is the
 HTTP client alone. That is how the client was chosen.
 """
@@ -32,7 +32,8 @@ CLIENT = os.environ.get("BENCH_PROXY_CLIENT", "")
 if CLIENT == "httpx":
     import httpx
 
-    from fastapi_dapr import _headers, _proxy
+    from fastapi_dapr import _headers
+    from fastapi_dapr.sidecar import proxy as _proxy
 
     class _HttpxUpstream:
         """What the proxy uses of `_http1.Response`, over an httpx response."""
@@ -78,7 +79,8 @@ elif CLIENT == "aiohttp":
     import aiohttp
     import yarl
 
-    from fastapi_dapr import _headers, _proxy
+    from fastapi_dapr import _headers
+    from fastapi_dapr.sidecar import proxy as _proxy
 
     class _AiohttpUpstream:
         """What the proxy uses of `_http1.Response`, over an aiohttp response."""

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from .._metrics import Metrics
+    from ..sidecar.metrics import Metrics
 
 __all__ = [
     "BROKER_TYPES",

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from .._durations import parse_duration, parse_go_int
+from .._go import parse_duration, parse_go_int
 from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine
 
 __all__ = ["MemoryBroker"]

@@ -53,7 +53,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._durations import parse_duration, parse_go_int
+from .._go import parse_duration, parse_go_int
 from .._json import go_dumps
 from .._tls import load_client_certificate
 from . import Broker, BrokerError, Consumer, Delivery, Message, WaitingLine

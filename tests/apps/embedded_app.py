@@ -1,5 +1,5 @@
 """An app with the embedded sidecar (`Dapr(app)`), run by uvicorn in a process of its own
-(tests/test_sidecar_surface.py): it prints a line when its own lifespan starts and ends, so
+(tests/sidecar/test_sidecar_surface.py): it prints a line when its own lifespan starts and ends, so
 that the test sees the app stop gracefully, not die."""
 
 from __future__ import annotations

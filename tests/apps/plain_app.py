@@ -1,5 +1,5 @@
 """An app written as Dapr's docs show, with no fastapi-dapr code at all: run by uvicorn in a
-process of its own, behind the standalone sidecar (tests/test_standalone.py).
+process of its own, behind the standalone sidecar (tests/sidecar/test_standalone.py).
 
 It advertises its subscriptions on `GET /dapr/subscribe` (v1 `route`, v2 `routes`, a
 dead-letter topic), answers deliveries with `{"status": ...}`, and has an invocable route.

@@ -1,5 +1,5 @@
 """An app on the official Python SDK's FastAPI extension (`dapr.ext.fastapi.DaprApp`), with no
-fastapi-dapr code: run by uvicorn behind the standalone sidecar (tests/test_standalone.py)."""
+fastapi-dapr code: run by uvicorn behind the standalone sidecar (tests/sidecar/test_standalone.py)."""
 
 from __future__ import annotations
 
