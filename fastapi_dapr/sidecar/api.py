@@ -269,7 +269,7 @@ class SidecarAPI:
         if isinstance(response, _NetworkInvocation):
             runtime = self._runtime()
             assert runtime is not None
-            from .proxy import proxy_asgi
+            from .relay import proxy_asgi
 
             await proxy_asgi(
                 runtime.upstreams(),
@@ -302,7 +302,7 @@ class SidecarAPI:
         its body: when it leaves, the attempts stop and the target sees its request go."""
         from .._headers import invocation_headers
         from .calls import open_in_process
-        from .proxy import caller_error
+        from .relay import caller_error
 
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}
