@@ -35,7 +35,7 @@ from .envelope import PublishRequest
 from .errors import direct_invoke_error, error_response
 from .invocation import InvalidMethod, find_target, invoke_self, is_streaming, measured, normalize_method
 from .invocation_policy import built_in_retry, invocation_policy, run_invocation, send_response
-from .resiliency import Policy
+from .policy import Policy
 from .runtime import Runtime
 
 if TYPE_CHECKING:
