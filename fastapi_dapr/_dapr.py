@@ -156,7 +156,7 @@ class Dapr:
         self.retry = retry
         self.invocation = invocation or InvocationSettings()
         if mode == "embedded":
-            from .sidecar.proxy import UrlPolicy
+            from .sidecar.url_policy import UrlPolicy
 
             # A bad entry is a mistake to see now, not at the first invocation.
             UrlPolicy(self.invocation.allowed_urls, self.invocation.allow_private_addresses)

@@ -13,15 +13,13 @@ import asyncio
 import collections
 import importlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-if TYPE_CHECKING:
-    from ..sidecar.metrics import Metrics
+from typing import Any, NamedTuple, Protocol
 
 __all__ = [
     "BROKER_TYPES",
     "Broker",
     "BrokerError",
+    "BrokerMetrics",
     "Consumer",
     "Delivery",
     "Message",
@@ -38,6 +36,13 @@ BROKER_TYPES: dict[str, tuple[str, str | None]] = {
 
 class BrokerError(Exception):
     """The broker could not do what was asked (not connected, full, ...)."""
+
+
+class BrokerMetrics(Protocol):
+    """What a broker counts of what it settles on its own; the runtime's metrics are one."""
+
+    def parked(self, pubsub: str, topic: str) -> None:
+        """A message of `topic` put aside after its last allowed delivery."""
 
 
 class Message(NamedTuple):
@@ -139,8 +144,9 @@ class Broker:
     concurrency: int | None = None
     """Messages handled at once across the subscriptions of this component (daprd's
     `concurrency` metadata, where the component has one); None: the engine's limit."""
-    metrics: Metrics | None = None
-    """The sidecar's metrics, for what a broker settles on its own (set by the runtime)."""
+    metrics: BrokerMetrics | None = None
+    """Where a broker counts what it settles on its own: set by whoever runs it (the
+    runtime gives its metrics) before `start`."""
 
     def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
         self.name = name

@@ -18,12 +18,12 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 
-if TYPE_CHECKING:
-    from .redis import RedisBroker
+from . import BrokerMetrics
+from .redis_settings import RedisSettings
 
 __all__: list[str] = []
 
@@ -88,8 +88,12 @@ class Parking:
     """The parking of one broker: its script on the broker's client (sent as EVALSHA, loaded
     again if Redis forgot it), and what is said and counted for each message parked."""
 
-    def __init__(self, broker: RedisBroker, client: Any) -> None:
-        self._broker = broker
+    def __init__(
+        self, client: Any, pubsub: str, settings: RedisSettings, metrics: BrokerMetrics | None
+    ) -> None:
+        self._pubsub = pubsub  # the component's name, in what is said
+        self._settings = settings
+        self._metrics = metrics
         self._script = client.register_script(_PARK)
 
     async def settle(
@@ -105,9 +109,11 @@ class Parking:
     async def give_up(self, topic: str, group: str, consumer: str, message_id: str) -> None:
         """A message the engine could not settle: parked on its last allowed delivery, else
         left pending for another one."""
-        broker = self._broker
+        settings = self._settings
         try:
-            ((state, count),) = await self.settle(topic, group, consumer, [message_id], broker.max_deliveries)
+            ((state, count),) = await self.settle(
+                topic, group, consumer, [message_id], settings.max_deliveries
+            )
         except (RedisError, OSError) as exc:  # still pending: counted, and parked at a later try
             deliveries = f" (its deliveries could not be counted: {exc})"
         else:
@@ -116,40 +122,40 @@ class Parking:
                 return
             if state is not Settled.PENDING:
                 return  # settled elsewhere meanwhile, or trimmed: nothing left to deliver
-            deliveries = f" (delivery {count} of at most {broker.max_deliveries})"
+            deliveries = f" (delivery {count} of at most {settings.max_deliveries})"
         logger.warning(
             "redis pubsub %s: message %s of %s not acknowledged%s; it will be delivered again after %gs",
-            broker.name,
+            self._pubsub,
             message_id,
             topic,
             deliveries,
-            broker.processing_timeout,
+            settings.processing_timeout,
         )
 
     async def sift_claimed(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[bool]:
         """For each entry just claimed, whether to deliver it. One claimed once more than
         allowed was never settled by its deliveries (the processes that took it died or
         stopped each time), so none of them gave it up: it is parked, not delivered again."""
-        settled = await self.settle(topic, group, consumer, ids, self._broker.max_deliveries + 1)
+        settled = await self.settle(topic, group, consumer, ids, self._settings.max_deliveries + 1)
         for message_id, (state, count) in zip(ids, settled, strict=True):
             if state is Settled.PARKED:
                 self._report(topic, group, message_id, count, "none of its deliveries was settled")
         return [state is Settled.PENDING for state, _ in settled]
 
     def _report(self, topic: str, group: str, message_id: str, deliveries: int, why: str) -> None:
-        broker = self._broker
+        settings = self._settings
         parking = parking_key(topic, group)
-        reason = f"delivered {deliveries} times (maxDeliveryCount {broker.max_deliveries}), {why}"
+        reason = f"delivered {deliveries} times (maxDeliveryCount {settings.max_deliveries}), {why}"
         events.warning(
             "redis pubsub %s: message %s of %s %s; parked in stream %s, to be replayed from there",
-            broker.name,
+            self._pubsub,
             message_id,
             topic,
             reason,
             parking,
             extra={
                 "message_id": message_id,
-                "pubsub": broker.name,
+                "pubsub": self._pubsub,
                 "topic": topic,
                 "outcome": "parked",
                 "reason": reason,
@@ -157,5 +163,5 @@ class Parking:
                 "parking_stream": parking,
             },
         )
-        if broker.metrics is not None:
-            broker.metrics.parked(broker.name, topic)
+        if self._metrics is not None:
+            self._metrics.parked(self._pubsub, topic)

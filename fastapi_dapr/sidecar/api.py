@@ -35,7 +35,7 @@ from .envelope import PublishRequest
 from .errors import direct_invoke_error, error_response
 from .invocation import InvalidMethod, find_target, invoke_self, is_streaming, measured, normalize_method
 from .invocation_policy import built_in_retry, invocation_policy, run_invocation, send_response
-from .resiliency import Policy
+from .policy import Policy
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ class SidecarAPI:
         if isinstance(response, _NetworkInvocation):
             runtime = self._runtime()
             assert runtime is not None
-            from .proxy import proxy_asgi
+            from .relay import proxy_asgi
 
             await proxy_asgi(
                 runtime.upstreams(),
@@ -302,7 +302,7 @@ class SidecarAPI:
         its body: when it leaves, the attempts stop and the target sees its request go."""
         from .._headers import invocation_headers
         from .calls import open_in_process
-        from .proxy import caller_error
+        from .relay import caller_error
 
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in raw}

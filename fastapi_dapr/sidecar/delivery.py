@@ -33,7 +33,8 @@ from ..brokers import Consumer, Delivery, Message
 from .asgi import AppCaller, AppResponse, AppUnreachable
 from .cel import RoutingError, Rules
 from .envelope import has_expired, raw_payload_event
-from .resiliency import CircuitBusy, CircuitOpen, Policy, PolicyError
+from .policy import Policy
+from .policy_errors import CircuitBusy, CircuitOpen, PolicyError
 
 if TYPE_CHECKING:
     from .metrics import Metrics

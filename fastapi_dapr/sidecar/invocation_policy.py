@@ -21,7 +21,8 @@ from starlette.types import Send
 from .._exceptions import DaprAPIError
 from .._invocation import InvokeResponse
 from .._retry import RetryPolicy
-from .resiliency import CircuitBusy, CircuitOpen, CodeFailure, NotRetried, Policy, PolicyError
+from .policy import Policy
+from .policy_errors import CircuitBusy, CircuitOpen, CodeFailure, NotRetried, PolicyError
 
 if TYPE_CHECKING:
     from .proxy import Target

@@ -1,44 +1,34 @@
-"""Service invocation over the network: HTTPEndpoints, URLs and other app ids (reference 6.2 to 6.5).
+"""The upstreams of service invocation: HTTPEndpoints, URLs and other app ids (reference 6.2 to 6.5).
 
-A streaming reverse proxy on the lean HTTP/1.1 client of `_http1` (chosen by
+A streaming reverse proxy on the lean HTTP/1.1 client of `http1` (chosen by
 `bench/invoke_proxy.py`: see docs/invocation.md). Each target has its own
-connection pools, made on first use and closed with the runtime.
-
-Server-side request forgery is checked where it can't be dodged: URL targets
-must match `InvocationSettings.allowed_urls`, and every address a name
-resolves to is checked by the pool that then connects to that very address
-(no second lookup to rebind).
+connection pools, made on first use and closed with the runtime; redirects are
+followed as daprd's HTTPEndpoint channels follow them. What may be reached is
+the `UrlPolicy`'s to say (`url_policy.py`); the HTTP API's request is relayed
+by `relay.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import logging
-import re
 import socket
 import ssl
 import time
-import unicodedata
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
-from urllib.parse import quote, unquote, urljoin, urlsplit
-
-from starlette.types import Receive, Scope, Send
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import quote
 
 from .._exceptions import DaprAPIError
-from .._headers import declared_length, invocation_headers, response_headers
+from .._headers import response_headers
 from .._invocation import InvocationSettings
 from .._retry import Clock, RetryPolicy
-from .._trace import from_headers
-from .caller import CallerWatch, RequestBody
 from .endpoints import ResolvedEndpoint
-from .errors import error_response
-from .http1 import ConnectTimeout, Limits, MalformedAnswer, RequestError, Response, UpstreamError
-from .invocation import VERBS
+from .http1 import ConnectTimeout, Limits, RequestError, Response, UpstreamError
 from .pool import Pool, Refused
 from .timeouts import within
+from .url_policy import URL, BadTarget, Forbidden, UrlPolicy, address_problem
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -53,52 +43,6 @@ Body = bytes | AsyncIterator[bytes] | None
 PATH_SAFE = "/:@!$&'()*+,;=-._~"  # what Go leaves unescaped in a path
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10  # as Go's default client, which daprd's HTTPEndpoint channels use
-_SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class URL(NamedTuple):
-    """An absolute http(s) URL, its path and query kept as escaped as they were written."""
-
-    scheme: str
-    host: str | None  # lower case, IPv6 without brackets
-    port: int | None
-    raw_path: str
-    query: str
-
-    @classmethod
-    def parse(cls, text: str) -> URL:
-        """Raises `ValueError` for a port that is not one."""
-        parts = urlsplit(text)
-        scheme = parts.scheme.lower()
-        port = parts.port  # ValueError when out of range or not a number
-        return cls(scheme, parts.hostname, port or _DEFAULT_PORTS.get(scheme), parts.path or "/", parts.query)
-
-    @property
-    def raw_path_qs(self) -> str:
-        return self.raw_path + ("?" + self.query if self.query else "")
-
-    def __str__(self) -> str:
-        host = self.host or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if self.port is not None and self.port != _DEFAULT_PORTS.get(self.scheme):
-            netloc += f":{self.port}"
-        return f"{self.scheme}://{netloc}{self.raw_path_qs}"
-
-    def join(self, location: str) -> URL:
-        return URL.parse(urljoin(str(self), location))
-
-
-class Forbidden(Exception):
-    """The invocation policy refuses this address or URL: 403."""
-
-
-class BadTarget(Exception):
-    """A URL target whose path servers read in different ways (dot segments, `..;`,
-    an encoded `/` or `\\`): 400, before anything is sent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,157 +63,6 @@ class Target:
 Upstream = Response  # an answer being received: status and headers known, body to come
 
 
-# -- the address policy ------------------------------------------------------
-
-
-def address_problem(address: str, allow_private: bool) -> str | None:
-    """Why the proxy may not connect to `address`; None if it may."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            ip = embedded
-    if ip.is_unspecified or ip.is_multicast:
-        return f"{ip} is not a unicast address"
-    if ip.is_global or allow_private:
-        return None
-    if ip.is_loopback:
-        kind = "loopback"
-    elif ip.is_link_local:
-        kind = "link-local (cloud metadata services live there)"
-    elif ip.is_private:
-        kind = "private"
-    else:
-        kind = "not public"
-    hint = "set InvocationSettings(allow_private_addresses=True) to allow such targets"
-    return f"{ip} is a {kind} address; {hint}"
-
-
-def address_check(allow_private: bool) -> Callable[[str, str], None]:
-    """The check a pool runs on every address a name resolves to, before connecting."""
-
-    def check(host: str, address: str) -> None:
-        problem = address_problem(address, allow_private)
-        if problem is not None:
-            raise Refused(f"{host} resolves to {problem}")
-
-    return check
-
-
-@dataclasses.dataclass(frozen=True)
-class _Prefix:
-    scheme: str
-    host: str
-    port: int
-    path: str
-
-
-class UrlPolicy:
-    """`InvocationSettings.allowed_urls`, and the address rule for literal IPs."""
-
-    def __init__(self, allowed: Sequence[str], allow_private: bool) -> None:
-        self.allow_private = allow_private
-        self._hosts: set[str] = set()
-        self._suffixes: list[str] = []
-        self._prefixes: list[_Prefix] = []
-        for entry in allowed:
-            if "://" in entry:
-                url = URL.parse(entry)
-                if url.scheme not in ("http", "https") or not url.host or url.port is None:
-                    raise ValueError(f"allowed_urls: {entry!r} is not an http:// or https:// URL prefix")
-                path = normalised_path(url.raw_path)
-                path = path if path.endswith("/") else path + "/"
-                self._prefixes.append(_Prefix(url.scheme, url.host.lower(), url.port, path))
-            elif entry.startswith("*."):
-                self._suffixes.append(entry[1:].lower())
-            elif entry and "/" not in entry:
-                self._hosts.add(entry.lower().rstrip("."))
-            else:
-                raise ValueError(f"allowed_urls: {entry!r} is neither a host, a *.domain nor a URL prefix")
-
-    def check(self, url: URL) -> None:
-        """Raise `Forbidden` unless `url` is allowed (its name's addresses are checked on
-        connect), `BadTarget` for a path servers could read outside an allowed prefix."""
-        host = (url.host or "").lower().rstrip(".")
-        if url.scheme not in ("http", "https") or not host:
-            raise Forbidden(f"{url} is not an http:// or https:// URL")
-        path_problem(url.raw_path)
-        if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url.raw_path_qs):
-            raise BadTarget(f"{url!s}: whitespace and control characters are refused in URL targets")
-        if not self._allows(url, host):
-            raise Forbidden(
-                f"URL targets are refused unless allowed: add {host!r} or a URL prefix to "
-                "InvocationSettings(allowed_urls=...), or declare an HTTPEndpoint resource"
-            )
-        if _is_ip(host):
-            problem = address_problem(host, self.allow_private)
-            if problem is not None:
-                raise Forbidden(problem)
-
-    def _allows(self, url: URL, host: str) -> bool:
-        if host in self._hosts or any(host.endswith(suffix) for suffix in self._suffixes):
-            return True
-        path = normalised_path(url.raw_path)
-        path = path if path.endswith("/") else path + "/"
-        return any(
-            prefix.scheme == url.scheme
-            and prefix.host == host
-            and prefix.port == url.port
-            and path.startswith(prefix.path)
-            for prefix in self._prefixes
-        )
-
-
-def path_problem(raw_path: str) -> None:
-    """Raise `BadTarget` for a path whose segments servers read in different ways: a dot
-    segment however encoded (twice encoded too, or in full-width dots), one followed by `;`
-    parameters (`..;`, read as `..` by Tomcat and others), an encoded `/`, `\\` or NUL
-    (decoded by some servers, or the end of the path for others), a `\\`."""
-    if "\\" in raw_path:
-        raise BadTarget(f"{raw_path!r}: a backslash is refused in the path of URL targets")
-    for segment in raw_path.split("/"):
-        decoded = segment
-        for _ in range(3):  # what a server that decodes once, twice, thrice would see
-            if unicodedata.normalize("NFKC", decoded).split(";", 1)[0] in (".", ".."):
-                raise BadTarget(f"{raw_path!r}: '.' and '..' path segments are refused in URL targets")
-            if "%" not in decoded:
-                break
-            decoded = unquote(decoded)
-            if "/" in decoded or "\\" in decoded or "\x00" in decoded:
-                raise BadTarget(
-                    f"{raw_path!r}: an encoded '/', '\\' or NUL is refused in the path of URL targets"
-                )
-
-
-def normalised_path(raw_path: str) -> str:
-    """`raw_path` with RFC 3986's normalisation of escapes: unreserved characters decoded,
-    other escapes in upper case (`/%7Eu` and `/~u` are one path)."""
-    if "%" not in raw_path:
-        return raw_path
-
-    def one(match: re.Match[str]) -> str:
-        char = chr(int(match.group(1), 16))
-        return char if char in _UNRESERVED else "%" + match.group(1).upper()
-
-    return _ESCAPE.sub(one, raw_path)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
-# -- requests and answers ----------------------------------------------------
-
-
 def target_url(base_url: str, method: str, raw_query: str, *, escaped: bool = False) -> URL:
     """daprd's outbound URL: base, `/`, the method re-escaped as Go does, and the raw query."""
     path = method if escaped else quote(method, safe=PATH_SAFE)
@@ -277,13 +70,6 @@ def target_url(base_url: str, method: str, raw_query: str, *, escaped: bool = Fa
     if raw_query:
         text += "?" + raw_query
     return URL.parse(text)
-
-
-def is_sse(headers: Sequence[tuple[str, str]]) -> bool:
-    """daprd's test: an `Accept` of exactly `text/event-stream`."""
-    return any(
-        name.lower() == "accept" and value.strip().lower() == "text/event-stream" for name, value in headers
-    )
 
 
 def describe(exc: BaseException, url: URL) -> str:
@@ -302,6 +88,17 @@ def describe(exc: BaseException, url: URL) -> str:
     if isinstance(exc, OSError):
         return f"could not connect to {where}: {exc.strerror or exc}"
     return f"{type(exc).__name__} talking to {where}: {exc}"
+
+
+def address_check(allow_private: bool) -> Callable[[str, str], None]:
+    """The check a pool runs on every address a name resolves to, before connecting."""
+
+    def check(host: str, address: str) -> None:
+        problem = address_problem(address, allow_private)
+        if problem is not None:
+            raise Refused(f"{host} resolves to {problem}")
+
+    return check
 
 
 def invoke_error(status: int, target: str, message: str) -> DaprAPIError:
@@ -542,108 +339,3 @@ def _host_of(base_url: str) -> str:
         return (URL.parse(base_url).host or "").lower().rstrip(".")
     except ValueError:
         return ""
-
-
-# -- the HTTP API's side -----------------------------------------------------
-
-
-def caller_error(error: DaprAPIError, body: RequestBody | None, max_body_size: int) -> DaprAPIError | None:
-    """What to answer for a failed invocation: None when the caller went away meanwhile, and
-    413 when what failed was its streamed body going over the limit."""
-    if body is not None and body.gone:
-        return None
-    if body is not None and body.too_large:
-        limit = f"the request body is larger than the limit of {max_body_size} bytes"
-        return DaprAPIError(413, "ERR_DIRECT_INVOKE", limit)
-    return error
-
-
-def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"content-length":
-            return value.strip() not in (b"", b"0")
-        if name == b"transfer-encoding":
-            return True
-    return False
-
-
-async def proxy_asgi(
-    upstreams: Upstreams,
-    target: Target,
-    method: str,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    *,
-    via_header: bool,
-    max_body_size: int,
-    connect_retry: RetryPolicy | None = None,
-    clock: Clock | None = None,
-) -> None:
-    """Serve one `/v1.0/invoke` request by streaming it to `target` and its answer back.
-
-    The caller is watched from the end of its body to the end of the answer: when it
-    goes away, the exchange is cancelled and its connection closed, whatever the
-    answer's kind (daprd cancels the upstream request with its caller's context)."""
-    raw: list[tuple[bytes, bytes]] = scope["headers"]
-    headers = invocation_headers(
-        raw,
-        target=target,
-        identity=(upstreams.app_id, upstreams.namespace),
-        trace=from_headers(raw),
-        drop_app_id=via_header,
-    )
-    verb = scope["method"].upper()
-    if verb not in VERBS:
-        verb = "POST"  # as daprd sends a verb it does not know
-    with CallerWatch(receive) as watch:
-        body = RequestBody(receive, max_body_size, on_end=watch.start) if _has_body(raw) else None
-        if body is None:
-            watch.start()
-        try:
-            upstream = await upstreams.open(
-                target,
-                method,
-                verb,
-                scope.get("query_string", b"").decode("latin-1"),
-                headers,
-                body.__aiter__() if body is not None else None,
-                length=declared_length(raw) if body is not None else None,
-                connect_retry=connect_retry,
-                clock=clock,
-            )
-        except DaprAPIError as exc:
-            error = caller_error(exc, body, max_body_size)
-            if error is not None:
-                await error_response(error)(scope, receive, send)
-            return
-        watch.on_gone(upstream.abort)
-        if not upstream.uploading:
-            watch.start()  # an early answer stopped the upload: what is left of the body is nobody's
-        await stream_answer(upstream, send, target.name, event_stream=is_sse(headers), watch=watch)
-
-
-async def stream_answer(
-    upstream: Upstream, send: Send, name: str, *, event_stream: bool, watch: CallerWatch
-) -> None:
-    """Pass the upstream's answer on to the caller as it arrives; its connection is given
-    back once the body is whole, closed otherwise (and at once when the caller leaves)."""
-    status = upstream.status
-    if event_stream and 200 <= status < 300:
-        status = 200  # as daprd: an event stream is answered 200
-    try:
-        await send({"type": "http.response.start", "status": status, "headers": upstream.headers})
-        while not watch.gone:
-            chunk, last = await upstream.next_chunk()
-            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-            if last:
-                break
-    except MalformedAnswer:
-        pass  # logged where it was found; the caller sees the answer cut short
-    except UpstreamError as exc:
-        # Too late for an error answer: the caller sees the answer cut short.
-        logger.warning("invocation of %s: the answer was cut short: %s", name, exc)
-    except OSError:
-        pass  # the caller went away
-    finally:
-        upstream.abort()  # nothing if the answer was read whole: its connection is back in the pool

@@ -8,15 +8,9 @@ from typing import Any
 
 from .._go import parse_duration, parse_go_int
 from .._retry import RetryPolicy
+from .breaker import BreakerTemplate, compile_trip
 from .document import Document, check_length, shown, type_name
-from .resiliency import (
-    AppTarget,
-    BreakerTemplate,
-    ComponentTarget,
-    PolicyNames,
-    ResiliencyResource,
-    compile_trip,
-)
+from .resiliency import AppTarget, ComponentTarget, PolicyNames, ResiliencyResource
 
 __all__: list[str] = []
 

@@ -27,7 +27,9 @@ from .delivery import DeliveryReport, Engine, Route, Worker
 from .endpoints import ResolvedEndpoint, resolve_endpoint
 from .envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
 from .errors import PubSubErrors
-from .resiliency import AttemptTimeout, NotRetried, Policy, PolicyError, Resiliency, with_timeout
+from .policy import Policy, with_timeout
+from .policy_errors import AttemptTimeout, NotRetried, PolicyError
+from .resiliency import Resiliency
 from .resources import Component, Resources
 from .scopes import TopicScopes
 

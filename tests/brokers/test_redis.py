@@ -706,7 +706,7 @@ async def test_concurrency_bounds_the_messages_handled_at_once_across_the_compon
 async def test_consumers_gone_for_good_are_forgotten_once_nothing_is_pending_for_them(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fastapi_dapr.brokers import redis as redis_broker
+    from fastapi_dapr.brokers import redis_stream as redis_broker
 
     client = redis.Redis(host="127.0.0.1", port=server.port)
     await client.xgroup_create("work", "app", id="0", mkstream=True)
@@ -885,7 +885,7 @@ async def test_messages_handed_back_never_make_the_reader_fetch_without_a_limit(
 def test_an_encrypted_client_key_is_refused_without_a_prompt(pki: dict[str, Any]) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from fastapi_dapr.brokers.redis import _tls_context
+    from fastapi_dapr.brokers.redis_settings import tls_context as _tls_context
 
     key = serialization.load_pem_private_key(pki["client"].private_key.encode(), password=None)
     encrypted = key.private_bytes(

@@ -27,7 +27,8 @@ from fastapi_dapr import (
 )
 from fastapi_dapr.brokers import BROKER_TYPES, BrokerError
 from fastapi_dapr.brokers.memory import MemoryBroker
-from fastapi_dapr.sidecar.resiliency import CircuitBreaker, CircuitBusy, CircuitOpen, compile_trip
+from fastapi_dapr.sidecar.breaker import CircuitBreaker, compile_trip
+from fastapi_dapr.sidecar.policy_errors import CircuitBusy, CircuitOpen
 from fastapi_dapr.sidecar.resources import load_resources
 from fastapi_dapr.testing import DaprTest, FakeClock
 
@@ -147,7 +148,7 @@ def test_a_result_from_an_earlier_generation_is_not_counted() -> None:
     ],
 )
 def test_trip_expressions_see_every_count(trip: str, counts: tuple[int, int, int], trips: bool) -> None:
-    from fastapi_dapr.sidecar.resiliency import Counts
+    from fastapi_dapr.sidecar.breaker import Counts
 
     requests, successes, failures = counts
     value = Counts(requests, successes, failures, 0 if failures else successes, failures)
@@ -856,7 +857,7 @@ async def test_a_policy_for_the_app_replaces_the_built_in_retries(tmp_path: Path
 
 
 async def test_a_cancelled_trial_counts_as_a_failure_and_does_not_hold_the_circuit() -> None:
-    from fastapi_dapr.sidecar.resiliency import Policy
+    from fastapi_dapr.sidecar.policy import Policy
 
     clock = FakeClock()
     breaker = CircuitBreaker("cb", timeout=10.0, trip=compile_trip("consecutiveFailures >= 1"), clock=clock)
@@ -875,7 +876,7 @@ async def test_a_cancelled_trial_counts_as_a_failure_and_does_not_hold_the_circu
 
 
 async def test_a_caller_cancelled_with_the_deadline_is_cancelled_not_timed_out() -> None:
-    from fastapi_dapr.sidecar.resiliency import Abandoned, with_timeout
+    from fastapi_dapr.sidecar.policy import Abandoned, with_timeout
 
     clock = FakeClock()
     call = asyncio.create_task(with_timeout(asyncio.Event().wait, 5.0, clock, Abandoned()))
@@ -887,7 +888,8 @@ async def test_a_caller_cancelled_with_the_deadline_is_cancelled_not_timed_out()
 
 
 async def test_the_deadline_answers_even_when_the_operation_ignores_its_cancellation() -> None:
-    from fastapi_dapr.sidecar.resiliency import Abandoned, AttemptTimeout, with_timeout
+    from fastapi_dapr.sidecar.policy import Abandoned, with_timeout
+    from fastapi_dapr.sidecar.policy_errors import AttemptTimeout
 
     clock = FakeClock()
     release = asyncio.Event()
@@ -1075,7 +1077,8 @@ async def test_an_attempt_given_up_at_its_deadline_is_stopped_before_the_app_sto
 async def test_an_attempt_that_will_not_stop_delays_the_shutdown_by_the_grace_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from fastapi_dapr.sidecar.resiliency import Abandoned, AttemptTimeout, with_timeout
+    from fastapi_dapr.sidecar.policy import Abandoned, with_timeout
+    from fastapi_dapr.sidecar.policy_errors import AttemptTimeout
 
     release = asyncio.Event()
 
