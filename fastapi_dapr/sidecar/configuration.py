@@ -1,5 +1,7 @@
 """A Dapr `Configuration` resource (`daprd --config FILE`), as far as the standalone sidecar reads it.
 
+Its document is checked as `resource_models.ConfigurationDocument`.
+
 daprd reads one YAML document of kind `Configuration`. The standalone sidecar
 applies none of its sections yet (tracing, metrics, middleware pipelines,
 access control, features, API allow lists, secret scopes, name resolution...):
@@ -12,7 +14,11 @@ import dataclasses
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .._exceptions import ResourceError
+from .resource_fields import YAML, resource_error
+from .resource_models import ConfigurationDocument
 from .yaml_loader import read_documents
 
 __all__: list[str] = []
@@ -36,14 +42,16 @@ def load_configuration(path: str | os.PathLike[str]) -> Configuration:
     """Read a Configuration file; `ResourceError` naming the file when it is not one."""
     source = str(path)
     # daprd unmarshals the file once: the first document only.
-    document = next(iter(read_documents(Path(path))), None)
-    if not isinstance(document, dict) or document.get("kind") != "Configuration":
+    raw = next(iter(read_documents(Path(path))), None)
+    if not isinstance(raw, dict) or raw.get("kind") != "Configuration":
         raise ResourceError(f"{source}: is not a Dapr Configuration resource (kind: Configuration)")
-    metadata = document.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if name is not None and not isinstance(name, str):
-        raise ResourceError(f"{source}: Configuration: metadata.name: must be a string")
-    spec = document.get("spec") or {}
-    if not isinstance(spec, dict):
-        raise ResourceError(f"{source}: Configuration {name!r}: spec: must be a mapping")
-    return Configuration(name=name or "", source=source, not_applied=tuple(str(key) for key in spec))
+    try:
+        document = ConfigurationDocument.model_validate(raw, context=YAML)
+    except ValidationError as exc:
+        meta = raw.get("metadata")
+        raise resource_error(
+            exc, source, "Configuration", meta.get("name") if isinstance(meta, dict) else None, None
+        ) from None
+    return Configuration(
+        name=document.metadata.name or "", source=source, not_applied=tuple(document.spec or ())
+    )

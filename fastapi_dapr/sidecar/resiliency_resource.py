@@ -1,178 +1,206 @@
-"""A `Resiliency` resource read from its YAML: policies and targets (reference 8)."""
+"""The `Resiliency` resource as frozen pydantic models, and the policies built from it (reference 8)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple
 
-from .._go import parse_duration, parse_go_int
+from pydantic import ConfigDict, Field, PlainValidator, field_validator
+
 from .._retry import RetryPolicy
 from .breaker import BreakerTemplate, compile_trip
-from .document import Document, check_length, shown, type_name
 from .resiliency import AppTarget, ComponentTarget, PolicyNames, ResiliencyResource
+from .resource_fields import (
+    JsonSchema,
+    Names,
+    PolicyDuration,
+    ResourceModel,
+    Section,
+    StatusCodes,
+    expression,
+    problem,
+    shown,
+    type_name,
+)
+from .resource_models import Document
 
 __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
 
 
-def _duration(doc: Document, value: Any, field: str) -> float:
-    """A Resiliency duration: a Go duration, or an integer of milliseconds (daprd's parseDuration)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise doc.error(field, f"must be a duration such as '5s', not {type_name(value)}")
+class RetryMatching(ResourceModel):
+    http_status_codes: Annotated[frozenset[int] | None, StatusCodes(100, 599)] = Field(
+        None, alias="httpStatusCodes"
+    )
+    grpc_status_codes: Annotated[frozenset[int] | None, StatusCodes(0, 16)] = Field(
+        None, alias="gRPCStatusCodes"
+    )
+
+
+class RetryPolicyModel(ResourceModel):
+    model_config = ConfigDict(extra="forbid")
+    noun = "a retry policy"
+    policy: str | None = Field(None, description="constant (the default) or exponential")
+    duration: PolicyDuration = Field(5.0, json_schema_extra={"default": "5s"})
+    max_interval: PolicyDuration = Field(60.0, alias="maxInterval", json_schema_extra={"default": "60s"})
+    max_retries: int | None = Field(None, alias="maxRetries", description="-1: no limit (the default)")
+    matching: Section[RetryMatching] = Field(None, validate_default=True)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, policy: str | None) -> str | None:
+        if policy is not None and policy.lower() not in ("constant", "exponential"):
+            raise problem(f"must be constant or exponential, not {shown(policy)}")
+        return policy
+
+    @field_validator("max_retries")
+    @classmethod
+    def _max_retries(cls, count: int | None) -> int | None:
+        if count is not None and count < -1:
+            raise problem("must be -1 (no limit), 0 or more")
+        return count
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            policy="exponential" if (self.policy or "").lower() == "exponential" else "constant",
+            duration=self.duration,
+            # daprd's fixed exponential values (reference 8): the CRD cannot set them.
+            initial_interval=0.5,
+            multiplier=1.5,
+            randomization_factor=0.5,
+            max_interval=self.max_interval,
+            max_retries=-1 if self.max_retries is None else self.max_retries,
+            max_elapsed=900.0,
+            http_status_codes=self.matching.http_status_codes,
+            grpc_status_codes=self.matching.grpc_status_codes,
+        )
+
+
+class Trip(NamedTuple):
+    """A circuit breaker's `trip` expression, compiled."""
+
+    text: str
+    check: Any  # what `compile_trip` returns; None for an empty text, which is no expression
+
+
+def _trip(text: Any) -> Trip:
+    if not isinstance(text, str):
+        raise problem(f"must be a string, not {type_name(text)}")
+    if not text:
+        return Trip(text, None)
+    expression(text)
     try:
-        seconds = parse_duration(str(value), integer_unit=1e-3)
-    except ValueError:
-        raise doc.error(field, f"{shown(value)} is not a duration") from None
-    if seconds < 0:
-        raise doc.error(field, f"{shown(value)} is negative")
-    return seconds
+        return Trip(text, compile_trip(text))
+    except ValueError as exc:
+        raise problem(str(exc)) from None
 
 
-def _status_codes(doc: Document, text: Any, field: str, low: int, high: int) -> frozenset[int] | None:
-    """`matching` codes: a comma-separated list of codes and ranges (`429,500-599`)."""
-    if text is None or text == "":
-        return None
-    if not isinstance(text, (str, int)) or isinstance(text, bool):
-        raise doc.error(field, "must be a string of codes and ranges such as '429,500-599'")
-    codes: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip(" ")  # daprd refuses spaces around a code; they are accepted here
-        if not part:
-            continue
-        start_text, dash, end_text = part.partition("-")
-        try:  # as daprd's strconv.Atoi: ASCII digits, an optional sign
-            start = parse_go_int(start_text)
-            end = parse_go_int(end_text) if dash else start
-        except ValueError:
-            raise doc.error(field, f"{shown(part)} is not a code or a range of codes") from None
-        if not (low <= start <= high and low <= end <= high):
-            raise doc.error(field, f"{part!r}: codes go from {low} to {high}")
-        if end < start:
-            raise doc.error(field, f"{part!r}: the range ends before it starts")
-        codes.update(range(start, end + 1))
-    return frozenset(codes)
+TripExpression = Annotated[Trip, PlainValidator(_trip), JsonSchema({"type": "string"})]
 
 
-def _retry_policy(doc: Document, raw: Any, field: str) -> RetryPolicy:
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping")
-    known = {"policy", "duration", "maxInterval", "maxRetries", "matching"}
-    for key in raw:
-        if key not in known:
-            raise doc.error(
-                f"{field}.{key}", f"is not a field of a retry policy ({', '.join(sorted(known))})"
-            )
-    kind = str(doc.get(raw, "policy", f"{field}.policy", str, default="constant")).lower()
-    if kind not in ("constant", "exponential"):
-        raise doc.error(f"{field}.policy", f"must be constant or exponential, not {shown(raw['policy'])}")
-    max_retries = doc.get(raw, "maxRetries", f"{field}.maxRetries", int, default=-1)
-    if max_retries < -1:
-        raise doc.error(f"{field}.maxRetries", "must be -1 (no limit), 0 or more")
-    matching = doc.mapping(raw, "matching", f"{field}.matching")
-    return RetryPolicy(
-        policy="exponential" if kind == "exponential" else "constant",
-        duration=_duration(doc, raw.get("duration", "5s"), f"{field}.duration"),
-        # daprd's fixed exponential values (reference 8): the CRD cannot set them.
-        initial_interval=0.5,
-        multiplier=1.5,
-        randomization_factor=0.5,
-        max_interval=_duration(doc, raw.get("maxInterval", "60s"), f"{field}.maxInterval"),
-        max_retries=max_retries,
-        max_elapsed=900.0,
-        http_status_codes=_status_codes(
-            doc, matching.get("httpStatusCodes"), f"{field}.matching.httpStatusCodes", 100, 599
-        ),
-        grpc_status_codes=_status_codes(
-            doc, matching.get("gRPCStatusCodes"), f"{field}.matching.gRPCStatusCodes", 0, 16
-        ),
-    )
+class BreakerModel(ResourceModel):
+    model_config = ConfigDict(extra="forbid")
+    noun = "a circuit breaker"
+    max_requests: int | None = Field(None, alias="maxRequests")
+    interval: PolicyDuration = Field(0.0, json_schema_extra={"default": "0s"})
+    timeout: PolicyDuration = Field(0.0, json_schema_extra={"default": "60s"})  # 0 is 60s too
+    trip: TripExpression | None = Field(None, description="a CEL expression")
 
+    @field_validator("max_requests")
+    @classmethod
+    def _max_requests(cls, count: int | None) -> int | None:
+        if count is not None and count < 0:
+            raise problem("must be 0 or more")
+        return count
 
-def _breaker(doc: Document, name: str, raw: Any, field: str) -> BreakerTemplate:
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping")
-    known = {"maxRequests", "interval", "timeout", "trip"}
-    for key in raw:
-        if key not in known:
-            raise doc.error(
-                f"{field}.{key}", f"is not a field of a circuit breaker ({', '.join(sorted(known))})"
-            )
-    max_requests = doc.get(raw, "maxRequests", f"{field}.maxRequests", int, default=1)
-    if max_requests < 0:
-        raise doc.error(f"{field}.maxRequests", "must be 0 or more")
-    trip_text = doc.get(raw, "trip", f"{field}.trip", str)
-    template = BreakerTemplate(
-        name=name,
-        max_requests=max_requests or 1,
-        interval=_duration(doc, raw.get("interval", 0), f"{field}.interval"),
-        timeout=_duration(doc, raw.get("timeout", 0), f"{field}.timeout") or 60.0,
-    )
-    if trip_text:
-        check_length(doc, trip_text, f"{field}.trip")
-        try:
-            trip = compile_trip(trip_text)
-        except ValueError as exc:
-            raise doc.error(f"{field}.trip", str(exc)) from None
-        template = dataclasses.replace(template, trip=trip, trip_text=trip_text)
-    return template
-
-
-def _policy_names(doc: Document, raw: Any, field: str) -> PolicyNames:
-    if raw is None:
-        return PolicyNames()
-    if not isinstance(raw, dict):
-        raise doc.error(field, "must be a mapping of timeout, retry and circuitBreaker")
-    return PolicyNames(
-        timeout=doc.get(raw, "timeout", f"{field}.timeout", str) or None,
-        retry=doc.get(raw, "retry", f"{field}.retry", str) or None,
-        circuit_breaker=doc.get(raw, "circuitBreaker", f"{field}.circuitBreaker", str) or None,
-    )
-
-
-def read_resiliency(doc: Document) -> ResiliencyResource:
-    spec = doc.mapping(doc.raw, "spec", "spec")
-    policies = doc.mapping(spec, "policies", "spec.policies")
-    targets = doc.mapping(spec, "targets", "spec.targets")
-    timeouts = {
-        name: _duration(doc, value, f"spec.policies.timeouts.{name}")
-        for name, value in doc.items(policies, "timeouts", "spec.policies.timeouts")
-    }
-    retries = {
-        name: _retry_policy(doc, value, f"spec.policies.retries.{name}")
-        for name, value in doc.items(policies, "retries", "spec.policies.retries")
-    }
-    breakers = {
-        name: _breaker(doc, name, value, f"spec.policies.circuitBreakers.{name}")
-        for name, value in doc.items(policies, "circuitBreakers", "spec.policies.circuitBreakers")
-    }
-    apps = {}
-    for app, raw in doc.items(targets, "apps", "spec.targets.apps"):
-        field = f"spec.targets.apps.{app}"
-        names = _policy_names(doc, raw, field)
-        size = doc.get(
-            raw or {}, "circuitBreakerCacheSize", f"{field}.circuitBreakerCacheSize", int, default=0
+    def template(self, name: str) -> BreakerTemplate:
+        template = BreakerTemplate(
+            name=name,
+            max_requests=self.max_requests or 1,
+            interval=self.interval,
+            timeout=self.timeout or 60.0,
         )
-        apps[app] = AppTarget(names, cache_size=size or 100)
-    components = {}
-    for component, raw in doc.items(targets, "components", "spec.targets.components"):
-        field = f"spec.targets.components.{component}"
-        if not isinstance(raw, dict):
-            raise doc.error(field, "must be a mapping with inbound and outbound")
-        components[component] = ComponentTarget(
-            inbound=_policy_names(doc, raw.get("inbound"), f"{field}.inbound"),
-            outbound=_policy_names(doc, raw.get("outbound"), f"{field}.outbound"),
+        if self.trip is not None and self.trip.check is not None:
+            template = dataclasses.replace(template, trip=self.trip.check, trip_text=self.trip.text)
+        return template
+
+
+class PolicyNamesModel(ResourceModel):
+    shape = "a mapping of timeout, retry and circuitBreaker"
+    timeout: str | None = None
+    retry: str | None = None
+    circuit_breaker: str | None = Field(None, alias="circuitBreaker")
+
+    def names(self) -> PolicyNames:
+        return PolicyNames(
+            timeout=self.timeout or None,
+            retry=self.retry or None,
+            circuit_breaker=self.circuit_breaker or None,
         )
-    if doc.mapping(targets, "actors", "spec.targets.actors"):
-        logger.info("%s: Resiliency %r: actor targets are not used (no actors here)", doc.source, doc.name)
+
+
+class AppTargetModel(PolicyNamesModel):
+    circuit_breaker_cache_size: int | None = Field(None, alias="circuitBreakerCacheSize")
+
+
+class ComponentTargetModel(ResourceModel):
+    shape = "a mapping with inbound and outbound"
+    inbound: PolicyNamesModel | None = None
+    outbound: PolicyNamesModel | None = None
+
+
+class Policies(ResourceModel):
+    timeouts: Names[PolicyDuration] = Field(None, validate_default=True)
+    retries: Names[RetryPolicyModel] = Field(None, validate_default=True)
+    circuit_breakers: Names[BreakerModel] = Field(None, alias="circuitBreakers", validate_default=True)
+
+
+class Targets(ResourceModel):
+    apps: Names[AppTargetModel | None] = Field(None, validate_default=True)
+    components: Names[ComponentTargetModel] = Field(None, validate_default=True)
+    actors: dict[Any, Any] | None = Field(None, description="not used: no actors here")
+
+
+class ResiliencySpec(ResourceModel):
+    policies: Section[Policies] = Field(None, validate_default=True)
+    targets: Section[Targets] = Field(None, validate_default=True)
+
+
+class ResiliencyDocument(Document):
+    api_version: str | None = Field(None, alias="apiVersion", description="any: daprd reads every version")
+    kind: Literal["Resiliency"]
+    spec: Section[ResiliencySpec] = Field(None, validate_default=True)
+
+
+_NO_NAMES = PolicyNamesModel.model_validate({})
+
+
+def read_resiliency(document: ResiliencyDocument, source: str) -> ResiliencyResource:
+    """The policies and targets of one Resiliency resource."""
+    name = document.metadata.name
+    policies, targets = document.spec.policies, document.spec.targets
+    if targets.actors:
+        logger.info("%s: Resiliency %r: actor targets are not used (no actors here)", source, name)
     return ResiliencyResource(
-        name=doc.name,
-        source=doc.source,
-        scopes=doc.scopes(),
-        timeouts=timeouts,
-        retries=retries,
-        circuit_breakers=breakers,
-        apps=apps,
-        components=components,
+        name=name,
+        source=source,
+        scopes=tuple(document.scopes or ()),
+        timeouts=dict(policies.timeouts),
+        retries={key: policy.retry_policy() for key, policy in policies.retries.items()},
+        circuit_breakers={key: breaker.template(key) for key, breaker in policies.circuit_breakers.items()},
+        apps={
+            app: AppTarget(
+                (target or _NO_NAMES).names(),
+                cache_size=(target and target.circuit_breaker_cache_size) or 100,
+            )
+            for app, target in targets.apps.items()
+        },
+        components={
+            component: ComponentTarget(
+                inbound=(target.inbound or _NO_NAMES).names(), outbound=(target.outbound or _NO_NAMES).names()
+            )
+            for component, target in targets.components.items()
+        },
     )

@@ -1,8 +1,8 @@
 """Dapr's YAML resources, read from the same folders daprd reads (reference 7).
 
-Each loaded resource is a frozen dataclass; camelCase stays in this module
-and in `_resiliency_resource.py`, which reads Resiliency resources; every field
-is taken through `_document.Document`.
+Each document is checked as a frozen pydantic model (`resource_models.py`,
+`resiliency_resource.py`), whose camelCase stays in those modules; each loaded
+resource is a frozen dataclass made from it, what the runtime uses.
 Unlike daprd, which logs a warning and goes on, a file that cannot be used
 stops the start-up with one `ResourceError` naming the file, the kind, the
 resource's name and the field; so does a `dapr.io` document of a kind or
@@ -18,16 +18,26 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from .._exceptions import ResourceError
-from .._go import parse_duration
-from .._match import match_problem
 from .._subscription import BulkSubscribe
-from .document import Document, check_length, dynamic_value, shown, type_name
 from .resiliency import ResiliencyResource
-from .resiliency_resource import read_resiliency
+from .resiliency_resource import ResiliencyDocument, read_resiliency
+from .resource_fields import YAML, ResourceModel, resource_error, shown, type_name
+from .resource_models import (
+    ComponentDocument,
+    Document,
+    Header,
+    HTTPEndpointDocument,
+    MetadataEntry,
+    SubscriptionV1Document,
+    SubscriptionV1Spec,
+    SubscriptionV2Document,
+    TLSItem,
+)
 from .yaml_loader import read_documents
 
 __all__: list[str] = []
@@ -45,7 +55,7 @@ _NOT_READ = {  # Dapr kinds that may sit in a resources folder, and why they are
     "MCPServer": "MCP servers are not served here",
     "WorkflowAccessPolicy": "workflows are not served here",
 }
-_DENIED_ENV = ("APP_API_TOKEN",)
+M = TypeVar("M", bound=ResourceModel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +122,9 @@ class HTTPEndpoint:
     scopes: tuple[str, ...] = ()
 
 
+Resource = Component | DeclarativeSubscription | HTTPEndpoint | ResiliencyResource
+
+
 @dataclasses.dataclass(frozen=True)
 class Resources:
     components: tuple[Component, ...] = ()
@@ -120,172 +133,85 @@ class Resources:
     resiliencies: tuple[ResiliencyResource, ...] = ()
 
 
-def _valid_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "%" not in name
+_MODELS: dict[tuple[str, str], type[Document]] = {
+    ("Component", "dapr.io/v1alpha1"): ComponentDocument,
+    ("HTTPEndpoint", "dapr.io/v1alpha1"): HTTPEndpointDocument,
+    ("Subscription", "dapr.io/v1alpha1"): SubscriptionV1Document,
+    ("Subscription", "dapr.io/v2alpha1"): SubscriptionV2Document,
+}
 
 
-def _read_env(doc: Document, field: str, variable: str) -> str:
-    if variable.startswith("DAPR_") or variable in _DENIED_ENV or " " in variable:
-        raise doc.error(
-            field,
-            f"envRef {shown(variable)} is not allowed "
-            "(DAPR_* and APP_API_TOKEN are the sidecar's own secrets)",
-        )
-    return os.environ.get(variable, "")
+def _item(entry: MetadataEntry | TLSItem, name: str) -> MetadataItem:
+    """An entry as daprd takes it: a secret reference first, then a value, then an environment variable."""
+    ref = entry.secret_key_ref
+    if ref is not None:
+        return MetadataItem(name, secret_name=ref.name, secret_key=ref.key or ref.name)
+    if isinstance(entry, TLSItem) or "value" in entry.model_fields_set:  # `value: null` is a value: ""
+        return MetadataItem(name, value=entry.value or "")
+    if entry.env_ref is not None:
+        return MetadataItem(name, value=os.environ.get(entry.env_ref, ""), env_ref=entry.env_ref)
+    return MetadataItem(name, value="")
 
 
-def _metadata_items(
-    doc: Document, spec: Mapping[str, Any], key: str = "metadata"
-) -> tuple[MetadataItem, ...]:
-    items = doc.get(spec, key, f"spec.{key}", list, default=[])
-    result = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        field = f"spec.{key}[{index}]"
-        if not isinstance(item, dict):
-            raise doc.error(field, "must be a mapping with name and value")
-        name = doc.get(item, "name", f"{field}.name", str, required=True)
-        if name in seen:
-            raise doc.error(f"{field}.name", f"{shown(name)} is given twice")
-        seen.add(name)
-        if "secretKeyRef" in item and item["secretKeyRef"] is not None:
-            ref = doc.get(item, "secretKeyRef", f"{field}.secretKeyRef", dict)
-            secret = doc.get(ref, "name", f"{field}.secretKeyRef.name", str, required=True)
-            key = doc.get(ref, "key", f"{field}.secretKeyRef.key", str) or secret
-            result.append(MetadataItem(name, secret_name=secret, secret_key=key))
-        elif "value" in item:
-            result.append(MetadataItem(name, value=dynamic_value(item["value"])))
-        elif item.get("envRef") is not None:
-            variable = doc.get(item, "envRef", f"{field}.envRef", str)
-            result.append(
-                MetadataItem(name, value=_read_env(doc, f"{field}.envRef", variable), env_ref=variable)
-            )
-        else:
-            result.append(MetadataItem(name, value=""))
-    return tuple(result)
+def _items(entries: Sequence[MetadataEntry] | None) -> tuple[MetadataItem, ...]:
+    return tuple(_item(entry, entry.name) for entry in entries or ())
 
 
-def _component(doc: Document) -> Component:
-    spec = doc.mapping(doc.raw, "spec", "spec")
-    type_name = doc.get(spec, "type", "spec.type", str, required=True)
-    init_timeout = 5.0
-    timeout_text = doc.get(spec, "initTimeout", "spec.initTimeout", (str, int))
-    if timeout_text is not None:
-        try:
-            init_timeout = parse_duration(str(timeout_text), integer_unit=1e-3)
-        except ValueError:
-            raise doc.error("spec.initTimeout", f"{shown(timeout_text)} is not a duration") from None
-    auth = doc.mapping(doc.raw, "auth", "auth")
+def _component(document: ComponentDocument, source: str) -> Component:
+    spec = document.spec
     return Component(
-        name=doc.name,
-        type=type_name,
-        version=str(doc.get(spec, "version", "spec.version", (str, int), default="v1")),
-        metadata=_metadata_items(doc, spec),
-        source=doc.source,
-        ignore_errors=doc.get(spec, "ignoreErrors", "spec.ignoreErrors", bool, default=False),
-        init_timeout=init_timeout,
-        secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
-        scopes=doc.scopes(),
+        name=document.metadata.name,
+        type=spec.type,
+        version=spec.version or "v1",
+        metadata=_items(spec.metadata),
+        source=source,
+        ignore_errors=bool(spec.ignore_errors),
+        init_timeout=5.0 if spec.init_timeout is None else spec.init_timeout,
+        secret_store=document.auth.secret_store,
+        scopes=tuple(document.scopes or ()),
     )
 
 
-def _tls_item(doc: Document, tls: Mapping[str, Any], key: str) -> MetadataItem | None:
-    field = f"spec.clientTLS.{key}"
-    raw = doc.get(tls, key, field, dict)
-    if raw is None:
-        return None
-    if raw.get("secretKeyRef") is not None:
-        ref = doc.get(raw, "secretKeyRef", f"{field}.secretKeyRef", dict)
-        secret = doc.get(ref, "name", f"{field}.secretKeyRef.name", str, required=True)
-        return MetadataItem(
-            key,
-            secret_name=secret,
-            secret_key=doc.get(ref, "key", f"{field}.secretKeyRef.key", str) or secret,
-        )
-    value = doc.get(raw, "value", f"{field}.value", str)
-    if not value:
-        raise doc.error(field, "needs a value or a secretKeyRef")
-    return MetadataItem(key, value=value)
+def _tls_item(item: TLSItem | None, key: str) -> MetadataItem | None:
+    return None if item is None else _item(item, key)
 
 
-def _base_url(doc: Document, spec: Mapping[str, Any]) -> str:
-    """`spec.baseUrl`, refused at start-up when no call could ever use it."""
-    base_url: str = doc.get(spec, "baseUrl", "spec.baseUrl", str, required=True)
-    if any(char <= " " or char == "\x7f" for char in base_url):
-        raise doc.error("spec.baseUrl", f"{shown(base_url)} has a space or a control character")
-    try:
-        parsed = urlsplit(base_url)
-        port = parsed.port  # checked only when asked for: `:99999` and `:http` raise here
-    except ValueError as exc:
-        raise doc.error("spec.baseUrl", f"{shown(base_url)} is not a URL: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise doc.error("spec.baseUrl", f"{shown(base_url)} is not an http:// or https:// URL with a host")
-    if port == 0:
-        raise doc.error("spec.baseUrl", f"{shown(base_url)}: port 0 cannot be called")
-    return base_url
-
-
-def _http_endpoint(doc: Document) -> HTTPEndpoint:
-    spec = doc.mapping(doc.raw, "spec", "spec")
-    base_url = _base_url(doc, spec)
-    tls = doc.mapping(spec, "clientTLS", "spec.clientTLS")
-    auth = doc.mapping(doc.raw, "auth", "auth")
+def _http_endpoint(document: HTTPEndpointDocument, source: str) -> HTTPEndpoint:
+    spec, tls = document.spec, document.spec.client_tls
     return HTTPEndpoint(
-        name=doc.name,
-        base_url=base_url,
-        headers=_metadata_items(doc, spec, "headers"),
-        source=doc.source,
-        root_ca=_tls_item(doc, tls, "rootCA"),
-        certificate=_tls_item(doc, tls, "certificate"),
-        private_key=_tls_item(doc, tls, "privateKey"),
-        secret_store=doc.get(auth, "secretStore", "auth.secretStore", str),
-        scopes=doc.scopes(),
+        name=document.metadata.name,
+        base_url=spec.base_url,
+        headers=_items(spec.headers),
+        source=source,
+        root_ca=_tls_item(tls.root_ca, "rootCA"),
+        certificate=_tls_item(tls.certificate, "certificate"),
+        private_key=_tls_item(tls.private_key, "privateKey"),
+        secret_store=document.auth.secret_store,
+        scopes=tuple(document.scopes or ()),
     )
 
 
-def _bulk(doc: Document, spec: Mapping[str, Any]) -> BulkSubscribe | None:
-    raw = doc.mapping(spec, "bulkSubscribe", "spec.bulkSubscribe")
-    if not raw or not doc.get(raw, "enabled", "spec.bulkSubscribe.enabled", bool, default=False):
-        return None
-    count = doc.get(raw, "maxMessagesCount", "spec.bulkSubscribe.maxMessagesCount", int) or 100
-    wait = doc.get(raw, "maxAwaitDurationMs", "spec.bulkSubscribe.maxAwaitDurationMs", int) or 1000
-    try:
-        return BulkSubscribe(max_messages_count=count, max_await_duration_ms=wait)
-    except ValueError as exc:
-        raise doc.error("spec.bulkSubscribe", str(exc)) from None
-
-
-def _subscription(doc: Document, api_version: str) -> DeclarativeSubscription:
-    spec = doc.mapping(doc.raw, "spec", "spec")
-    rules: list[tuple[str, str]] = []
-    default: str | None
-    if api_version == "dapr.io/v1alpha1":
-        default = doc.get(spec, "route", "spec.route", str) or None
+def _subscription(
+    document: SubscriptionV1Document | SubscriptionV2Document, source: str
+) -> DeclarativeSubscription:
+    spec = document.spec
+    rules: tuple[tuple[str, str], ...] = ()
+    if isinstance(spec, SubscriptionV1Spec):
+        default = spec.route or None
     else:
-        routes = doc.mapping(spec, "routes", "spec.routes")
-        for index, rule in enumerate(doc.get(routes, "rules", "spec.routes.rules", list, default=[])):
-            field = f"spec.routes.rules[{index}]"
-            if not isinstance(rule, dict):
-                raise doc.error(field, "must be a mapping with match and path")
-            match = doc.get(rule, "match", f"{field}.match", str, default="")
-            path = doc.get(rule, "path", f"{field}.path", str, required=True)
-            check_length(doc, match, f"{field}.match")
-            problem = match_problem(match)
-            if problem is not None:
-                raise doc.error(f"{field}.match", f"{shown(match)} {problem}")
-            rules.append((match, path))
-        default = doc.get(routes, "default", "spec.routes.default", str) or None
+        rules = tuple((rule.match or "", rule.path) for rule in spec.routes.rules or ())
+        default = spec.routes.default or None
     return DeclarativeSubscription(
-        name=doc.name,
-        pubsub=doc.get(spec, "pubsubname", "spec.pubsubname", str, required=True),
-        topic=doc.get(spec, "topic", "spec.topic", str, required=True),
-        rules=tuple(rules),
+        name=document.metadata.name,
+        pubsub=spec.pubsubname,
+        topic=spec.topic,
+        rules=rules,
         default=default,
-        metadata=MappingProxyType(doc.string_map(spec, "metadata", "spec.metadata")),
-        dead_letter_topic=doc.get(spec, "deadLetterTopic", "spec.deadLetterTopic", str) or None,
-        bulk=_bulk(doc, spec),
-        source=doc.source,
-        scopes=doc.scopes(),
+        metadata=MappingProxyType(dict(spec.metadata)),
+        dead_letter_topic=spec.dead_letter_topic or None,
+        bulk=spec.bulk_subscribe.settings(),
+        source=source,
+        scopes=tuple(document.scopes or ()),
     )
 
 
@@ -351,21 +277,26 @@ def _read_as(path: Path, number: int, raw: Mapping[str, Any], skipped: list[str]
     raise ResourceError(f"{_where(path, number, raw)}: kind: {problem}; {_nearest(kind, known)}")
 
 
-def _document(path: Path, number: int, kind: str, raw: Mapping[str, Any]) -> Document:
-    meta = raw.get("metadata")
-    if meta is not None and not isinstance(meta, dict):
-        raise ResourceError(
-            f"{path}: {kind} in document {number}: metadata: must be a mapping, not {type_name(meta)}"
-        )
-    name = meta.get("name") if meta else None
-    if not isinstance(name, str):
-        problem = "is required" if name is None else f"must be a string, not {type_name(name)}"
-        raise ResourceError(f"{path}: {kind} in document {number}: metadata.name: {problem}")
-    doc = Document(str(path), kind, name, raw)
-    if not _valid_name(name):
-        raise doc.error("metadata.name", "must be a name without '/' or '%' (not '.' or '..')")
-    doc.get(meta or {}, "namespace", "metadata.namespace", str)
-    return doc
+def _validated(model: type[M], raw: Mapping[str, Any], path: Path, number: int, kind: str) -> M:
+    try:
+        return model.model_validate(raw, context=YAML)
+    except ValidationError as exc:
+        meta = raw.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        raise resource_error(exc, str(path), kind, name, number) from None
+
+
+def _read(path: Path, kind: str, api_version: str, raw: Mapping[str, Any], number: int) -> Resource:
+    source = str(path)
+    if kind == "Resiliency":
+        return read_resiliency(_validated(ResiliencyDocument, raw, path, number, kind), source)
+    document = _validated(_MODELS[(kind, api_version)], raw, path, number, kind)
+    if isinstance(document, ComponentDocument):
+        return _component(document, source)
+    if isinstance(document, HTTPEndpointDocument):
+        return _http_endpoint(document, source)
+    assert isinstance(document, (SubscriptionV1Document, SubscriptionV2Document))
+    return _subscription(document, source)
 
 
 def load_resources(
@@ -390,26 +321,20 @@ def load_resources(
             if read_as is None:
                 continue
             kind, api_version = read_as
-            doc = _document(path, number, kind, raw)
-            name = doc.name
-            doc_namespace = raw["metadata"].get("namespace")
-            if namespace and doc_namespace and doc_namespace != namespace:
+            # The name and namespace first: a resource of another namespace is not read further.
+            meta = _validated(Header, raw, path, number, kind).metadata
+            if namespace and meta.namespace and meta.namespace != namespace:
                 continue
-            resource: Component | DeclarativeSubscription | HTTPEndpoint | ResiliencyResource
-            if kind == "Component":
-                resource = _component(doc)
-            elif kind == "HTTPEndpoint":
-                resource = _http_endpoint(doc)
-            elif kind == "Resiliency":
-                resource = read_resiliency(doc)
-            else:
-                resource = _subscription(doc, api_version)
+            resource = _read(path, kind, api_version, raw, number)
+            name = meta.name
             if resource.scopes and app_id not in resource.scopes:
                 logger.debug("%s: %s %r is scoped to other apps", path, kind, name)
                 continue
             if (kind, name) in names:
                 first = names[(kind, name)]
-                raise doc.error("metadata.name", f"a {kind} of this name is also in {first}")
+                raise ResourceError(
+                    f"{path}: {kind} {name!r}: metadata.name: a {kind} of this name is also in {first}"
+                )
             names[(kind, name)] = str(path)
             if isinstance(resource, Component):
                 components.append(resource)

@@ -653,3 +653,38 @@ def test_a_long_value_is_cut_short_in_the_message(tmp_path: Path) -> None:
     with pytest.raises(ResourceError, match="is not a duration") as info:
         load_resources([tmp_path], app_id="app")
     assert len(str(info.value)) < 300
+
+
+# -- the models behind the loader (issue 15) --------------------------------------------------
+
+
+def test_only_the_camel_case_names_are_fields(tmp_path: Path) -> None:
+    # The models also take Python names (populate_by_name), but a file has daprd's names only.
+    write(tmp_path, "c.yaml", COMPONENT.format(name="p", type="x", metadata="[]") + "  ignore_errors: true\n")
+    assert load_resources([tmp_path], app_id="app").components[0].ignore_errors is False
+    write(tmp_path, "c.yaml", COMPONENT.format(name="p", type="x", metadata="[]") + "  ignoreErrors: true\n")
+    assert load_resources([tmp_path], app_id="app").components[0].ignore_errors is True
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "problem"),
+    [
+        (
+            "spec: {pubsubname: p, topic: t, bulkSubscribe: {enabled: false, maxMessagesCount: many}}",
+            "spec.bulkSubscribe.maxMessagesCount",
+            "must be an integer, not a string",
+        ),
+        (
+            "spec: {pubsubname: p, topic: t, metadata: {a: [1]}}",
+            "spec.metadata.a",
+            "must be a string, not a list",
+        ),
+        ("spec: {pubsubname: [p], topic: t}", "spec.pubsubname", "must be a string, not a list"),
+        ("spec: [p]", "spec", "must be a mapping, not a list"),
+    ],
+)
+def test_every_field_is_checked_even_when_unused(tmp_path: Path, spec: str, field: str, problem: str) -> None:
+    path, message = refusal(
+        tmp_path, f"apiVersion: dapr.io/v1alpha1\nkind: Subscription\nmetadata: {{name: s}}\n{spec}\n"
+    )
+    assert message == f"{path}: Subscription 's': {field}: {problem}"
