@@ -14,7 +14,6 @@ import functools
 import hmac
 import ipaddress
 import logging
-import posixpath
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._exceptions import DaprAPIError
+from .._go import path_clean
 from .._invocation import InvokeResponse
 from .._json import go_dumps
 from .._trace import CURRENT, context, from_headers, header_pairs
@@ -102,15 +102,7 @@ _EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 @functools.lru_cache(maxsize=4096)
 def _clean(path: str) -> str:
-    return go_clean(path)
-
-
-def go_clean(path: str) -> str:
-    """Go's `path.Clean` of an absolute path."""
-    cleaned = posixpath.normpath(path)
-    if cleaned.startswith("//"):
-        cleaned = "/" + cleaned.lstrip("/")
-    return cleaned
+    return path_clean(path)
 
 
 def query_unescape(value: str) -> str:

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import logging
-import posixpath
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic_core import from_json
 from starlette.types import ASGIApp
 
+from .._go import path_clean
 from .._headers import HOP_BY_HOP
 from .._json import DELIVERY_DEPTH, go_dumps, loads, nests_deeper
 from .._retry import Clock
@@ -104,10 +104,7 @@ class Route:
 @functools.lru_cache(maxsize=1024)
 def clean_path(path: str) -> str:
     """daprd posts to `path.Clean(path)` with a leading `/` (reference 3.2)."""
-    if not path:
-        return "/"
-    cleaned = posixpath.normpath("/" + path.lstrip("/"))
-    return "/" + cleaned.lstrip("/")
+    return path_clean("/" + path)
 
 
 def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

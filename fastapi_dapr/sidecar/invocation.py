@@ -8,7 +8,6 @@ HTTPEndpoint, URL and other app id targets are not served yet.
 from __future__ import annotations
 
 import base64
-import posixpath
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from urllib.parse import quote, unquote_plus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._exceptions import DaprAPIError
+from .._go import path_clean
 from .._headers import IDENTITY, forwardable
 from .._trace import from_headers, header_pairs
 from .errors import error_response
@@ -34,16 +34,6 @@ class InvalidMethod(ValueError):
     pass
 
 
-def _clean(path: str) -> str:
-    """Go's `path.Clean` of a relative or absolute path."""
-    if not path:
-        return "."
-    cleaned = posixpath.normpath(path)
-    if cleaned.startswith("//"):
-        cleaned = "/" + cleaned.lstrip("/")
-    return cleaned
-
-
 def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] | None:
     """The target id and the method of an invocation, and whether `dapr-app-id` named it.
 
@@ -53,7 +43,7 @@ def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] 
     """
     app_id = headers.get("dapr-app-id")
     if app_id:
-        return app_id, _clean(path).lstrip("/"), True
+        return app_id, path_clean(path).lstrip("/"), True
     auth = headers.get("authorization", "")
     if auth.startswith("Basic "):
         try:
@@ -61,7 +51,7 @@ def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] 
         except (ValueError, UnicodeDecodeError):
             user, password = "", ""
         if user.lower() == "dapr-app-id" and password and ":" not in password:
-            return password, _clean(path).lstrip("/"), False
+            return password, path_clean(path).lstrip("/"), False
     segments = path.split("/")
     position = 0
     for expected in ("v1.0", "invoke"):
@@ -75,7 +65,7 @@ def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] 
     if index <= 0:
         return None
     target = rest[:index]
-    method = _clean(rest[index + len("/method/") :])
+    method = path_clean(rest[index + len("/method/") :])
     try:
         unescaped = unquote_plus(target, errors="strict")
     except UnicodeDecodeError:
@@ -92,7 +82,7 @@ def normalize_method(method: str) -> str:
     for char in method:
         if char in "#?\x00" or ord(char) < 0x20 or ord(char) == 0x7F:
             raise InvalidMethod(f"method contains a forbidden character: {method!r}")
-    cleaned = _clean(method)
+    cleaned = path_clean(method)
     while cleaned.startswith("../"):
         cleaned = cleaned[3:]
     if cleaned in (".", ".."):
