@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi_dapr._headers import declared_length, forwardable, invocation_headers, response_headers
+from fastapi_dapr._headers import (
+    declared_length,
+    forwardable,
+    invocation_headers,
+    passed_on,
+    response_headers,
+)
+from fastapi_dapr.sidecar.delivery import message_headers
 from fastapi_dapr.sidecar.proxy import Target
 
 
@@ -62,3 +69,51 @@ def test_an_answer_without_a_body_loses_its_length() -> None:
     raw = [(b"content-length", b"10"), (b"etag", b"x"), (b"connection", b"close")]
     assert response_headers(raw, 304) == [(b"etag", b"x")]
     assert response_headers(raw, 200) == [(b"content-length", b"10"), (b"etag", b"x")]
+
+
+def test_passed_on_is_the_one_hop_rule() -> None:
+    pairs = [
+        ("connection", "x-a ,X-B,, \tkeep-alive"),
+        ("x-a", "1"),
+        ("x-b", "2"),
+        ("upgrade", "h2c"),
+        ("x-c", "3"),
+    ]
+    assert passed_on(pairs) == [("x-c", "3")]
+    assert passed_on(pairs, connection=False) == [("x-a", "1"), ("x-b", "2"), ("x-c", "3")]
+    assert passed_on(pairs, also=frozenset({"x-c"}), keep=frozenset({"x-a", "upgrade"})) == [
+        ("x-a", "1"),
+        ("upgrade", "h2c"),
+    ]
+
+
+def test_passed_on_takes_hostile_connection_headers() -> None:
+    # Empty, repeated, huge and non-ASCII lists: nothing raises, only listed names go.
+    huge = ",".join(f"x-{index}" for index in range(10_000))
+    pairs = [("connection", ""), ("connection", ","), ("connection", huge), ("connection", "\xe9t\xe9")]
+    pairs += [("x-9999", "gone"), ("\xe9t\xe9", "gone"), ("x-kept", "kept"), ("", "empty name")]
+    assert passed_on(pairs) == [("x-kept", "kept")]  # "," lists the empty name too
+    assert passed_on([]) == []
+
+
+def test_every_user_drops_the_same_hop_by_hop_names() -> None:
+    names = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"]
+    names += ["http2-settings", "trailer", "proxy-authorization", "proxy-authenticate"]
+    raw = [(name.encode(), b"v") for name in names] + [(b"x-kept", b"v")]
+    assert forwardable(raw) == [("x-kept", "v")]
+    assert response_headers(raw) == [(b"x-kept", b"v")]
+    assert message_headers(dict.fromkeys([*(name.upper() for name in names), "X-Kept"], "v")) == [
+        (b"x-kept", b"v")
+    ]
+
+
+def test_an_answer_s_header_bytes_pass_unchanged() -> None:
+    raw = [
+        (b"X-Latin", b"caf\xe9 \xff"),
+        (b"Connection", b"X-\xc9"),
+        (b"x-\xc9", b"kept: bytes lower-case ASCII only"),
+    ]
+    assert response_headers(raw) == [
+        (b"x-latin", b"caf\xe9 \xff"),
+        (b"x-\xc9", b"kept: bytes lower-case ASCII only"),
+    ]
