@@ -30,7 +30,15 @@ from .._json import go_dumps
 from .._trace import CURRENT, context, from_headers, header_pairs
 from .blocks import VERSIONS, find_unserved
 from .bulk_publish import DEFAULT_MAX_ENTRIES, publish_bulk
-from .caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, declared_size, read_body
+from .caller import (
+    BodyTooLarge,
+    CallerWatch,
+    ClientGone,
+    RequestBody,
+    declared_size,
+    read_body,
+    too_large_message,
+)
 from .envelope import PublishRequest
 from .errors import direct_invoke_error, error_response
 from .invocation import InvalidMethod, find_target, invoke_self, is_streaming, measured, normalize_method
@@ -307,7 +315,7 @@ class SidecarAPI:
                 except ClientGone:
                     return
                 except BodyTooLarge:
-                    limit = f"the request body is larger than the limit of {self.max_body_size} bytes"
+                    limit = too_large_message(self.max_body_size)
                     refusal = error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))
                     await refusal(scope, receive, send)
                     return
@@ -484,7 +492,7 @@ class SidecarAPI:
                 DaprAPIError(
                     413,
                     "ERR_PUBSUB_PUBLISH_MESSAGE",
-                    f"the request body is larger than the limit of {self.max_body_size} bytes",
+                    too_large_message(self.max_body_size),
                 )
             )
         except DaprAPIError as exc:
@@ -522,7 +530,7 @@ class SidecarAPI:
                 DaprAPIError(
                     413,
                     "ERR_DIRECT_INVOKE",
-                    f"the request body is larger than the limit of {self.max_body_size} bytes",
+                    too_large_message(self.max_body_size),
                 )
             )
         # Dapr's precedence (reference 6.2): an HTTPEndpoint of that name, a URL, an app id.

@@ -19,6 +19,7 @@ from .._exceptions import DaprAPIError
 from .._go import path_clean
 from .._headers import IDENTITY, forwardable
 from .._trace import from_headers, header_pairs
+from .caller import LimitedReceive, too_large_message
 from .errors import error_response
 
 if TYPE_CHECKING:
@@ -166,37 +167,26 @@ async def invoke_self(
             ),
         }
     )
-    received = 0
-    too_large = started = False
-
-    async def limited_receive() -> Message:
-        nonlocal received, too_large
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > max_body_size:
-                # Counted while streaming: past the limit the app sees the client go away.
-                too_large = True
-                return {"type": "http.disconnect"}
-        return message
+    limited = LimitedReceive(receive, max_body_size)
+    started = False
 
     async def guarded_send(message: Message) -> None:
         nonlocal started
-        if too_large and not started:
+        if limited.too_large and not started:
             return  # what the app made of a cut body: the caller gets the 413 below instead
         if message["type"] == "http.response.start":
             started = True
         await send(message)
 
     try:
-        await app(child, limited_receive, guarded_send)
+        await app(child, limited, guarded_send)
     except Exception:
-        if not too_large or started:
+        if not limited.too_large or started:
             raise
-    if too_large and not started:
+    if limited.too_large and not started:
         # As on the network path: a streamed body over the limit is daprd's 413.
-        limit = f"the request body is larger than the limit of {max_body_size} bytes"
-        await error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))(scope, receive, send)
+        error = DaprAPIError(413, "ERR_DIRECT_INVOKE", too_large_message(max_body_size))
+        await error_response(error)(scope, receive, send)
 
 
 def measured(send: Send, metrics: Metrics, target: str, streaming: bool) -> Send:
