@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -28,6 +27,7 @@ from .._go import path_clean
 from .._invocation import InvokeResponse
 from .._json import go_dumps
 from .._trace import CURRENT, context, from_headers, header_pairs
+from .addresses import names_this_machine, url_names_this_machine
 from .blocks import VERSIONS, find_unserved
 from .bulk_publish import DEFAULT_MAX_ENTRIES, publish_bulk
 from .caller import (
@@ -132,42 +132,18 @@ def is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
         return False
     if client[0] == "testclient":  # Starlette's TestClient: in process, no network at all
         return True
-    if not _is_loopback_host(client[0]):
+    if not names_this_machine(client[0]):
         return False
     # A browser is a loopback client too. A cross-site page can POST (a "simple"
     # request needs no CORS preflight), and DNS rebinding lets it read answers:
     # refuse what only a browser sends, and a Host that is not this machine.
     origin = headers.get("origin")
-    if origin is not None and not _is_loopback_url(origin):
+    if origin is not None and not url_names_this_machine(origin):
         return False
     if headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
         return False
     host = headers.get("host")
-    return host is None or _is_loopback_url("//" + host)
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_loopback_url(url: str) -> bool:
-    """Whether an Origin (`http://localhost:8000`) or `//Host` names this machine; one that
-    cannot be read (`[`, an unclosed or invalid IPv6 address) does not."""
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
-    return _is_loopback_host(host or "")
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    return host is None or url_names_this_machine("//" + host)
 
 
 def _metadata(query_string: bytes) -> dict[str, str]:

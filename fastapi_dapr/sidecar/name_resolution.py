@@ -42,7 +42,6 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
-import ipaddress
 import json
 import os
 import secrets
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .addresses import is_loopback
 from .file_locks import lock_once, try_lock, unlock
 
 __all__: list[str] = []
@@ -106,13 +106,6 @@ class Registration:
             "token": self.token,
             "namespace": self.namespace,
         }
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def new_token() -> str:
@@ -259,7 +252,7 @@ class NameResolutionFile:
                 raise NameResolutionError(
                     f"{self.path}: apps.{app_id}: needs host, port, pid and token"
                 ) from None
-            if not _is_loopback(registration.host):
+            if not is_loopback(registration.host):
                 raise NameResolutionError(
                     f"{self.path}: apps.{app_id}: {registration.host} is not a loopback address; refused"
                 )

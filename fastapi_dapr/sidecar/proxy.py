@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import logging
 import re
 import socket
@@ -32,6 +31,7 @@ from .._headers import declared_length, invocation_headers, response_headers
 from .._invocation import InvocationSettings
 from .._retry import Clock, RetryPolicy
 from .._trace import from_headers
+from .addresses import embedded_ipv4, ip_literal
 from .caller import CallerWatch, RequestBody, too_large_message
 from .endpoints import ResolvedEndpoint
 from .errors import error_response
@@ -54,7 +54,6 @@ PATH_SAFE = "/:@!$&'()*+,;=-._~"  # what Go leaves unescaped in a path
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10  # as Go's default client, which daprd's HTTPEndpoint channels use
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -124,16 +123,10 @@ Upstream = Response  # an answer being received: status and headers known, body 
 
 def address_problem(address: str, allow_private: bool) -> str | None:
     """Why the proxy may not connect to `address`; None if it may."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    literal = ip_literal(address, zone=True)
+    if literal is None:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            ip = embedded
+    ip = embedded_ipv4(literal)
     if ip.is_unspecified or ip.is_multicast:
         return f"{ip} is not a unicast address"
     if ip.is_global or allow_private:
@@ -206,7 +199,7 @@ class UrlPolicy:
                 f"URL targets are refused unless allowed: add {host!r} or a URL prefix to "
                 "InvocationSettings(allowed_urls=...), or declare an HTTPEndpoint resource"
             )
-        if _is_ip(host):
+        if ip_literal(host, brackets=True, zone=True) is not None:
             problem = address_problem(host, self.allow_private)
             if problem is not None:
                 raise Forbidden(problem)
@@ -257,14 +250,6 @@ def normalised_path(raw_path: str) -> str:
         return char if char in _UNRESERVED else "%" + match.group(1).upper()
 
     return _ESCAPE.sub(one, raw_path)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
 
 
 # -- requests and answers ----------------------------------------------------
