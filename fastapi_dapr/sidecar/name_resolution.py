@@ -55,6 +55,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .addresses import is_loopback
+from .errors import describe
 from .file_locks import lock_once, try_lock, unlock
 
 __all__: list[str] = []
@@ -110,10 +111,6 @@ class Registration:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
-
-
-def _describe(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def _replace(source: str, target: Path, wait: float) -> None:
@@ -178,13 +175,13 @@ class NameResolutionFile:
             except FileExistsError:
                 raise NameResolutionError(f"{folder}: is not a folder") from None
             except OSError as exc:
-                raise NameResolutionError(f"{folder}: cannot be created: {_describe(exc)}") from None
+                raise NameResolutionError(f"{folder}: cannot be created: {describe(exc)}") from None
         try:
             info = os.stat(folder)
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise NameResolutionError(f"{folder}: cannot be used: {_describe(exc)}") from None
+            raise NameResolutionError(f"{folder}: cannot be used: {describe(exc)}") from None
         if not stat.S_ISDIR(info.st_mode):
             raise NameResolutionError(f"{folder}: is not a folder")
         if not _USER_IDS:
@@ -268,7 +265,7 @@ class NameResolutionFile:
                 self._seen, self._table = None, {}
                 return {}
             except OSError as exc:
-                raise NameResolutionError(f"{self.path}: cannot be read: {_describe(exc)}") from None
+                raise NameResolutionError(f"{self.path}: cannot be read: {describe(exc)}") from None
             with os.fdopen(descriptor, encoding="utf-8") as file:
                 info = os.fstat(file.fileno())
                 key = (info.st_ino, info.st_mtime_ns, info.st_size)
@@ -294,7 +291,7 @@ class NameResolutionFile:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise NameResolutionError(f"{path}: cannot be read: {_describe(exc)}") from None
+            raise NameResolutionError(f"{path}: cannot be read: {describe(exc)}") from None
         try:
             taken = lock_once(descriptor, exclusive=False)
             if taken:
@@ -365,7 +362,7 @@ class NameResolutionFile:
         try:
             descriptor = self._open_checked(self._lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise NameResolutionError(f"{self._lock_path}: cannot be opened: {_describe(exc)}") from None
+            raise NameResolutionError(f"{self._lock_path}: cannot be opened: {describe(exc)}") from None
         taken = False
         try:
             taken = try_lock(descriptor, True, self.lock_wait, stop)
@@ -439,7 +436,7 @@ class NameResolutionFile:
                     raise
                 self._held[app_id] = held
         except OSError as exc:
-            raise NameResolutionError(f"{self.path}: cannot be changed: {_describe(exc)}") from None
+            raise NameResolutionError(f"{self.path}: cannot be changed: {describe(exc)}") from None
 
     def deregister(self, registration: Registration) -> None:
         """Remove this sidecar's own entry (not one another sidecar wrote since), then let go
@@ -454,7 +451,7 @@ class NameResolutionFile:
                 del table[registration.app_id]
                 self._write(table)
         except OSError as exc:
-            raise NameResolutionError(f"{self.path}: cannot be changed: {_describe(exc)}") from None
+            raise NameResolutionError(f"{self.path}: cannot be changed: {describe(exc)}") from None
         finally:
             if held is not None:
                 unlock(held)

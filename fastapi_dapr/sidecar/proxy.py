@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import logging
 import re
-import socket
 import ssl
 import time
 import unicodedata
@@ -34,7 +33,7 @@ from .._trace import from_headers
 from .addresses import embedded_ipv4, ip_literal
 from .caller import CallerWatch, RequestBody, too_large_message
 from .endpoints import ResolvedEndpoint
-from .errors import error_response
+from .errors import describe, error_response
 from .http1 import ConnectTimeout, Limits, MalformedAnswer, RequestError, Response, UpstreamError
 from .invocation import VERBS
 from .pool import Pool, Refused
@@ -271,24 +270,6 @@ def is_sse(headers: Sequence[tuple[str, str]]) -> bool:
     )
 
 
-def describe(exc: BaseException, url: URL) -> str:
-    """A useful message for a transport failure."""
-    where = f"{url.host}:{url.port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: the certificate of {where} was refused: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"the host {url.host} could not be resolved: {exc.strerror}"
-    if isinstance(exc, UpstreamError):
-        return f"{where}: {exc}"
-    if isinstance(exc, asyncio.TimeoutError):
-        return f"no answer from {where} within the timeout"
-    if isinstance(exc, OSError):
-        return f"could not connect to {where}: {exc.strerror or exc}"
-    return f"{type(exc).__name__} talking to {where}: {exc}"
-
-
 def invoke_error(status: int, target: str, message: str) -> DaprAPIError:
     return DaprAPIError(status, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: {message}")
 
@@ -499,7 +480,7 @@ class Upstreams:
             where = f"{url.host}:{url.port}"
             raise invoke_error(500, target.name, f"no answer from {where} within {limit}s") from None
         except Exception as exc:
-            raise invoke_error(500, target.name, describe(exc, url)) from exc
+            raise invoke_error(500, target.name, describe(exc, (url.host, url.port))) from exc
         response.headers = response_headers(response.headers, response.status)
         return response
 
