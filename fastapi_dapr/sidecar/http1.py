@@ -431,10 +431,7 @@ class _Connection(asyncio.Protocol):
         return self._body_done and not self._body and self._error is None
 
 
-class Lender(typing.Protocol):
-    """Where a `Response` gives its connection back (`pool.Pool`): named here, so that this
-    module needs nothing of the pool's."""
-
+class Lender(typing.Protocol):  # where a Response gives its connection back: a Pool, not imported
     def give_back(self, connection: _Connection, *, reuse: bool) -> None: ...
 
 
