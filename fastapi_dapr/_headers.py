@@ -84,23 +84,16 @@ def _text(value: bytes | str) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-def passed_on(
-    pairs: list[tuple[str, str]],
-    *,
-    also: frozenset[str] = frozenset(),
-    keep: frozenset[str] = frozenset(),
-    connection: bool = True,
-) -> list[tuple[str, str]]:
-    """The one rule of what crosses a hop: `pairs` (names in lower case) without the
-    hop-by-hop headers, the names a `Connection` header lists (unless `connection` is
-    False: message metadata names no connection) and those in `also`, but those in `keep`."""
-    dropped = HOP_BY_HOP | also
-    if connection:
-        for name, value in pairs:
-            if name == "connection":
-                dropped = dropped | {part.strip().lower() for part in value.split(",")}
-    dropped = dropped - keep
-    return [(name, value) for name, value in pairs if name not in dropped]
+def not_passed_on(
+    connection: Iterable[str], *, also: frozenset[str] = frozenset(), keep: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """The one rule of what crosses a hop: the names (lower case) a hop drops. The
+    hop-by-hop headers, the names its `Connection` headers list (their values given as
+    `connection`) and those in `also`; but never those in `keep`."""
+    dropped = HOP_BY_HOP | also if also else HOP_BY_HOP
+    for value in connection:
+        dropped = dropped | {part.strip().lower() for part in value.split(",")}
+    return dropped - keep if keep else dropped
 
 
 def forwardable(raw: Raw, *, keep: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
@@ -113,7 +106,10 @@ def forwardable(raw: Raw, *, keep: frozenset[str] = frozenset()) -> list[tuple[s
         pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope_items]
     else:
         pairs = [(_text(name).lower(), _text(value)) for name, value in items]
-    return passed_on(pairs, also=_FRAMING, keep=keep)
+    dropped = not_passed_on(
+        [value for name, value in pairs if name == "connection"], also=_FRAMING, keep=keep
+    )
+    return [(name, value) for name, value in pairs if name not in dropped]
 
 
 def declared_length(raw: Raw) -> int | None:
@@ -173,7 +169,7 @@ def response_headers(raw: Sequence[tuple[bytes, bytes]], status: int = 200) -> l
     and a `Content-Length` of an answer that has no body (204, 304: ASGI servers would wait
     for the body it announces, and fail)."""
     bodiless = _BODILESS if status in (204, 304) or status < 200 else frozenset()
-    pairs = [(name.lower().decode("latin-1"), value.decode("latin-1")) for name, value in raw]
-    return [
-        (name.encode("latin-1"), value.encode("latin-1")) for name, value in passed_on(pairs, also=bodiless)
-    ]
+    lowered = [(name.lower(), value) for name, value in raw]
+    listed = [value.decode("latin-1") for name, value in lowered if name == b"connection"]
+    dropped = not_passed_on(listed, also=bodiless)
+    return [(name, value) for name, value in lowered if name.decode("latin-1") not in dropped]

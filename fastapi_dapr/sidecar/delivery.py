@@ -23,7 +23,7 @@ from pydantic_core import from_json
 from starlette.types import ASGIApp
 
 from .._go import path_clean
-from .._headers import passed_on
+from .._headers import not_passed_on
 from .._json import DELIVERY_DEPTH, go_dumps, loads, nests_deeper
 from .._retry import Clock
 from .._status import Status
@@ -110,8 +110,14 @@ def clean_path(path: str) -> str:
 def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     """Message metadata as delivery headers (reference 3.2)."""
     headers = []
-    for name, value in passed_on([(key.lower(), value) for key, value in metadata.items()], connection=False):
-        if name in ("content-type", "content-length", "traceparent", "tracestate") or name.endswith("-bin"):
+    dropped = not_passed_on(())  # metadata names no connection: only the hop-by-hop names
+    for key, value in metadata.items():
+        name = key.lower()
+        if (
+            name in ("content-type", "content-length", "traceparent", "tracestate")
+            or name.endswith("-bin")
+            or name in dropped
+        ):
             continue
         if name.startswith("grpc-"):
             name = "dapr-" + name
