@@ -14,30 +14,21 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._json import DELIVERY_DEPTH, loads
+from ._media import is_json, is_text, media_type
 
 __all__: list[str] = []  # internal: the public names are in fastapi_dapr.__all__
 
 _CE_PREFIX = "ce-"
 
 
-def is_json_content_type(content_type: str) -> bool:
-    """`application/json`, `+json` suffixes and `text/json`, parameters ignored."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media in ("application/json", "text/json") or media.endswith("+json")
-
-
-def _is_text_content_type(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media.startswith("text/") or media in ("application/xml",)
-
-
 def _decode_body(body: bytes, content_type: str) -> Any:
-    if is_json_content_type(content_type):
+    media = media_type(content_type)
+    if is_json(media):
         try:
             return loads(body, DELIVERY_DEPTH)
         except ValueError:
             return body.decode("utf-8", errors="replace")
-    if _is_text_content_type(content_type):
+    if is_text(media):
         return body.decode("utf-8", errors="replace")
     return body
 
@@ -57,8 +48,8 @@ def event_dict_from_http(body: bytes, headers: Mapping[str, str]) -> dict[str, A
             attributes["datacontenttype"] = content_type
         attributes["data"] = _decode_body(body, content_type) if body else None
         return attributes
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/cloudevents+json" or (is_json_content_type(media) and body):
+    media = media_type(content_type)
+    if media == "application/cloudevents+json" or (is_json(media) and body):
         parsed = loads(body, DELIVERY_DEPTH)  # ValueError for a broken body, or one nested too deep
         if isinstance(parsed, dict) and "specversion" in parsed:
             return parsed

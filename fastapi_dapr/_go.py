@@ -1,4 +1,4 @@
-"""Durations and integers as Dapr's resources write them, read as Go reads them.
+"""Go's readings of text that daprd relies on: durations, integers and `path.Clean`.
 
 Go's `time.ParseDuration` and `strconv.ParseInt` take ASCII digits only and no
 surrounding space: Python's `int()` and `\\d` would also take `" 10"`, `"1_0"`
@@ -7,6 +7,7 @@ and Arabic-Indic or other Unicode digits, which daprd refuses.
 
 from __future__ import annotations
 
+import posixpath
 import re
 
 __all__: list[str] = []
@@ -82,3 +83,14 @@ def parse_duration(text: str, *, integer_unit: float) -> float:
     if abs(seconds) * 1e9 >= _MAX:
         raise ValueError(f"invalid duration {text!r}: out of range")
     return seconds
+
+
+def path_clean(path: str) -> str:
+    """Go's `path.Clean`: slashes collapsed, `.` and `..` resolved, `"."` for nothing.
+
+    `posixpath.normpath` is Go's rule but for one POSIX exception: it keeps exactly two
+    leading slashes, which Go collapses like any others."""
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned

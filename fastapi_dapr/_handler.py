@@ -27,10 +27,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
-from ._binding import event_dict_from_http, is_json_content_type
+from ._binding import event_dict_from_http
 from ._cloudevent import BulkEntry, CloudEvent
 from ._exceptions import HandlerSignatureError
 from ._json import DELIVERY_DEPTH, loads
+from ._media import is_json, media_type
 from ._status import DROP, RETRY, SUCCESS, Status
 from ._subscription import Subscription
 
@@ -172,7 +173,7 @@ def parse_delivery(
     # daprd always posts application/cloudevents+json: structured mode, no ce-* headers.
     if b'"specversion"' in body and (
         content_type == "application/cloudevents+json"
-        or ("ce-specversion" not in headers and is_json_content_type(content_type))
+        or ("ce-specversion" not in headers and is_json(media_type(content_type)))
     ):
         try:
             parsed = model.model_validate_json(body)
@@ -408,7 +409,7 @@ def _bulk_entry(raw: Any, envelope: Mapping[str, Any]) -> dict[str, Any]:
     data = raw.get("event")
     if isinstance(data, dict) and "specversion" in data:
         event: Any = data
-    elif isinstance(data, str) and content_type.split(";")[0].strip() != "application/cloudevents+json":
+    elif isinstance(data, str) and media_type(content_type, lower=False) != "application/cloudevents+json":
         # A raw payload entry: daprd sends the bytes as a base64 string (reference 3.6).
         event = {
             "data_base64": data,

@@ -13,14 +13,24 @@ from __future__ import annotations
 import re
 import typing
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._trace import header_pairs
 
-if TYPE_CHECKING:
-    from .sidecar.proxy import Target
-
 __all__: list[str] = []
+
+
+class Target(Protocol):
+    """What the header rules read of an invocation's target (`sidecar.proxy.Target` is one):
+    declared here so that the app side needs nothing of the sidecar's."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]: ...
+
 
 HOP_BY_HOP = frozenset(
     {
@@ -38,7 +48,7 @@ HOP_BY_HOP = frozenset(
 )
 # Framing a hop sets for itself: never a caller's.
 _FRAMING = frozenset({"host", "content-length", "expect"})
-_NOT_FORWARDED = HOP_BY_HOP | _FRAMING
+_BODILESS = frozenset({"content-length"})
 # What `_pool.request_head` writes itself: a header of these names given to it is a bug.
 CLIENT_SET = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
@@ -74,6 +84,18 @@ def _text(value: bytes | str) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
+def not_passed_on(
+    connection: Iterable[str], *, also: frozenset[str] = frozenset(), keep: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """The one rule of what crosses a hop: the names (lower case) a hop drops. The
+    hop-by-hop headers, the names its `Connection` headers list (their values given as
+    `connection`) and those in `also`; but never those in `keep`."""
+    dropped = HOP_BY_HOP | also if also else HOP_BY_HOP
+    for value in connection:
+        dropped = dropped | {part.strip().lower() for part in value.split(",")}
+    return dropped - keep if keep else dropped
+
+
 def forwardable(raw: Raw, *, keep: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """The headers of `raw` a hop passes on, names in lower case: all but the hop-by-hop
     headers, those `Connection` names, and the framing (`Host`, `Content-Length`,
@@ -84,11 +106,9 @@ def forwardable(raw: Raw, *, keep: frozenset[str] = frozenset()) -> list[tuple[s
         pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope_items]
     else:
         pairs = [(_text(name).lower(), _text(value)) for name, value in items]
-    dropped = _NOT_FORWARDED
-    for name, value in pairs:
-        if name == "connection":
-            dropped = dropped | {part.strip().lower() for part in value.split(",")}
-    dropped = dropped - keep
+    dropped = not_passed_on(
+        [value for name, value in pairs if name == "connection"], also=_FRAMING, keep=keep
+    )
     return [(name, value) for name, value in pairs if name not in dropped]
 
 
@@ -148,16 +168,8 @@ def response_headers(raw: Sequence[tuple[bytes, bytes]], status: int = 200) -> l
     """An answer's headers to pass on: all but hop-by-hop ones and those its `Connection` names,
     and a `Content-Length` of an answer that has no body (204, 304: ASGI servers would wait
     for the body it announces, and fail)."""
-    listed: set[bytes] = {b"content-length"} if status in (204, 304) or status < 200 else set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            listed.update(
-                part.strip().lower().encode("latin-1") for part in value.decode("latin-1").split(",")
-            )
-    result = []
-    for name, value in raw:
-        lower = name.lower()
-        if lower.decode("latin-1") in HOP_BY_HOP or lower in listed:
-            continue
-        result.append((lower, value))
-    return result
+    bodiless = _BODILESS if status in (204, 304) or status < 200 else frozenset()
+    lowered = [(name.lower(), value) for name, value in raw]
+    listed = [value.decode("latin-1") for name, value in lowered if name == b"connection"]
+    dropped = not_passed_on(listed, also=bodiless)
+    return [(name, value) for name, value in lowered if name.decode("latin-1") not in dropped]

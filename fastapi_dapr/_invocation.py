@@ -13,6 +13,8 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
+from ._media import parameter
+
 __all__ = ["InvocationSettings", "InvokeResponse"]
 
 
@@ -119,7 +121,8 @@ class InvokeResponse:
 
     @property
     def text(self) -> str:
-        return self.content.decode(_charset(self.headers.get("content-type", "")))
+        charset = parameter(self.headers.get("content-type", ""), "charset")
+        return self.content.decode("utf-8" if charset is None else charset)
 
     def json(self) -> Any:
         return json.loads(self.content)
@@ -142,11 +145,3 @@ class InvokeResponse:
 
 async def _nothing() -> None:
     return None
-
-
-def _charset(content_type: str) -> str:
-    for part in content_type.split(";")[1:]:
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "charset" and value:
-            return value.strip('"')
-    return "utf-8"

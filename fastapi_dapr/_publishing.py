@@ -15,6 +15,7 @@ from pydantic_core import to_json, to_jsonable_python
 from ._cloudevent import CloudEvent
 from ._headers import BAD_VALUE_RE, TOKEN_RE
 from ._json import NO_VALUE
+from ._media import is_text, media_type
 
 __all__ = ["BulkPublishEntry", "FailedEntry"]
 
@@ -81,11 +82,11 @@ def bulk_body(entries: Iterable[Any]) -> bytes:
     for index, given in enumerate(entries):
         entry = given if isinstance(given, BulkPublishEntry) else BulkPublishEntry(given)
         body, content_type, value = encode_data(entry.data, entry.content_type)
-        media = content_type.split(";", 1)[0].strip().lower()
+        media = media_type(content_type)
         event: Any
         if media == "application/octet-stream":
             event = base64.b64encode(body).decode()
-        elif media.startswith("text/") or media == "application/xml":
+        elif is_text(media):
             event = body.decode("utf-8", errors="replace")
         else:  # JSON: daprd marshals the event itself
             event = value if value is not NO_VALUE else json.loads(body)

@@ -12,25 +12,33 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import ipaddress
 import logging
-import posixpath
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._exceptions import DaprAPIError
+from .._go import path_clean
 from .._invocation import InvokeResponse
 from .._json import go_dumps
 from .._trace import CURRENT, context, from_headers, header_pairs
+from .addresses import names_this_machine, url_names_this_machine
 from .blocks import VERSIONS, find_unserved
 from .bulk_publish import DEFAULT_MAX_ENTRIES, publish_bulk
-from .caller import BodyTooLarge, CallerWatch, ClientGone, RequestBody, declared_size, read_body
+from .caller import (
+    BodyTooLarge,
+    CallerWatch,
+    ClientGone,
+    RequestBody,
+    declared_size,
+    read_body,
+    too_large_message,
+)
 from .envelope import PublishRequest
 from .errors import direct_invoke_error, error_response
 from .invocation import InvalidMethod, find_target, invoke_self, is_streaming, measured, normalize_method
@@ -102,15 +110,7 @@ _EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 @functools.lru_cache(maxsize=4096)
 def _clean(path: str) -> str:
-    return go_clean(path)
-
-
-def go_clean(path: str) -> str:
-    """Go's `path.Clean` of an absolute path."""
-    cleaned = posixpath.normpath(path)
-    if cleaned.startswith("//"):
-        cleaned = "/" + cleaned.lstrip("/")
-    return cleaned
+    return path_clean(path)
 
 
 def query_unescape(value: str) -> str:
@@ -132,42 +132,18 @@ def is_local_client(scope: Scope, headers: Mapping[str, str]) -> bool:
         return False
     if client[0] == "testclient":  # Starlette's TestClient: in process, no network at all
         return True
-    if not _is_loopback_host(client[0]):
+    if not names_this_machine(client[0]):
         return False
     # A browser is a loopback client too. A cross-site page can POST (a "simple"
     # request needs no CORS preflight), and DNS rebinding lets it read answers:
     # refuse what only a browser sends, and a Host that is not this machine.
     origin = headers.get("origin")
-    if origin is not None and not _is_loopback_url(origin):
+    if origin is not None and not url_names_this_machine(origin):
         return False
     if headers.get("sec-fetch-site", "none") not in ("none", "same-origin"):
         return False
     host = headers.get("host")
-    return host is None or _is_loopback_url("//" + host)
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_loopback_url(url: str) -> bool:
-    """Whether an Origin (`http://localhost:8000`) or `//Host` names this machine; one that
-    cannot be read (`[`, an unclosed or invalid IPv6 address) does not."""
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
-    return _is_loopback_host(host or "")
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    return host is None or url_names_this_machine("//" + host)
 
 
 def _metadata(query_string: bytes) -> dict[str, str]:
@@ -315,7 +291,7 @@ class SidecarAPI:
                 except ClientGone:
                     return
                 except BodyTooLarge:
-                    limit = f"the request body is larger than the limit of {self.max_body_size} bytes"
+                    limit = too_large_message(self.max_body_size)
                     refusal = error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))
                     await refusal(scope, receive, send)
                     return
@@ -492,7 +468,7 @@ class SidecarAPI:
                 DaprAPIError(
                     413,
                     "ERR_PUBSUB_PUBLISH_MESSAGE",
-                    f"the request body is larger than the limit of {self.max_body_size} bytes",
+                    too_large_message(self.max_body_size),
                 )
             )
         except DaprAPIError as exc:
@@ -530,7 +506,7 @@ class SidecarAPI:
                 DaprAPIError(
                     413,
                     "ERR_DIRECT_INVOKE",
-                    f"the request body is larger than the limit of {self.max_body_size} bytes",
+                    too_large_message(self.max_body_size),
                 )
             )
         # Dapr's precedence (reference 6.2): an HTTPEndpoint of that name, a URL, an app id.

@@ -20,6 +20,7 @@ from .._exceptions import SubscriptionError
 from .._headers import declared_length, forwardable, response_headers
 from .._subscription import TopicSubscription, parse_subscribe_answer
 from .caller import CallerWatch, ClientGone, RequestBody
+from .errors import describe
 from .http1 import MalformedAnswer, RequestError, UpstreamError
 from .pool import Pool
 
@@ -99,9 +100,7 @@ class AppChannel:
         except MalformedAnswer as exc:
             raise AppChannelError(f"the app at {self.address} answered: {exc}") from None
         except (OSError, asyncio.TimeoutError) as exc:
-            raise AppChannelError(
-                f"the app at {self.address} could not be reached: {_describe(exc)}"
-            ) from exc
+            raise AppChannelError(f"the app at {self.address} could not be reached: {describe(exc)}") from exc
         watch.on_gone(response.abort)
         try:
             start_headers = response_headers(response.headers, response.status)
@@ -139,7 +138,7 @@ class AppChannel:
                 if timeout is not None and now - started >= timeout:
                     raise AppChannelError(
                         f"the app did not open {self.address} within {timeout:g}s "
-                        f"({_describe(exc)}); is --app-port right, and is the app running?"
+                        f"({describe(exc)}); is --app-port right, and is the app running?"
                     ) from None
                 if now - reported >= _WAIT_REPORT:
                     reported = now
@@ -172,7 +171,7 @@ class AppChannel:
             except (OSError, asyncio.TimeoutError) as exc:
                 if pause is None:
                     raise AppChannelError(
-                        f"GET /dapr/subscribe on the app at {self.address} failed: {_describe(exc)}"
+                        f"GET /dapr/subscribe on the app at {self.address} failed: {describe(exc)}"
                     ) from exc
                 await asyncio.sleep(pause)
         if response.status == 404:
@@ -191,11 +190,3 @@ class AppChannel:
         for warning in warnings:
             logger.warning("GET /dapr/subscribe: %s", warning)
         return found
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "no answer within the timeout"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import DaprAPIError
 from .._json import MAX_DEPTH, TooDeep, go_dumps, loads
+from .._media import is_content_type, is_text, media_type
 from .._publishing import metadata_problem
-from .envelope import PublishRequest, is_content_type
+from .envelope import PublishRequest
 from .errors import PubSubErrors, kit_error
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def _entry_bytes(event: Any, content_type: str) -> bytes:
         if not isinstance(event, str):
             raise ValueError("error: mismatch between contentType and event")
         return base64.b64decode(event)
-    if content_type.lower().startswith("text/") or is_content_type(content_type, "application/xml"):
+    if is_text(media_type(content_type, strip=False)):
         if not isinstance(event, str):
             raise ValueError("error: mismatch between contentType and event")
         return event.encode()

@@ -1,8 +1,9 @@
-"""The caller of an ASGI request: its body, read whole or streamed and counted against a
-limit, and its leaving, noticed while its answer is awaited or sent.
+"""The caller of an ASGI request: its body, read whole, streamed or handed to the app, counted
+against a limit, and its leaving, noticed while its answer is awaited or sent.
 
-One reader of each kind for the whole sidecar, so that "the caller went away" and "the
-body is too large" mean one thing everywhere: a cut body is never taken for a whole one.
+One reader of each kind for the whole sidecar (`read_body`, `RequestBody`, `LimitedReceive`),
+so that "the caller went away" (`ClientGone`) and "the body is too large" (`BodyTooLarge`,
+`too_large_message`) mean one thing everywhere: a cut body is never taken for a whole one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 __all__: list[str] = []
 
@@ -22,6 +23,11 @@ class ClientGone(Exception):
 
 class BodyTooLarge(Exception):
     """The caller's body is larger than the limit."""
+
+
+def too_large_message(limit: int) -> str:
+    """The words of every 413 for a body over `limit`."""
+    return f"the request body is larger than the limit of {limit} bytes"
 
 
 def declared_size(headers: Mapping[str, str]) -> int | None:
@@ -96,6 +102,27 @@ class RequestBody:
                 yield chunk
             if not more:
                 return
+
+
+class LimitedReceive:
+    """The caller's `receive` for an app that reads the body itself, counted against `limit`
+    while it streams: past the limit the app sees the caller go away (`http.disconnect`),
+    and `too_large` says why, for the 413 the caller gets instead of the app's answer."""
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._received = 0
+        self.too_large = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > self._limit:
+                self.too_large = True
+                return {"type": "http.disconnect"}
+        return message
 
 
 class CallerWatch:

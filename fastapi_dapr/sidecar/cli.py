@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from .._go import parse_go_int
+from .addresses import is_loopback
 from .envelope import parse_go_bool
 
 if TYPE_CHECKING:
@@ -222,13 +223,7 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
     listen = arguments.dapr_listen_addresses.strip()
     if listen == "localhost":
         listen = "127.0.0.1"
-    import ipaddress
-
-    try:
-        loopback = ipaddress.ip_address(listen.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(listen, brackets=True):
         fail(f"--dapr-listen-addresses {listen}: the API listens on one loopback address only")
     enabled = arguments.enable_metrics
     if enabled is None:

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import logging
-import posixpath
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic_core import from_json
 from starlette.types import ASGIApp
 
-from .._headers import HOP_BY_HOP
+from .._go import path_clean
+from .._headers import not_passed_on
 from .._json import DELIVERY_DEPTH, go_dumps, loads, nests_deeper
 from .._retry import Clock
 from .._status import Status
@@ -105,21 +105,19 @@ class Route:
 @functools.lru_cache(maxsize=1024)
 def clean_path(path: str) -> str:
     """daprd posts to `path.Clean(path)` with a leading `/` (reference 3.2)."""
-    if not path:
-        return "/"
-    cleaned = posixpath.normpath("/" + path.lstrip("/"))
-    return "/" + cleaned.lstrip("/")
+    return path_clean("/" + path)
 
 
 def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     """Message metadata as delivery headers (reference 3.2)."""
     headers = []
+    dropped = not_passed_on(())  # metadata names no connection: only the hop-by-hop names
     for key, value in metadata.items():
         name = key.lower()
         if (
             name in ("content-type", "content-length", "traceparent", "tracestate")
             or name.endswith("-bin")
-            or name in HOP_BY_HOP
+            or name in dropped
         ):
             continue
         if name.startswith("grpc-"):

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from .._go import parse_go_duration
 from .._json import NO_VALUE, TooDeep, check_depth, decode_first, go_dumps
+from .._media import is_content_type
 from .._publishing import metadata_problem
 
 __all__: list[str] = []
@@ -81,12 +82,6 @@ def new_id() -> str:
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-
-
-def is_content_type(content_type: str, expected: str) -> bool:
-    """components-contrib's exact test: the whole value, or what comes before `;`."""
-    lower = content_type.lower()
-    return lower == expected or lower.split(";", 1)[0] == expected
 
 
 def parse_go_bool(text: str) -> bool:

@@ -1,7 +1,11 @@
-"""daprd's API errors, built as daprd builds them (reference 1.3), and their HTTP answer."""
+"""daprd's API errors, built as daprd builds them (reference 1.3), their HTTP answer, and
+the words (`describe`) for the failures they report."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +13,7 @@ from starlette.responses import Response
 
 from .._exceptions import DaprAPIError
 from .._json import go_dumps
+from .http1 import UpstreamError
 
 __all__: list[str] = []
 
@@ -137,3 +142,32 @@ class PubSubErrors:
 def direct_invoke_error(status_code: int, message: str) -> DaprAPIError:
     """Service invocation's older-style error: no details (reference 1.3, last note)."""
     return DaprAPIError(status_code, "ERR_DIRECT_INVOKE", message)
+
+
+def describe(exc: BaseException, peer: tuple[str | None, int | None] | None = None) -> str:
+    """A failure in a few words, for an error message or a log.
+
+    Without `peer`: the OS's words for an `OSError` that has them, else the exception's
+    own. With `peer` (the host and port talked to): which step failed with it, TLS,
+    resolving the name, connecting or the answer, as the proxy reports a transport failure."""
+    if peer is None:
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+        if isinstance(exc, asyncio.TimeoutError):
+            return "no answer within the timeout"
+        return str(exc) or type(exc).__name__
+    host, port = peer
+    where = f"{host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the certificate of {where} was refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"the host {host} could not be resolved: {exc.strerror}"
+    if isinstance(exc, UpstreamError):
+        return f"{where}: {exc}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer from {where} within the timeout"
+    if isinstance(exc, OSError):
+        return f"could not connect to {where}: {exc.strerror or exc}"
+    return f"{type(exc).__name__} talking to {where}: {exc}"

@@ -35,9 +35,6 @@ from collections.abc import AsyncIterator
 
 import httptools
 
-if typing.TYPE_CHECKING:
-    from .pool import Pool
-
 __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
@@ -434,6 +431,10 @@ class _Connection(asyncio.Protocol):
         return self._body_done and not self._body and self._error is None
 
 
+class Lender(typing.Protocol):  # where a Response gives its connection back: a Pool, not imported
+    def give_back(self, connection: _Connection, *, reuse: bool) -> None: ...
+
+
 class Response:
     """An answer whose head arrived; its body is read with `next_chunk()`."""
 
@@ -441,7 +442,7 @@ class Response:
 
     def __init__(
         self,
-        pool: Pool,
+        pool: Lender,
         connection: _Connection,
         status: int,
         headers: Headers,

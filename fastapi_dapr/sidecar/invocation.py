@@ -8,7 +8,6 @@ HTTPEndpoint, URL and other app id targets are not served yet.
 from __future__ import annotations
 
 import base64
-import posixpath
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -17,8 +16,10 @@ from urllib.parse import quote, unquote_plus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._exceptions import DaprAPIError
+from .._go import path_clean
 from .._headers import IDENTITY, forwardable
 from .._trace import from_headers, header_pairs
+from .caller import LimitedReceive, too_large_message
 from .errors import error_response
 
 if TYPE_CHECKING:
@@ -34,16 +35,6 @@ class InvalidMethod(ValueError):
     pass
 
 
-def _clean(path: str) -> str:
-    """Go's `path.Clean` of a relative or absolute path."""
-    if not path:
-        return "."
-    cleaned = posixpath.normpath(path)
-    if cleaned.startswith("//"):
-        cleaned = "/" + cleaned.lstrip("/")
-    return cleaned
-
-
 def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] | None:
     """The target id and the method of an invocation, and whether `dapr-app-id` named it.
 
@@ -53,7 +44,7 @@ def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] 
     """
     app_id = headers.get("dapr-app-id")
     if app_id:
-        return app_id, _clean(path).lstrip("/"), True
+        return app_id, path_clean(path).lstrip("/"), True
     auth = headers.get("authorization", "")
     if auth.startswith("Basic "):
         try:
@@ -61,7 +52,7 @@ def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] 
         except (ValueError, UnicodeDecodeError):
             user, password = "", ""
         if user.lower() == "dapr-app-id" and password and ":" not in password:
-            return password, _clean(path).lstrip("/"), False
+            return password, path_clean(path).lstrip("/"), False
     segments = path.split("/")
     position = 0
     for expected in ("v1.0", "invoke"):
@@ -75,7 +66,7 @@ def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] 
     if index <= 0:
         return None
     target = rest[:index]
-    method = _clean(rest[index + len("/method/") :])
+    method = path_clean(rest[index + len("/method/") :])
     try:
         unescaped = unquote_plus(target, errors="strict")
     except UnicodeDecodeError:
@@ -92,7 +83,7 @@ def normalize_method(method: str) -> str:
     for char in method:
         if char in "#?\x00" or ord(char) < 0x20 or ord(char) == 0x7F:
             raise InvalidMethod(f"method contains a forbidden character: {method!r}")
-    cleaned = _clean(method)
+    cleaned = path_clean(method)
     while cleaned.startswith("../"):
         cleaned = cleaned[3:]
     if cleaned in (".", ".."):
@@ -176,37 +167,26 @@ async def invoke_self(
             ),
         }
     )
-    received = 0
-    too_large = started = False
-
-    async def limited_receive() -> Message:
-        nonlocal received, too_large
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > max_body_size:
-                # Counted while streaming: past the limit the app sees the client go away.
-                too_large = True
-                return {"type": "http.disconnect"}
-        return message
+    limited = LimitedReceive(receive, max_body_size)
+    started = False
 
     async def guarded_send(message: Message) -> None:
         nonlocal started
-        if too_large and not started:
+        if limited.too_large and not started:
             return  # what the app made of a cut body: the caller gets the 413 below instead
         if message["type"] == "http.response.start":
             started = True
         await send(message)
 
     try:
-        await app(child, limited_receive, guarded_send)
+        await app(child, limited, guarded_send)
     except Exception:
-        if not too_large or started:
+        if not limited.too_large or started:
             raise
-    if too_large and not started:
+    if limited.too_large and not started:
         # As on the network path: a streamed body over the limit is daprd's 413.
-        limit = f"the request body is larger than the limit of {max_body_size} bytes"
-        await error_response(DaprAPIError(413, "ERR_DIRECT_INVOKE", limit))(scope, receive, send)
+        error = DaprAPIError(413, "ERR_DIRECT_INVOKE", too_large_message(max_body_size))
+        await error_response(error)(scope, receive, send)
 
 
 def measured(send: Send, metrics: Metrics, target: str, streaming: bool) -> Send:

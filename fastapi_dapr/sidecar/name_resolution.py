@@ -42,7 +42,6 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
-import ipaddress
 import json
 import os
 import secrets
@@ -55,6 +54,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .addresses import is_loopback
+from .errors import describe
 from .file_locks import lock_once, try_lock, unlock
 
 __all__: list[str] = []
@@ -108,19 +109,8 @@ class Registration:
         }
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def new_token() -> str:
     return secrets.token_urlsafe(32)
-
-
-def _describe(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def _replace(source: str, target: Path, wait: float) -> None:
@@ -185,13 +175,13 @@ class NameResolutionFile:
             except FileExistsError:
                 raise NameResolutionError(f"{folder}: is not a folder") from None
             except OSError as exc:
-                raise NameResolutionError(f"{folder}: cannot be created: {_describe(exc)}") from None
+                raise NameResolutionError(f"{folder}: cannot be created: {describe(exc)}") from None
         try:
             info = os.stat(folder)
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise NameResolutionError(f"{folder}: cannot be used: {_describe(exc)}") from None
+            raise NameResolutionError(f"{folder}: cannot be used: {describe(exc)}") from None
         if not stat.S_ISDIR(info.st_mode):
             raise NameResolutionError(f"{folder}: is not a folder")
         if not _USER_IDS:
@@ -259,7 +249,7 @@ class NameResolutionFile:
                 raise NameResolutionError(
                     f"{self.path}: apps.{app_id}: needs host, port, pid and token"
                 ) from None
-            if not _is_loopback(registration.host):
+            if not is_loopback(registration.host):
                 raise NameResolutionError(
                     f"{self.path}: apps.{app_id}: {registration.host} is not a loopback address; refused"
                 )
@@ -275,7 +265,7 @@ class NameResolutionFile:
                 self._seen, self._table = None, {}
                 return {}
             except OSError as exc:
-                raise NameResolutionError(f"{self.path}: cannot be read: {_describe(exc)}") from None
+                raise NameResolutionError(f"{self.path}: cannot be read: {describe(exc)}") from None
             with os.fdopen(descriptor, encoding="utf-8") as file:
                 info = os.fstat(file.fileno())
                 key = (info.st_ino, info.st_mtime_ns, info.st_size)
@@ -301,7 +291,7 @@ class NameResolutionFile:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise NameResolutionError(f"{path}: cannot be read: {_describe(exc)}") from None
+            raise NameResolutionError(f"{path}: cannot be read: {describe(exc)}") from None
         try:
             taken = lock_once(descriptor, exclusive=False)
             if taken:
@@ -372,7 +362,7 @@ class NameResolutionFile:
         try:
             descriptor = self._open_checked(self._lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise NameResolutionError(f"{self._lock_path}: cannot be opened: {_describe(exc)}") from None
+            raise NameResolutionError(f"{self._lock_path}: cannot be opened: {describe(exc)}") from None
         taken = False
         try:
             taken = try_lock(descriptor, True, self.lock_wait, stop)
@@ -446,7 +436,7 @@ class NameResolutionFile:
                     raise
                 self._held[app_id] = held
         except OSError as exc:
-            raise NameResolutionError(f"{self.path}: cannot be changed: {_describe(exc)}") from None
+            raise NameResolutionError(f"{self.path}: cannot be changed: {describe(exc)}") from None
 
     def deregister(self, registration: Registration) -> None:
         """Remove this sidecar's own entry (not one another sidecar wrote since), then let go
@@ -461,7 +451,7 @@ class NameResolutionFile:
                 del table[registration.app_id]
                 self._write(table)
         except OSError as exc:
-            raise NameResolutionError(f"{self.path}: cannot be changed: {_describe(exc)}") from None
+            raise NameResolutionError(f"{self.path}: cannot be changed: {describe(exc)}") from None
         finally:
             if held is not None:
                 unlock(held)

@@ -24,6 +24,7 @@ import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from .._headers import BAD_VALUE_RE, CLIENT_SET, TOKEN, TOKEN_RE
+from .addresses import ip_literal
 from .http1 import (
     ConnectTimeout,
     Limits,
@@ -91,9 +92,9 @@ class Pool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        literal = _ip_literal(self.host)
+        literal = ip_literal(self.host, brackets=True)
         if literal is not None:
-            addresses = [(literal, self.port)]
+            addresses = [(str(literal), self.port)]
         else:
             infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
             addresses = [(str(info[4][0]), int(info[4][1])) for info in infos]
@@ -325,15 +326,6 @@ def _close(connection: _Connection) -> None:
     connection.reusable = False
     if connection.transport is not None and not connection.transport.is_closing():
         connection.transport.close()
-
-
-def _ip_literal(host: str) -> str | None:
-    import ipaddress
-
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return None
 
 
 def request_head(

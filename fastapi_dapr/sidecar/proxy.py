@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,6 +24,7 @@ from .._headers import response_headers
 from .._invocation import InvocationSettings
 from .._retry import Clock, RetryPolicy
 from .endpoints import ResolvedEndpoint
+from .errors import describe
 from .http1 import ConnectTimeout, Limits, RequestError, Response, UpstreamError
 from .pool import Pool, Refused
 from .timeouts import within
@@ -70,24 +70,6 @@ def target_url(base_url: str, method: str, raw_query: str, *, escaped: bool = Fa
     if raw_query:
         text += "?" + raw_query
     return URL.parse(text)
-
-
-def describe(exc: BaseException, url: URL) -> str:
-    """A useful message for a transport failure."""
-    where = f"{url.host}:{url.port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: the certificate of {where} was refused: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"the host {url.host} could not be resolved: {exc.strerror}"
-    if isinstance(exc, UpstreamError):
-        return f"{where}: {exc}"
-    if isinstance(exc, asyncio.TimeoutError):
-        return f"no answer from {where} within the timeout"
-    if isinstance(exc, OSError):
-        return f"could not connect to {where}: {exc.strerror or exc}"
-    return f"{type(exc).__name__} talking to {where}: {exc}"
 
 
 def address_check(allow_private: bool) -> Callable[[str, str], None]:
@@ -311,7 +293,7 @@ class Upstreams:
             where = f"{url.host}:{url.port}"
             raise invoke_error(500, target.name, f"no answer from {where} within {limit}s") from None
         except Exception as exc:
-            raise invoke_error(500, target.name, describe(exc, url)) from exc
+            raise invoke_error(500, target.name, describe(exc, (url.host, url.port))) from exc
         response.headers = response_headers(response.headers, response.status)
         return response
 

@@ -17,7 +17,7 @@ from .._exceptions import DaprAPIError
 from .._headers import declared_length, invocation_headers
 from .._retry import Clock, RetryPolicy
 from .._trace import from_headers
-from .caller import CallerWatch, RequestBody
+from .caller import CallerWatch, RequestBody, too_large_message
 from .errors import error_response
 from .http1 import MalformedAnswer, UpstreamError
 from .invocation import VERBS
@@ -41,7 +41,7 @@ def caller_error(error: DaprAPIError, body: RequestBody | None, max_body_size: i
     if body is not None and body.gone:
         return None
     if body is not None and body.too_large:
-        limit = f"the request body is larger than the limit of {max_body_size} bytes"
+        limit = too_large_message(max_body_size)
         return DaprAPIError(413, "ERR_DIRECT_INVOKE", limit)
     return error
 

@@ -10,16 +10,16 @@ lookup to rebind). A URL target's path must read the same on every server.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 import unicodedata
 from collections.abc import Sequence
 from typing import NamedTuple
 from urllib.parse import unquote, urljoin, urlsplit
 
+from .addresses import embedded_ipv4, ip_literal
+
 __all__: list[str] = []
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -71,16 +71,10 @@ class BadTarget(Exception):
 
 def address_problem(address: str, allow_private: bool) -> str | None:
     """Why the proxy may not connect to `address`; None if it may."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    literal = ip_literal(address, zone=True)
+    if literal is None:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            ip = embedded
+    ip = embedded_ipv4(literal)
     if ip.is_unspecified or ip.is_multicast:
         return f"{ip} is not a unicast address"
     if ip.is_global or allow_private:
@@ -142,7 +136,7 @@ class UrlPolicy:
                 f"URL targets are refused unless allowed: add {host!r} or a URL prefix to "
                 "InvocationSettings(allowed_urls=...), or declare an HTTPEndpoint resource"
             )
-        if _is_ip(host):
+        if ip_literal(host, brackets=True, zone=True) is not None:
             problem = address_problem(host, self.allow_private)
             if problem is not None:
                 raise Forbidden(problem)
@@ -193,11 +187,3 @@ def normalised_path(raw_path: str) -> str:
         return char if char in _UNRESERVED else "%" + match.group(1).upper()
 
     return _ESCAPE.sub(one, raw_path)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True

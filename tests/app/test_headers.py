@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi_dapr._headers import declared_length, forwardable, invocation_headers, response_headers
+from fastapi_dapr._headers import (
+    HOP_BY_HOP,
+    declared_length,
+    forwardable,
+    invocation_headers,
+    not_passed_on,
+    response_headers,
+)
+from fastapi_dapr.sidecar.delivery import message_headers
 from fastapi_dapr.sidecar.proxy import Target
 
 
@@ -62,3 +70,45 @@ def test_an_answer_without_a_body_loses_its_length() -> None:
     raw = [(b"content-length", b"10"), (b"etag", b"x"), (b"connection", b"close")]
     assert response_headers(raw, 304) == [(b"etag", b"x")]
     assert response_headers(raw, 200) == [(b"content-length", b"10"), (b"etag", b"x")]
+
+
+def test_not_passed_on_is_the_one_hop_rule() -> None:
+    assert not_passed_on(()) == HOP_BY_HOP  # the names themselves: test_every_user_drops_...
+    dropped = not_passed_on(
+        ["x-a ,X-B,, \tkeep-alive"], also=frozenset({"x-c"}), keep=frozenset({"x-a", "te"})
+    )
+    assert dropped - not_passed_on(()) == {"x-b", "x-c", ""}
+    assert "x-a" not in dropped
+    assert "te" not in dropped
+
+
+def test_not_passed_on_takes_hostile_connection_headers() -> None:
+    # Empty, repeated, huge and non-ASCII lists: nothing raises, only listed names go.
+    huge = ",".join(f"x-{index}" for index in range(10_000))
+    dropped = not_passed_on(["", ",", huge, "\xc9t\xc9", "A" * 100_000])
+    assert {"", "x-0", "x-9999", "\xe9t\xe9", "a" * 100_000} <= dropped
+    assert "x-10000" not in dropped
+    assert forwardable([("Connection", huge), ("X-9999", "gone"), ("X-Kept", "kept")]) == [("x-kept", "kept")]
+
+
+def test_every_user_drops_the_same_hop_by_hop_names() -> None:
+    names = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"]
+    names += ["http2-settings", "trailer", "proxy-authorization", "proxy-authenticate"]
+    raw = [(name.encode(), b"v") for name in names] + [(b"x-kept", b"v")]
+    assert forwardable(raw) == [("x-kept", "v")]
+    assert response_headers(raw) == [(b"x-kept", b"v")]
+    assert message_headers(dict.fromkeys([*(name.upper() for name in names), "X-Kept"], "v")) == [
+        (b"x-kept", b"v")
+    ]
+
+
+def test_an_answer_s_header_bytes_pass_unchanged() -> None:
+    raw = [
+        (b"X-Latin", b"caf\xe9 \xff"),
+        (b"Connection", b"X-\xc9"),
+        (b"x-\xc9", b"kept: bytes lower-case ASCII only"),
+    ]
+    assert response_headers(raw) == [
+        (b"x-latin", b"caf\xe9 \xff"),
+        (b"x-\xc9", b"kept: bytes lower-case ASCII only"),
+    ]

@@ -1,4 +1,4 @@
-"""Durations, integers and booleans in resources and flags, read as Go reads them (issue 14, item 13)."""
+"""Go's readings: durations, integers and booleans in resources and flags (issue 14), `path.Clean`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 
 from fastapi_dapr import Dapr, ResourceError
-from fastapi_dapr._go import parse_duration, parse_go_duration, parse_go_int
+from fastapi_dapr._go import parse_duration, parse_go_duration, parse_go_int, path_clean
 from fastapi_dapr.sidecar.cli import parser
 from fastapi_dapr.sidecar.resources import load_resources
 from fastapi_dapr.testing import DaprTestClient
@@ -148,3 +148,46 @@ def test_flags_go_reads() -> None:
     )
     assert (arguments.dapr_http_port, arguments.dapr_graceful_shutdown_seconds) == (3501, 0.5)
     assert (arguments.enable_metrics, arguments.log_as_json) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("path", "cleaned"),
+    [
+        # The examples of Go's `path.Clean` documentation.
+        ("a/c", "a/c"),
+        ("a//c", "a/c"),
+        ("a/c/.", "a/c"),
+        ("a/c/b/..", "a/c"),
+        ("/../a/c", "/a/c"),
+        ("/../a/b/../././/c", "/a/c"),
+        ("", "."),
+        # Its rules one by one: nothing left is ".", a rooted ".." is "/", a relative one stays.
+        (".", "."),
+        ("./", "."),
+        ("a/..", "."),
+        ("/", "/"),
+        ("/..", "/"),
+        ("/../..", "/"),
+        ("..", ".."),
+        ("../..", "../.."),
+        ("a/../..", ".."),
+        ("../a/../b", "../b"),
+        ("a/b/", "a/b"),
+        ("abc/def/../../..", ".."),
+        # Leading slashes collapse however many: POSIX's normpath keeps exactly two.
+        ("//", "/"),
+        ("//a", "/a"),
+        ("///a//b", "/a/b"),
+        ("//../a", "/a"),
+        # Hostile: nothing but `/` is special (no `\\`, no `%2F`, no `..;`, no NUL).
+        ("a\\..\\b", "a\\..\\b"),
+        ("a/%2e%2e/b", "a/%2e%2e/b"),
+        ("a/..;/b", "a/..;/b"),
+        ("a/\x00/../b", "a/b"),
+        ("...", "..."),
+        ("/a/.../b", "/a/.../b"),
+    ],
+)
+def test_path_clean_gives_go_s_documented_results(path: str, cleaned: str) -> None:
+    assert path_clean(path) == cleaned
+    assert path_clean(cleaned) == cleaned  # Clean is idempotent
