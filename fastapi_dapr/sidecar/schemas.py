@@ -4,6 +4,10 @@
 files of DIR differ from what the models give (the docs' test runs it). An
 editor with a YAML language server checks a resources folder against
 `resource.json`, which picks the schema of each document by its kind.
+
+The files carry no `$id`: the documentation has no fixed address, so a `$ref`
+between them resolves against wherever the files are (the published site, the
+repository, or a copy written into the user's project).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from .resource_models import (
 __all__: list[str] = []
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-BASE = "https://fastapi-dapr.readthedocs.io/en/latest/schemas/"
 KINDS: dict[str, tuple[str, str | None, type[ResourceModel]]] = {  # file: kind, apiVersion, model
     "component.json": ("Component", "dapr.io/v1alpha1", ComponentDocument),
     "subscription-v1alpha1.json": ("Subscription", "dapr.io/v1alpha1", SubscriptionV1Document),
@@ -71,7 +74,7 @@ def _schema(name: str, kind: str, api_version: str | None, model: type[ResourceM
     version = f" ({api_version})" if api_version else ""
     if kind != "Configuration":  # null and absent are read as an empty mapping, which has no name
         schema["required"] = sorted({*schema.get("required", ()), "metadata"})
-    return {"$schema": DIALECT, "$id": BASE + name, **schema, "title": f"Dapr {kind}{version}"}
+    return {"$schema": DIALECT, **schema, "title": f"Dapr {kind}{version}"}
 
 
 def _any_resource() -> dict[str, Any]:
@@ -84,7 +87,6 @@ def _any_resource() -> dict[str, Any]:
         cases.append({"if": {"properties": case, "required": list(case)}, "then": {"$ref": name}})
     return {
         "$schema": DIALECT,
-        "$id": BASE + "resource.json",
         "title": "A Dapr resource read by fastapi-dapr",
         "description": "Documents of other kinds are not checked (daprd skips them).",
         "allOf": cases,
