@@ -62,7 +62,7 @@ async def test_publish_posts_to_daprd(monkeypatch: pytest.MonkeyPatch) -> None:
         await dapr.publish("pubsub", "a/b c+d", {"id": 1}, metadata={"ttlInSeconds": "60"})
         await dapr.publish("pubsub", "raw", b"\x00\x01")
         await dapr.publish("pubsub", "text", "hello", content_type="text/csv")
-        await dapr._remote_sidecar().close()
+        await dapr.backend.close()
     first, second, third = received
     # Each parameter escaped whole, so daprd's QueryUnescape gives the topic back.
     assert first["raw_path"] == "/v1.0/publish/pubsub/a%2Fb%20c%2Bd"
@@ -83,7 +83,7 @@ async def test_daprd_errors_are_raised_with_its_code() -> None:
         dapr = Dapr(FastAPI(), mode="remote", dapr_http_endpoint=url)
         with pytest.raises(DaprAPIError) as info:
             await dapr.publish("nope", "t", {})
-        await dapr._remote_sidecar().close()
+        await dapr.backend.close()
     assert info.value.status_code == 404
     assert info.value.error_code == "ERR_PUBSUB_NOT_FOUND"
     assert info.value.message == "pubsub nope is not found"
@@ -98,7 +98,7 @@ async def test_unreachable_daprd_is_a_publish_error() -> None:
     dapr = Dapr(FastAPI(), mode="remote", dapr_http_endpoint=f"http://127.0.0.1:{port}")
     with pytest.raises(DaprAPIError) as info:
         await dapr.publish("pubsub", "t", {})
-    await dapr._remote_sidecar().close()
+    await dapr.backend.close()
     assert info.value.status_code == 500
     assert info.value.error_code == "ERR_PUBSUB_PUBLISH_MESSAGE"
     assert "could not be reached" in info.value.message
