@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 PATH_SAFE = "/:@!$&'()*+,;=-._~"  # what Go leaves unescaped in a path
+_CLIENT_DEFAULTS = frozenset({"accept", "accept-encoding", "connection", "user-agent"})  # httpx's
 CONNECT_TIMEOUT = 15.0  # daprd's, for a connection (InvocationSettings.connect_timeout)
 
 
@@ -69,20 +70,17 @@ class RemoteBackend(Backend):
             await client.aclose()
 
     @asynccontextmanager
-    async def _lifespan(self, app_lifespan: AbstractAsyncContextManager[Any]) -> AsyncIterator[Any]:
+    async def lifespan(
+        self,
+        app_lifespan: AbstractAsyncContextManager[Any],
+        subscriptions: list[TopicSubscription],  # daprd reads them at /dapr/subscribe
+        settings: Settings,
+    ) -> AsyncIterator[Any]:
         try:
             async with app_lifespan as state:
                 yield state
         finally:
             await self.close()
-
-    def lifespan(
-        self,
-        app_lifespan: AbstractAsyncContextManager[Any],
-        subscriptions: list[TopicSubscription],
-        settings: Settings,
-    ) -> AbstractAsyncContextManager[Any]:
-        return self._lifespan(app_lifespan)  # daprd reads the subscriptions at /dapr/subscribe
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -161,6 +159,11 @@ class RemoteBackend(Backend):
             content=call.body,
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
         )
+        # What is sent is what the caller gave: not httpx's own defaults (an Accept-Encoding
+        # would have the target compress an answer the caller gets as it came).
+        given = {name for name, _ in headers}
+        for name in _CLIENT_DEFAULTS - given:
+            del request.headers[name]
         try:
             # The timeout is until the answer's headers came, the body sent included.
             response = await asyncio.wait_for(client.send(request, stream=True), call.timeout)

@@ -39,8 +39,6 @@ from .resiliency import Policy
 from .runtime import Runtime
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
-
     from .http1 import Response as Upstream
     from .metrics import Metrics
     from .proxy import Target
@@ -719,22 +717,3 @@ class SidecarDispatch:
                     CURRENT.reset(token)
                 return
         await self.app(scope, receive, send)
-
-
-def serve_in_front(app: Starlette, api: SidecarAPI) -> None:
-    """Serve `api` in front of `app`'s whole middleware stack (`SidecarDispatch`).
-
-    Starlette builds an app's stack once, at its first ASGI call, with
-    `build_middleware_stack()`, `ServerErrorMiddleware` outermost; middleware added
-    after `Dapr(app)` goes inside it. Wrapping what that method builds is the one
-    place outside the whole stack, and it keeps the app's own middleware off daprd's
-    paths, whenever the app adds it. Before the stack is built only.
-    """
-    if app.middleware_stack is not None:
-        raise RuntimeError("Dapr(app) must be created before the app starts serving")
-    build = app.build_middleware_stack
-
-    def build_with_sidecar() -> ASGIApp:
-        return SidecarDispatch(api, build())
-
-    app.build_middleware_stack = build_with_sidecar  # type: ignore[method-assign]

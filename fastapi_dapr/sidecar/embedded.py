@@ -21,13 +21,15 @@ from .._headers import forwardable, invocation_headers
 from .._invocation import InvocationSettings, InvokeResponse
 from .._publishing import FailedEntry, bulk_body, encode_data, failed_entries
 from .._trace import CURRENT, header_pairs
-from .api import SidecarAPI, serve_in_front
+from .api import SidecarAPI, SidecarDispatch
 from .asgi import http_scope
 from .calls import open_in_process
 from .envelope import PublishRequest
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.applications import Starlette
+    from starlette.types import ASGIApp
 
     from .._backend import Settings
     from .._call import Call
@@ -38,6 +40,25 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 __all__: list[str] = []
+
+
+def serve_in_front(app: Starlette, api: SidecarAPI) -> None:
+    """Serve `api` in front of `app`'s whole middleware stack (`SidecarDispatch`).
+
+    Starlette builds an app's stack once, at its first ASGI call, with
+    `build_middleware_stack()`, `ServerErrorMiddleware` outermost; middleware added
+    after `Dapr(app)` goes inside it. Wrapping what that method builds is the one
+    place outside the whole stack, which keeps the app's own middleware off daprd's
+    paths whenever the app adds it. Before the stack is built only.
+    """
+    if app.middleware_stack is not None:
+        raise RuntimeError("Dapr(app) must be created before the app starts serving")
+    build = app.build_middleware_stack
+
+    def build_with_sidecar() -> ASGIApp:
+        return SidecarDispatch(api, build())
+
+    app.build_middleware_stack = build_with_sidecar  # type: ignore[method-assign]
 
 
 class EmbeddedBackend(Backend):
@@ -102,16 +123,8 @@ class EmbeddedBackend(Backend):
 
     # -- the app's lifespan ----------------------------------------------------------------------
 
-    def lifespan(
-        self,
-        app_lifespan: AbstractAsyncContextManager[Any],
-        subscriptions: list[TopicSubscription],
-        settings: Settings,
-    ) -> AbstractAsyncContextManager[Any]:
-        return self._lifespan(app_lifespan, subscriptions, settings)
-
     @asynccontextmanager
-    async def _lifespan(
+    async def lifespan(
         self,
         app_lifespan: AbstractAsyncContextManager[Any],
         subscriptions: list[TopicSubscription],

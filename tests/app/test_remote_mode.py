@@ -133,6 +133,8 @@ async def test_invoke_goes_to_daprds_invoke_api_escaped_as_daprd_reads_it() -> N
     assert (request.method, request.target) == ("PUT", "/v1.0/invoke/billing%2Fv2/method/items/a%20b?q=v+w")
     assert (request.values("content-type"), request.body) == (["application/json"], b'{"n":1}')
     assert request.values("dapr-api-token") == []  # none configured: none sent
+    # Nothing the caller did not give but the framing: no client's own headers (Accept-Encoding...).
+    assert {name for name, _ in request.headers} == {"host", "content-length", "content-type"}
 
 
 async def test_streamed_bodies_both_ways_and_a_declared_length_honoured() -> None:
