@@ -168,7 +168,7 @@ async def test_the_full_flow_over_redis_streams(tmp_path: Path) -> None:
     async with redis_server(tmp_path) as server:
         with resources(tmp_path, redis=server.url):
             async with DaprTest(app) as test:
-                assert app.state.fastapi_dapr._runtime.brokers["pubsub"].type_name == "pubsub.redis"
+                assert app.state.fastapi_dapr.backend.running().brokers["pubsub"].type_name == "pubsub.redis"
                 await full_flow(test)
 
 

@@ -2,9 +2,14 @@
 
 import sys
 
-from .sidecar.cli import main
-
 __all__: list[str] = []
 
+
+def run() -> int:
+    from .sidecar.cli import main  # the sidecar side's command, loaded when it is run
+
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

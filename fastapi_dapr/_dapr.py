@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -12,69 +11,24 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ._backend import Backend, Settings
+from ._call import prepare_call
 from ._exceptions import DaprAPIError
 from ._handler import token_error
 from ._invocation import InvocationSettings, InvokeResponse
-from ._retry import Clock, RetryPolicy
+from ._retry import RetryPolicy
 from ._routing import collect_handlers, subscribe_on
 from ._subscription import BulkSubscribe, TopicSubscription, merge_subscriptions
-from ._trace import CURRENT
 
 if TYPE_CHECKING:
     from ._publishing import FailedEntry
-    from ._remote import RemoteSidecar
     from .sidecar.api import SidecarAPI
-    from .sidecar.envelope import PublishRequest
     from .sidecar.metrics import Metrics
-    from .sidecar.proxy import Upstreams
-    from .sidecar.runtime import Runtime
 
 __all__ = ["Dapr"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Mode = Literal["embedded", "remote"]
-
-
-@functools.cache
-def _encode_data() -> Callable[[Any, str | None], tuple[bytes, str, Any]]:
-    from ._publishing import encode_data  # imported on first use, then kept
-
-    return encode_data
-
-
-@functools.cache
-def _bulk_body() -> Callable[[Iterable[Any]], bytes]:
-    from ._publishing import bulk_body
-
-    return bulk_body
-
-
-@functools.cache
-def _failed_entries() -> Callable[[Iterable[Mapping[str, Any]]], list[FailedEntry]]:
-    from ._publishing import failed_entries
-
-    return failed_entries
-
-
-def _check_metadata(pubsub: str, metadata: Mapping[str, str] | None) -> None:
-    """Refuse, before daprd takes it, metadata that would fail every delivery (remote mode:
-    in embedded mode the runtime refuses it, on every path)."""
-    if not metadata:
-        return
-    from ._publishing import metadata_problem
-
-    problem = metadata_problem(metadata)
-    if problem is not None:
-        from .sidecar.errors import PubSubErrors
-
-        raise PubSubErrors.bad_metadata(pubsub, metadata, problem)
-
-
-@functools.cache
-def _publish_request() -> type[PublishRequest]:
-    from .sidecar.envelope import PublishRequest  # embedded mode only
-
-    return PublishRequest
 
 
 class Dapr:
@@ -155,40 +109,34 @@ class Dapr:
             self.resources_paths = list(resources_path)
         self.retry = retry
         self.invocation = invocation or InvocationSettings()
+        api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
+        # The mode's backend: everything below that differs between the modes is its.
+        # Internal, not public API (fastapi_dapr.testing uses the embedded one).
+        self.backend: Backend
         if mode == "embedded":
-            from .sidecar.url_policy import UrlPolicy
+            from .sidecar.embedded import EmbeddedBackend  # the app side's one way into the sidecar side
 
-            # A bad entry is a mistake to see now, not at the first invocation.
-            UrlPolicy(self.invocation.allowed_urls, self.invocation.allow_private_addresses)
-        self._clock: Clock | None = None
-        self._runtime: Runtime | None = None
-        self._remote: RemoteSidecar | None = None
-        self._remote_invoker: Upstreams | None = None
-        if mode == "remote":
+            self.backend = EmbeddedBackend(
+                app,
+                app_id=self.app_id,
+                invocation=self.invocation,
+                api_token=api_token,
+                serve_api=serve_api,
+                max_body_size=max_body_size,
+                max_header_size=max_header_size,
+                max_bulk_entries=max_bulk_entries,
+                metrics=metrics,
+            )
+        else:
+            from ._remote import RemoteBackend
+
             port = os.environ.get("DAPR_HTTP_PORT", "3500")
             self.dapr_http_endpoint = (
                 dapr_http_endpoint or os.environ.get("DAPR_HTTP_ENDPOINT") or f"http://127.0.0.1:{port}"
             )
-        self._api_token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN")
-        self.sidecar: SidecarAPI | None = None
-        self.metrics: Metrics | None = None
-        if metrics and mode == "embedded":
-            from .sidecar.metrics import Metrics
-
-            self.metrics = Metrics(self.app_id)
-        if mode == "embedded":
-            from .sidecar.api import SidecarAPI
-
-            self.sidecar = SidecarAPI(
-                lambda: self._runtime,
-                api_token=self._api_token,
-                max_body_size=max_body_size,
-                max_header_size=max_header_size,
-                metrics=self.metrics,
-                max_bulk_entries=max_bulk_entries,
-            )
-            if serve_api:
-                self._serve_sidecar_api(app, self.sidecar)
+            self.backend = RemoteBackend(self.dapr_http_endpoint, api_token=api_token)
+        self.sidecar: SidecarAPI | None = self.backend.sidecar
+        self.metrics: Metrics | None = self.backend.metrics
         app.state.fastapi_dapr = self
         app.add_api_route(
             "/dapr/subscribe",
@@ -198,20 +146,6 @@ class Dapr:
             name="dapr:subscribe",
         )
         self._wrap_lifespan()
-
-    @staticmethod
-    def _serve_sidecar_api(app: FastAPI, api: SidecarAPI) -> None:
-        """Put the sidecar in front of the app's middleware stack, built when the app starts."""
-        from .sidecar.api import SidecarDispatch
-
-        if app.middleware_stack is not None:
-            raise RuntimeError("Dapr(app) must be created before the app starts serving")
-        build = app.build_middleware_stack
-
-        def build_with_sidecar() -> Any:
-            return SidecarDispatch(api, build())
-
-        app.build_middleware_stack = build_with_sidecar  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"Dapr(app_id={self.app_id!r}, mode={self.mode!r})"
@@ -269,12 +203,7 @@ class Dapr:
         header (so each key an HTTP token, each value without CR, LF or another
         control character). Raises `DaprAPIError` with daprd's status and error code.
         """
-        if self.mode == "remote":
-            _check_metadata(pubsub, metadata)
-            body, media_type, _ = _encode_data()(data, content_type)
-            await self._remote_sidecar().publish(pubsub, topic, body, media_type, dict(metadata or {}))
-            return
-        await self._publish_embedded(pubsub, topic, data, content_type, metadata)
+        await self.backend.publish(pubsub, topic, data, content_type, metadata)
 
     async def publish_bulk(
         self,
@@ -294,57 +223,7 @@ class Dapr:
         refused (no such pubsub, a forbidden topic, a malformed entry, metadata that
         cannot be a header; in embedded mode, more than `max_bulk_entries` entries).
         """
-        if self.mode == "remote":
-            entries = list(entries)
-            _check_metadata(pubsub, metadata)
-            for entry in entries:
-                _check_metadata(pubsub, getattr(entry, "metadata", None))
-            body = _bulk_body()(entries)
-            return await self._remote_sidecar().publish_bulk(pubsub, topic, body, dict(metadata or {}))
-        body = _bulk_body()(entries)
-        from .sidecar.bulk_publish import publish_bulk
-
-        runtime = self._running()
-        assert self.sidecar is not None  # embedded mode
-        runtime.check_pubsub(pubsub, topic, metadata or {})  # as the HTTP API, before the entries
-        trace = CURRENT.get()
-        failed = await publish_bulk(
-            runtime,
-            pubsub,
-            topic,
-            body,
-            dict(metadata or {}),
-            trace[0] if trace is not None else "",
-            trace[1] if trace is not None else "",
-            max_entries=self.sidecar.max_bulk_entries,
-        )
-        return _failed_entries()(failed)
-
-    async def _publish_embedded(
-        self,
-        pubsub: str,
-        topic: str,
-        data: Any,
-        content_type: str | None,
-        metadata: Mapping[str, str] | None,
-    ) -> str:
-        """Publish to the embedded sidecar; the broker's message id."""
-        body, media_type, value = _encode_data()(data, content_type)
-        trace = CURRENT.get()
-        request = _publish_request()(
-            pubsub,
-            topic,
-            body,
-            media_type,
-            dict(metadata) if metadata else {},
-            trace[0] if trace is not None else "",
-            trace[1] if trace is not None else "",
-            value=value,
-        )
-        runtime = self._runtime
-        if runtime is None:
-            runtime = self._running()  # raises the "not started" error
-        return await runtime.publish(request)
+        return await self.backend.publish_bulk(pubsub, topic, entries, metadata)
 
     async def invoke(
         self,
@@ -373,10 +252,7 @@ class Dapr:
         `ERR_DIRECT_INVOKE`), or is refused; `ValueError` for a header that
         cannot be sent.
         """
-        from .sidecar.calls import invoke
-
-        response = await invoke(
-            self,
+        call = prepare_call(
             target,
             method,
             http_method=http_method,
@@ -386,6 +262,7 @@ class Dapr:
             params=params,
             timeout=timeout,
         )
+        response = await self.backend.invoke(target, call)
         if not stream:
             try:
                 await response.aread()
@@ -396,23 +273,6 @@ class Dapr:
                     f"failed to invoke, id: {target}, err: the answer was cut short: {exc}",
                 ) from exc
         return response
-
-    def _running(self) -> Runtime:
-        if self._runtime is None:
-            raise DaprAPIError(
-                503,
-                "ERR_SIDECAR_NOT_STARTED",
-                "the embedded sidecar runs inside the app's lifespan and has not started "
-                "(in tests: `with TestClient(app)`, or fastapi_dapr.testing)",
-            )
-        return self._runtime
-
-    def _remote_sidecar(self) -> RemoteSidecar:
-        if self._remote is None:
-            from ._remote import RemoteSidecar
-
-            self._remote = RemoteSidecar(self.dapr_http_endpoint, api_token=self._api_token)
-        return self._remote
 
     async def _subscribe_endpoint(self, request: Request) -> Response:
         refused = token_error(request)
@@ -427,49 +287,10 @@ class Dapr:
         @asynccontextmanager
         async def lifespan(app: Any) -> AsyncIterator[Any]:
             subscriptions = self.subscriptions()  # raises before serving anything
-            if self.mode == "remote":
-                try:
-                    async with inner(app) as state:
-                        yield state
-                finally:
-                    if self._remote is not None:
-                        await self._remote.close()
-                    if self._remote_invoker is not None:
-                        await self._remote_invoker.close()
-                        self._remote_invoker = None
-                return
-            runtime = self._create_runtime()
-            try:
-                await runtime.start_components()  # publishing works from here on
-                self._runtime = runtime
-                async with inner(app) as state:
-                    runtime.lifespan_state = state
-                    try:
-                        # Deliveries start once the app's own start-up is done.
-                        await runtime.start_subscriptions(subscriptions)
-                        yield state
-                    finally:
-                        await runtime.stop_subscriptions()
-            finally:
-                self._runtime = None
-                await runtime.close()
+            settings = Settings(
+                self.app_id, self.app_api_token, list(self.resources_paths), self.retry, self.invocation
+            )
+            async with self.backend.lifespan(inner(app), subscriptions, settings) as state:
+                yield state
 
         router.lifespan_context = lifespan
-
-    def _create_runtime(self) -> Runtime:
-        from .sidecar.resources import Resources, load_resources
-        from .sidecar.runtime import Runtime
-
-        resources = (
-            load_resources(self.resources_paths, app_id=self.app_id) if self.resources_paths else Resources()
-        )
-        return Runtime(
-            app=self.app,
-            app_id=self.app_id,
-            app_api_token=self.app_api_token,
-            resources=resources,
-            retry=self.retry,
-            clock=self._clock,
-            invocation=self.invocation,
-            metrics=self.metrics,
-        )

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import typing
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -240,7 +241,20 @@ DirectHandler = Callable[[bytes, "Mapping[str, Any] | None"], Awaitable["Status 
 answer out (a `Status`, or a `Response`). `HTTPException` propagates, as it does
 from the endpoint."""
 
-DIRECT_ATTR = "__fastapi_dapr_direct__"
+_DIRECT: weakref.WeakKeyDictionary[Callable[..., Any], DirectHandler] = weakref.WeakKeyDictionary()
+
+
+def direct_handler(endpoint: Any) -> DirectHandler | None:
+    """The in-process delivery of an endpoint `build_endpoint` made (`DirectHandler`), or
+    None: for any other endpoint, or one whose handler takes FastAPI parameters (then
+    only the endpoint, with its dependencies, can serve it). The delivery engine's way
+    to skip the HTTP request around a plain handler."""
+    try:
+        return _DIRECT.get(endpoint)
+    except TypeError:  # not weakly referable (None, a bound method's owner...): none of ours
+        return None
+
+
 # daprd's delivery: a structured-mode CloudEvent (reference 3.2).
 _STRUCTURED = {"content-type": "application/cloudevents+json"}
 
@@ -248,9 +262,9 @@ _STRUCTURED = {"content-type": "application/cloudevents+json"}
 def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Response]]:
     """The FastAPI endpoint serving `subscription`'s route.
 
-    When the handler takes no FastAPI parameters, the endpoint also carries
-    (as `DIRECT_ATTR`) the same delivery without the HTTP request around it,
-    for the in-process engine.
+    When the handler takes no FastAPI parameters, the same delivery without
+    the HTTP request around it is registered for the in-process engine
+    (`direct_handler(endpoint)`).
     """
     func = subscription.handler
     name = subscription.handler_name
@@ -398,7 +412,7 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
     endpoint.__doc__ = getattr(func, "__doc__", None)
     setattr(endpoint, SUBSCRIPTION_ATTR, subscription)
     if not fastapi_params and subscription.bulk is None:
-        setattr(endpoint, DIRECT_ATTR, direct)
+        _DIRECT[endpoint] = direct
     return endpoint
 
 

@@ -25,7 +25,7 @@ import dataclasses
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio.from_thread import BlockingPortal
 from fastapi import FastAPI
@@ -33,9 +33,23 @@ from starlette.testclient import TestClient
 
 from ._dapr import Dapr
 from ._retry import Clock
-from .sidecar.delivery import Attempt, DeliveryReport
+
+if TYPE_CHECKING:
+    from .sidecar.delivery import Attempt, DeliveryReport
+    from .sidecar.embedded import EmbeddedBackend
 
 __all__ = ["Attempt", "DaprTest", "DaprTestClient", "DeliveryReport", "FakeClock"]
+
+
+def __getattr__(name: str) -> Any:
+    # The reports are the sidecar side's: loaded when asked for, so that importing this
+    # module (for FakeClock, say) under a real daprd loads nothing of the sidecar side.
+    if name in ("Attempt", "DeliveryReport"):
+        from .sidecar import delivery
+
+        return getattr(delivery, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -117,13 +131,16 @@ class FakeClock(Clock):
                 timer.callback()
 
 
-def _dapr_of(app: FastAPI) -> Dapr:
+def _dapr_of(app: FastAPI) -> tuple[Dapr, EmbeddedBackend]:
     dapr = getattr(app.state, "fastapi_dapr", None)
     if not isinstance(dapr, Dapr):
         raise RuntimeError("this app has no Dapr instance: create one with Dapr(app)")
     if dapr.mode != "embedded":
         raise RuntimeError("fastapi_dapr.testing runs the embedded sidecar: use Dapr(app, mode='embedded')")
-    return dapr
+    from .sidecar.embedded import EmbeddedBackend
+
+    assert isinstance(dapr.backend, EmbeddedBackend)  # embedded mode's
+    return dapr, dapr.backend
 
 
 @dataclasses.dataclass
@@ -173,12 +190,12 @@ def _matcher(pubsub: str | None, topic: str | None) -> Callable[[DeliveryReport]
 class _Probe:
     """The async core shared by `DaprTest` and `DaprTestClient`."""
 
-    def __init__(self, dapr: Dapr) -> None:
-        self.dapr = dapr
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        self.backend = backend
         self.recorder = _Recorder()
 
     def attach(self) -> None:
-        self.dapr._running().add_observer(self.recorder)
+        self.backend.add_observer(self.recorder)
 
     async def publish_and_wait(
         self,
@@ -190,7 +207,7 @@ class _Probe:
         metadata: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> DeliveryReport:
-        message_id = await self.dapr._publish_embedded(pubsub, topic, data, content_type, metadata)
+        message_id = await self.backend.publish(pubsub, topic, data, content_type, metadata)
         return await self.recorder.wait(
             lambda r: r.pubsub == pubsub and r.topic == topic and r.message_id == message_id,
             timeout,
@@ -214,10 +231,10 @@ class DaprTest:
 
     def __init__(self, app: FastAPI, *, clock: FakeClock | None = None) -> None:
         self.app = app
-        self.dapr = _dapr_of(app)
+        self.dapr, backend = _dapr_of(app)
         if clock is not None:
-            self.dapr._clock = clock
-        self._probe = _Probe(self.dapr)
+            backend.clock = clock
+        self._probe = _Probe(backend)
         self._stack = contextlib.AsyncExitStack()
         self.client: Any = None
 
@@ -275,10 +292,10 @@ class DaprTestClient(TestClient):
 
     def __init__(self, app: FastAPI, *, clock: FakeClock | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self.dapr = _dapr_of(app)
+        self.dapr, backend = _dapr_of(app)
         if clock is not None:
-            self.dapr._clock = clock
-        self._probe = _Probe(self.dapr)
+            backend.clock = clock
+        self._probe = _Probe(backend)
 
     def __enter__(self) -> DaprTestClient:
         super().__enter__()

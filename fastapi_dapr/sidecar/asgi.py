@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._handler import DIRECT_ATTR, DirectHandler
+from .._handler import DirectHandler, direct_handler
 from .._routing import route_entries as _route_entries
 from .._status import Status
 
@@ -167,7 +167,7 @@ def _direct_handler(app: Any, path: str) -> DirectHandler | None:
             continue
         if match != Match.FULL or type(getattr(entry, "original_route", entry)) is not APIRoute:
             return None
-        handler: DirectHandler | None = getattr(child_scope.get("endpoint"), DIRECT_ATTR, None)
+        handler = direct_handler(child_scope.get("endpoint"))
         dependant = getattr(entry, "dependant", None)
         if handler is None or dependant is None or dependant.dependencies:
             return None

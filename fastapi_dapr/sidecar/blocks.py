@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+from .._error_codes import kit_error
 from .._exceptions import DaprAPIError
-from .errors import kit_error
 
 __all__: list[str] = []
 

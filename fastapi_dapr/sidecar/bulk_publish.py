@@ -14,12 +14,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._error_codes import PubSubErrors, kit_error
 from .._exceptions import DaprAPIError
 from .._json import MAX_DEPTH, TooDeep, go_dumps, loads
 from .._media import is_content_type, is_text, media_type
 from .._publishing import metadata_problem
 from .envelope import PublishRequest
-from .errors import PubSubErrors, kit_error
 
 if TYPE_CHECKING:
     from .runtime import Envelope, Runtime

@@ -15,6 +15,9 @@ from urllib.parse import quote, unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._call import VERBS as VERBS  # re-exported: the sidecar's modules read them here
+from .._call import InvalidMethod as InvalidMethod
+from .._call import normalize_method as normalize_method
 from .._exceptions import DaprAPIError
 from .._go import path_clean
 from .._headers import IDENTITY, forwardable
@@ -27,12 +30,7 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-VERBS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _KEPT = frozenset({"host", "content-length"})  # the app's own request, as its server gave it
-
-
-class InvalidMethod(ValueError):
-    pass
 
 
 def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] | None:
@@ -72,23 +70,6 @@ def find_target(path: str, headers: Mapping[str, str]) -> tuple[str, str, bool] 
     except UnicodeDecodeError:
         unescaped = ""
     return (unescaped or target), ("" if method == "." else method), False
-
-
-def normalize_method(method: str) -> str:
-    """daprd's `NormalizeMethod`: refuse `#`, `?`, NUL and control characters,
-    clean the path, and drop leading `../` (its fix for path traversal).
-
-    The string returned is the one forwarded: what was checked is what is sent.
-    """
-    for char in method:
-        if char in "#?\x00" or ord(char) < 0x20 or ord(char) == 0x7F:
-            raise InvalidMethod(f"method contains a forbidden character: {method!r}")
-    cleaned = path_clean(method)
-    while cleaned.startswith("../"):
-        cleaned = cleaned[3:]
-    if cleaned in (".", ".."):
-        cleaned = ""
-    return cleaned
 
 
 def _forwarded_headers(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from starlette.types import ASGIApp
 
+from .._error_codes import PubSubErrors
 from .._exceptions import DaprAPIError, ResourceError
 from .._invocation import InvocationSettings
 from .._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
@@ -26,7 +27,6 @@ from .cel import Rules
 from .delivery import DeliveryReport, Engine, Route, Worker
 from .endpoints import ResolvedEndpoint, resolve_endpoint
 from .envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
-from .errors import PubSubErrors
 from .policy import Policy, with_timeout
 from .policy_errors import AttemptTimeout, NotRetried, PolicyError
 from .resiliency import Resiliency

@@ -128,7 +128,7 @@ async def test_expired_unmatched_and_invalid(caplog: pytest.LogCaptureFixture) -
         assert answer.status_code == 204
         assert (await test.wait_for_delivery(topic="plain")).outcome == "expired"
         assert (await test.publish_and_wait("pubsub", "picky", {"n": 2})).outcome == "unmatched"
-        broker = test.dapr._running().brokers["pubsub"]
+        broker = test.dapr.backend.running().brokers["pubsub"]
         await broker.publish("plain", b"not json", {})
         assert (await test.wait_for_delivery(topic="plain")).outcome == "invalid"
     old, unmatched, invalid = records(caplog)

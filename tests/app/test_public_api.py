@@ -62,7 +62,7 @@ def test_the_package_needs_only_its_declared_dependencies() -> None:
         "    sys.modules[name] = None\n"
         "import fastapi_dapr, fastapi_dapr.sidecar.proxy, fastapi_dapr.sidecar.http1\n"
         "import fastapi_dapr.sidecar.pool\n"
-        "import fastapi_dapr.sidecar.calls\n"
+        "import fastapi_dapr.sidecar.calls, fastapi_dapr.sidecar.embedded, fastapi_dapr._remote\n"
         "import fastapi_dapr.sidecar.api, fastapi_dapr.sidecar.runtime, fastapi_dapr.testing\n"
         "import fastapi_dapr.brokers.memory, fastapi_dapr.secretstores.local\n"
         "import fastapi_dapr.sidecar.standalone, fastapi_dapr.sidecar.cli, fastapi_dapr.__main__\n"

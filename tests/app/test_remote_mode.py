@@ -13,7 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from fastapi_dapr import CloudEvent, Dapr, DaprAPIError
+from fastapi_dapr._trace import CURRENT
 
+from ..hostile import Exchange, RawUpstream
 from ..servers import serve
 
 
@@ -62,7 +64,7 @@ async def test_publish_posts_to_daprd(monkeypatch: pytest.MonkeyPatch) -> None:
         await dapr.publish("pubsub", "a/b c+d", {"id": 1}, metadata={"ttlInSeconds": "60"})
         await dapr.publish("pubsub", "raw", b"\x00\x01")
         await dapr.publish("pubsub", "text", "hello", content_type="text/csv")
-        await dapr._remote_sidecar().close()
+        await dapr.backend.close()
     first, second, third = received
     # Each parameter escaped whole, so daprd's QueryUnescape gives the topic back.
     assert first["raw_path"] == "/v1.0/publish/pubsub/a%2Fb%20c%2Bd"
@@ -83,7 +85,7 @@ async def test_daprd_errors_are_raised_with_its_code() -> None:
         dapr = Dapr(FastAPI(), mode="remote", dapr_http_endpoint=url)
         with pytest.raises(DaprAPIError) as info:
             await dapr.publish("nope", "t", {})
-        await dapr._remote_sidecar().close()
+        await dapr.backend.close()
     assert info.value.status_code == 404
     assert info.value.error_code == "ERR_PUBSUB_NOT_FOUND"
     assert info.value.message == "pubsub nope is not found"
@@ -98,34 +100,219 @@ async def test_unreachable_daprd_is_a_publish_error() -> None:
     dapr = Dapr(FastAPI(), mode="remote", dapr_http_endpoint=f"http://127.0.0.1:{port}")
     with pytest.raises(DaprAPIError) as info:
         await dapr.publish("pubsub", "t", {})
-    await dapr._remote_sidecar().close()
+    await dapr.backend.close()
     assert info.value.status_code == 500
     assert info.value.error_code == "ERR_PUBSUB_PUBLISH_MESSAGE"
     assert "could not be reached" in info.value.message
 
 
-def test_remote_mode_never_loads_the_sidecar_side() -> None:
-    code = """
+# -- Dapr.invoke through daprd ---------------------------------------------------------------------
+
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def remote(daprd: RawUpstream, **settings: Any) -> tuple[FastAPI, Dapr]:
+    app = FastAPI()
+    return app, Dapr(app, app_id="orders", mode="remote", dapr_http_endpoint=daprd.base_url, **settings)
+
+
+async def parts(*chunks: bytes) -> Any:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_invoke_goes_to_daprds_invoke_api_escaped_as_daprd_reads_it() -> None:
+    async with RawUpstream() as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            answer = await dapr.invoke(
+                "billing/v2", "/items/a b", http_method="put", json={"n": 1}, params={"q": "v w"}
+            )
+    assert (answer.status_code, answer.content) == (200, b"ok")
+    [request] = daprd.requests
+    assert (request.method, request.target) == ("PUT", "/v1.0/invoke/billing%2Fv2/method/items/a%20b?q=v+w")
+    assert (request.values("content-type"), request.body) == (["application/json"], b'{"n":1}')
+    assert request.values("dapr-api-token") == []  # none configured: none sent
+    # Nothing the caller did not give but the framing: no client's own headers (Accept-Encoding...).
+    assert {name for name, _ in request.headers} == {"host", "content-length", "content-type"}
+
+
+async def test_streamed_bodies_both_ways_and_a_declared_length_honoured() -> None:
+    async def chunked(exchange: Exchange) -> None:
+        await exchange.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await exchange.write(b"3\r\nabc\r\n")
+        await exchange.write(b"2\r\nde\r\n0\r\n\r\n")
+
+    async with RawUpstream(chunked) as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            declared = await dapr.invoke(
+                "svc", "up", http_method="POST", content=parts(b"ab", b"cd"), headers={"Content-Length": "4"}
+            )
+            async with await dapr.invoke(
+                "svc", "up", http_method="POST", content=parts(b"x", b"y"), stream=True
+            ) as streamed:
+                chunks = [chunk async for chunk in streamed.aiter_bytes()]
+    assert declared.content == b"abcde"
+    assert b"".join(chunks) == b"abcde"
+    first, second = daprd.requests
+    assert (first.values("content-length"), first.values("transfer-encoding"), first.body) == (
+        ["4"],
+        [],
+        b"abcd",
+    )
+    assert (second.values("transfer-encoding"), second.body) == (["chunked"], b"xy")
+
+
+async def test_the_apps_token_replaces_a_callers_and_none_passes_a_callers_on() -> None:
+    async with RawUpstream() as daprd:
+        app, dapr = remote(daprd, api_token="app-token")
+        _, tokenless = remote(daprd, api_token="")
+        async with app.router.lifespan_context(app):
+            await dapr.invoke("svc", "x", headers={"dapr-api-token": "the caller's"})
+            await tokenless.invoke("svc", "x", headers={"dapr-api-token": "the caller's"})
+        await tokenless.backend.close()
+    first, second = daprd.requests
+    assert first.values("dapr-api-token") == ["app-token"]
+    assert second.values("dapr-api-token") == ["the caller's"]
+
+
+async def test_traceparent_a_given_one_else_the_current_one_one_not_read_dropped() -> None:
+    async with RawUpstream() as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            await dapr.invoke("svc", "given", headers={"traceparent": TRACE, "tracestate": "k=v"})
+            await dapr.invoke("svc", "broken", headers={"traceparent": "nonsense", "tracestate": "k=v"})
+            token = CURRENT.set((TRACE, ""))
+            try:
+                await dapr.invoke("svc", "current")
+            finally:
+                CURRENT.reset(token)
+    given, broken, current = daprd.requests
+    assert (given.values("traceparent"), given.values("tracestate")) == ([TRACE], ["k=v"])
+    assert (broken.values("traceparent"), broken.values("tracestate")) == ([], [])
+    assert current.values("traceparent") == [TRACE]
+
+
+async def test_an_answer_cut_short_is_err_direct_invoke_or_an_oserror_when_streamed() -> None:
+    async def cut(exchange: Exchange) -> None:
+        await exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
+        exchange.writer.close()
+
+    async with RawUpstream(cut) as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            with pytest.raises(DaprAPIError, match="the answer was cut short") as failed:
+                await dapr.invoke("svc", "x")
+            async with await dapr.invoke("svc", "x", stream=True) as streamed:
+                with pytest.raises(OSError):  # noqa: PT011 - the kind is the contract, not the words
+                    async for _ in streamed.aiter_bytes():
+                        pass
+    assert (failed.value.status_code, failed.value.error_code) == (500, "ERR_DIRECT_INVOKE")
+
+
+async def test_no_answer_within_the_timeout_and_no_daprd_are_err_direct_invoke() -> None:
+    async def never(exchange: Exchange) -> None:
+        await exchange.until_client_closes()
+
+    async with RawUpstream(never) as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            with pytest.raises(DaprAPIError, match=r"within 0\.1s") as late:
+                await dapr.invoke("svc", "x", timeout=0.1)
+    assert (late.value.status_code, late.value.error_code) == (500, "ERR_DIRECT_INVOKE")
+    with pytest.raises(DaprAPIError) as unreachable:
+        await dapr.invoke("svc", "x")  # the server is gone
+    await dapr.backend.close()
+    assert (unreachable.value.status_code, unreachable.value.error_code) == (500, "ERR_DIRECT_INVOKE")
+
+
+REMOTE_SCRIPT = """
 import asyncio, os, sys
 os.environ["DAPR_HTTP_PORT"] = "3500"
 import httpx
 from fastapi import FastAPI
-from fastapi_dapr import Dapr, CloudEvent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from tests.servers import serve
+
+async def daprd_api(request: Request) -> Response:
+    body = await request.body()
+    if request.url.path.startswith("/v1.0/invoke/"):
+        async def answer():
+            yield b"got "
+            yield body
+        return StreamingResponse(answer())
+    return Response(status_code=204)
+
+daprd = Starlette(routes=[Route("/{path:path}", daprd_api, methods=["GET", "POST"])])
+
+from fastapi_dapr import BulkPublishEntry, CloudEvent, Dapr
+import fastapi_dapr.testing
+from fastapi_dapr.testing import DaprTest, FakeClock
+
 app = FastAPI()
-dapr = Dapr(app)
-@dapr.subscribe("pubsub", "t", match='event.type == "x"')
-async def h(event: CloudEvent) -> None: ...
+
 async def main() -> None:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            assert (await client.get("/dapr/subscribe")).status_code == 200
+    async with serve(daprd) as url:
+        dapr = Dapr(app, dapr_http_endpoint=url)
+        assert dapr.mode == "remote"
+
+        @dapr.subscribe("pubsub", "t", match='event.type == "x"')
+        async def h(event: CloudEvent) -> None: ...
+
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                assert (await client.get("/dapr/subscribe")).status_code == 200
+            await dapr.publish("pubsub", "t", {"n": 1}, metadata={"ttlInSeconds": "9"})
+            assert await dapr.publish_bulk("pubsub", "t", [1, BulkPublishEntry("two")]) == []
+            assert (await dapr.invoke("svc", "m", http_method="POST", content=b"x")).content == b"got x"
+
+            async def parts():
+                yield b"y"
+
+            async with await dapr.invoke("svc", "m", http_method="POST", content=parts(), stream=True) as r:
+                assert b"".join([c async for c in r.aiter_bytes()]) == b"got y"
+        clock = FakeClock()
+        await clock.sleep(3)
+        assert (clock.monotonic(), clock.sleeps) == (3, [3])
+        try:
+            DaprTest(app)
+        except RuntimeError as exc:
+            assert "embedded" in str(exc)
+        else:
+            raise AssertionError("DaprTest ran a remote-mode app")
+
 asyncio.run(main())
-loaded = [m for m in sys.modules if m.startswith("fastapi_dapr.") and m.split(".")[1] in
-          ("brokers", "_runtime", "_delivery", "_sidecar", "_envelope", "_resources", "_cel")]
+loaded = [
+    m for m in sys.modules
+    if m.split(".")[0] == "yaml"
+    or m.split(".")[:2] in [["fastapi_dapr", side] for side in ("sidecar", "brokers", "secretstores")]
+]
 print(loaded)
 """
+
+
+def test_remote_mode_never_loads_the_sidecar_side() -> None:
+    # Publishing, bulk publishing, invoking (plain and streamed) and the testing helpers that
+    # make sense under a real daprd: none of it loads the sidecar side, the families or yaml.
     out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-W", "error", "-c", REMOTE_SCRIPT], capture_output=True, text=True, check=False
     )
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_check_of_what_remote_mode_loads_sees_the_sidecar_side() -> None:
+    # The same script, with one line that loads the sidecar side: the check must see it.
+    script = REMOTE_SCRIPT.replace(
+        "asyncio.run(main())", "import fastapi_dapr.sidecar.embedded\nasyncio.run(main())"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout.strip()
+    assert "'fastapi_dapr.sidecar.embedded'" in loaded
+    assert "'fastapi_dapr.brokers'" in loaded  # the runtime's families come with it

@@ -557,7 +557,7 @@ async def test_a_graceful_stop_finishes_what_is_in_flight_and_returns_what_waits
     await entered.wait()
     await refused.wait()  # its retry is an hour away
     stopping = asyncio.ensure_future(test.__aexit__(None, None, None))
-    await dapr._running()._stopping.wait()
+    await dapr.backend.running()._stopping.wait()
     release.set()  # the stop has begun: the slow handler finishes, and is acknowledged
     await stopping
     assert finished == ["slow"]

@@ -153,7 +153,7 @@ def test_component_secret_key_ref(tmp_path: Path) -> None:
         secrets={"queue": {"length": "7"}},
     )
     with client_for(folder) as client:
-        runtime = client.dapr._running()
+        runtime = client.dapr.backend.running()
         assert runtime.brokers["pubsub"].capacity == 7  # type: ignore[attr-defined]
 
 

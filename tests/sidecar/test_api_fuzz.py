@@ -395,7 +395,7 @@ def fuzzed() -> Iterator[tuple[DaprTestClient, Settled]]:
 
 
 async def _observe(app: FastAPI, settled: Settled) -> None:
-    app.state.fastapi_dapr._running().add_observer(settled)
+    app.state.fastapi_dapr.backend.running().add_observer(settled)
 
 
 async def _settle(settled: Settled, expected: Counter[str]) -> None:

@@ -185,7 +185,7 @@ def test_a_bulk_over_the_entry_limit_is_400_and_publishes_nothing() -> None:
     dapr = Dapr(app, api_token="", max_bulk_entries=3)
     entries = [{"entryId": str(n), "event": {"n": n}, "contentType": "application/json"} for n in range(4)]
     with DaprTestClient(app) as client:
-        broker: Any = dapr._running().brokers["pubsub"]
+        broker: Any = dapr.backend.running().brokers["pubsub"]
         client.portal.call(broker.subscribe, "orders")  # type: ignore[union-attr]  # keeps what comes
         answer = client.post(BULK, json=entries)
         assert answer.status_code == 400
@@ -230,7 +230,7 @@ async def test_other_requests_are_answered_while_a_large_bulk_is_published() -> 
     dapr = Dapr(app, api_token="")
     entries = [{"entryId": str(n), "event": {"n": n}, "contentType": "application/json"} for n in range(5000)]
     async with DaprTest(app) as test:
-        broker: Any = dapr._running().brokers["pubsub"]
+        broker: Any = dapr.backend.running().brokers["pubsub"]
         consumer = await broker.subscribe("orders")  # keeps what is published; only this test reads it
         bulk = asyncio.ensure_future(test.client.post(BULK, json=entries))
         await consumer.receive(1)  # the first entry is published: the bulk is under way

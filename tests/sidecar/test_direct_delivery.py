@@ -62,8 +62,7 @@ async def outcome(handler: Callable[..., Any], data: Any, *, plain: bool) -> tup
     app, dapr = make_app(handler, plain=plain)
     async with DaprTest(app, clock=FakeClock()) as test:
         report = await test.publish_and_wait("pubsub", "orders", data)
-        assert dapr._runtime is not None
-        direct = dapr._runtime.workers[0].engine.call.handler(PATH) is not None
+        direct = dapr.backend.running().workers[0].engine.call.handler(PATH) is not None
     assert direct is plain  # the path under test was the one taken
     return summary(report)
 
@@ -199,8 +198,7 @@ async def test_trace_attributes_from_metadata_reach_the_event_on_both_paths() ->
     for plain in (False, True):
         app, dapr = make_app(handler, plain=plain)
         async with DaprTest(app) as test:
-            assert dapr._runtime is not None
-            broker = dapr._runtime.brokers["pubsub"]
+            broker = dapr.backend.running().brokers["pubsub"]
             body = HEAD + b'"id":"e-1","data":{"id":"a","quantity":1}}'
             await broker.publish("orders", body, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
             await test.wait_for_delivery(topic="orders")
@@ -226,8 +224,7 @@ async def test_handlers_with_fastapi_parameters_go_through_the_endpoint(handler:
     dapr.subscribe("pubsub", "orders")(handler)
     async with DaprTest(app) as test:
         report = await test.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 1})
-        assert dapr._runtime is not None
-        assert dapr._runtime.workers[0].engine.call.handler(PATH) is None
+        assert dapr.backend.running().workers[0].engine.call.handler(PATH) is None
     assert report.outcome == "delivered"
 
 
@@ -251,8 +248,7 @@ async def test_route_and_app_dependencies_keep_the_endpoint(where: str) -> None:
     app.include_router(router)
     async with DaprTest(app) as test:
         report = await test.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 1})
-        assert dapr._runtime is not None
-        assert dapr._runtime.workers[0].engine.call.handler(PATH) is None
+        assert dapr.backend.running().workers[0].engine.call.handler(PATH) is None
     assert report.outcome == "delivered"
     assert calls == ["audit", "o-1"]  # the dependency ran, before the handler
 
@@ -277,8 +273,7 @@ async def test_the_handler_gets_the_same_event_on_both_paths(annotation: Any, bo
     for plain in (False, True):
         app, dapr = make_app(handler, plain=plain)
         async with DaprTest(app) as test:
-            assert dapr._runtime is not None
-            await dapr._runtime.brokers["pubsub"].publish("orders", body, {})
+            await dapr.backend.running().brokers["pubsub"].publish("orders", body, {})
             await test.wait_for_delivery(topic="orders")
     assert len(seen) == 2
     assert seen[0] == seen[1]
@@ -297,8 +292,7 @@ async def test_a_subscription_on_an_included_router_is_called_directly_too() -> 
     app.include_router(router, prefix="/v2")
     async with DaprTest(app) as test:
         report = await test.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 1})
-        assert dapr._runtime is not None
-        assert dapr._runtime.workers[0].engine.call.handler(report.path or "") is not None
+        assert dapr.backend.running().workers[0].engine.call.handler(report.path or "") is not None
     assert report.path == "/v2/shop/events/pubsub/orders"
     assert (report.outcome, seen) == ("delivered", ["o-1"])
 
@@ -328,8 +322,7 @@ async def test_a_custom_route_class_keeps_the_endpoint() -> None:
 
     async with DaprTest(app) as test:
         report = await test.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 1})
-        assert dapr._runtime is not None
-        assert dapr._runtime.workers[0].engine.call.handler(PATH) is None
+        assert dapr.backend.running().workers[0].engine.call.handler(PATH) is None
     assert report.outcome == "delivered"
     assert calls == ["timed", "o-1"]
 
@@ -345,8 +338,7 @@ async def test_a_retry_gets_the_event_as_published_even_if_the_first_attempt_cha
     for plain in (False, True):
         app, dapr = make_app(handler, plain=plain)
         async with DaprTest(app, clock=FakeClock()) as test:
-            assert dapr._runtime is not None
             body = HEAD + b'"id":"e-1","data":{"items":[]}}'
-            await dapr._runtime.brokers["pubsub"].publish("orders", body, {})
+            await dapr.backend.running().brokers["pubsub"].publish("orders", body, {})
             await test.wait_for_delivery(topic="orders")
     assert seen == [[], [], [], []]  # two attempts on each path, each from the message

@@ -644,7 +644,7 @@ async def test_in_flight_messages_are_bounded() -> None:
         for n in range(100):
             await dapr.publish("pubsub", "orders", n)
         await full.wait()
-        assert dapr._running().in_flight() == 64
+        assert dapr.backend.running().in_flight() == 64
         release.set()
         reports = [await test.wait_for_delivery(topic="orders") for _ in range(100)]
     assert peak == 64
@@ -674,7 +674,7 @@ async def test_stop_waits_for_in_flight_and_returns_waiting_retries() -> None:
     failing_report = asyncio.ensure_future(test.wait_for_delivery(topic="failing"))
     await dapr.publish("pubsub", "slow", 1)
     await entered.wait()
-    runtime = dapr._running()
+    runtime = dapr.backend.running()
     stopping = asyncio.ensure_future(test.__aexit__(None, None, None))
     # The stop has begun while the slow handler still runs: it waits for it ...
     await runtime._stopping.wait()
@@ -700,7 +700,7 @@ async def test_a_bulk_batch_being_gathered_is_returned_at_shutdown() -> None:
     await test.__aenter__()
     await dapr.publish("pubsub", "orders", {"n": 1})
     await asyncio.sleep(0)  # the reader takes it, then waits up to a minute for more
-    assert dapr._running().brokers["pubsub"].queued() == 0  # type: ignore[attr-defined]
+    assert dapr.backend.running().brokers["pubsub"].queued() == 0  # type: ignore[attr-defined]
     await test.__aexit__(None, None, None)
     report = await test.wait_for_delivery(topic="orders", timeout=1)
     assert report.outcome == "returned"

@@ -41,7 +41,7 @@ def stored(
     headers: dict[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Publish through the HTTP API; return the message the broker stored (data, metadata)."""
-    runtime = client.dapr._running()
+    runtime = client.dapr.backend.running()
     broker = runtime.brokers["pubsub"]
     consumer = client.portal.call(broker.subscribe, topic)  # type: ignore[union-attr]
     sent = dict(headers or {})

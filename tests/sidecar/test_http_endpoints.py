@@ -62,7 +62,7 @@ def test_endpoint_is_loaded_and_resolved(tmp_path: Path, monkeypatch: pytest.Mon
     app = FastAPI()
     Dapr(app, app_id="me", resources_path=folder)
     with DaprTestClient(app) as client:
-        resolved = client.dapr._running().http_endpoints["billing.v2"]
+        resolved = client.dapr.backend.running().http_endpoints["billing.v2"]
         assert client.get("/v1.0/metadata").json()["httpEndpoints"] == [{"name": "billing.v2"}]
     assert resolved.base_url == "https://127.0.0.1:8443/api"
     assert resolved.headers == (

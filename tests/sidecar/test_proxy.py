@@ -464,7 +464,7 @@ async def test_connections_are_pooled_and_closed_on_shutdown(
     async with DaprTest(app):
         for _ in range(3):
             assert (await dapr.invoke("svc", "x")).status_code == 200
-        runtime = dapr._running()
+        runtime = dapr.backend.running()
         connections = [c for pool in runtime.upstreams()._pools.values() for c in pool._idle]
         assert len(connections) == 1
         assert connections[0].transport is not None
@@ -547,7 +547,7 @@ async def test_mutual_tls_with_a_key_from_a_secret_store(tmp_path: Path) -> None
             good = await client.get("/v1.0/invoke/mutual/method/who")
             refused = await client.get("/v1.0/invoke/no-client-cert/method/who")
             assert (await dapr.invoke("mutual", "again")).status_code == 200
-            shown = repr(dapr._running().http_endpoints["mutual"])
+            shown = repr(dapr.backend.running().http_endpoints["mutual"])
     assert good.json()["path"] == "who"
     assert refused.status_code == 500
     assert refused.json()["errorCode"] == "ERR_DIRECT_INVOKE"
@@ -625,10 +625,8 @@ async def test_client_api_in_remote_mode_goes_through_daprd() -> None:
         )
         async with app.router.lifespan_context(app):
             answer = await dapr.invoke("http://example.com/api", "items/1", http_method="POST", content=b"x")
-            session = dapr._remote_invoker
-        assert dapr._remote_invoker is None
-        assert session is not None
-        assert session._closed
+            session = dapr.backend._http()  # the one client of daprd, closed with the lifespan
+        assert session.is_closed
     assert answer.status_code == 200
     seen = fake_daprd.seen[0]
     assert seen["path"] == "/v1.0/invoke/http://example.com/api/method/items/1"

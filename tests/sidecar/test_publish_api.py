@@ -146,7 +146,7 @@ async def test_a_ttl_of_a_second_or_more_sets_the_expiration(value: str, seconds
     app = FastAPI()
     dapr = Dapr(app, api_token="")
     async with DaprTest(app) as test:
-        consumer = await dapr._running().brokers["pubsub"].subscribe("kept")  # read by this test only
+        consumer = await dapr.backend.running().brokers["pubsub"].subscribe("kept")  # read by this test only
         before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         answer = await test.client.post(f"/v1.0/publish/pubsub/kept?metadata.ttlInSeconds={value}", json={})
         assert answer.status_code == 204
@@ -248,7 +248,7 @@ async def test_waiting_publishers_do_not_overfill_the_queue(tmp_path: Path) -> N
     app = FastAPI()
     dapr = Dapr(app, resources_path=tmp_path)
     async with DaprTest(app):
-        broker: Any = dapr._running().brokers["pubsub"]
+        broker: Any = dapr.backend.running().brokers["pubsub"]
         consumer = await broker.subscribe("direct")  # nobody else reads this topic
         for n in range(2):
             await dapr.publish("pubsub", "direct", n)
@@ -382,7 +382,7 @@ async def test_a_body_cut_short_is_not_published() -> None:
         }
         await app(scope, receive, send)  # type: ignore[arg-type]
         assert sent[0]["status"] == 500
-        assert dapr._running().brokers["pubsub"].queued() == 0  # type: ignore[attr-defined]
+        assert dapr.backend.running().brokers["pubsub"].queued() == 0  # type: ignore[attr-defined]
         # a whole one goes through, and is the only delivery
         report = await test.publish_and_wait("pubsub", "orders", {"amount": 1})
     assert report.outcome == "delivered"
@@ -460,7 +460,7 @@ async def test_metadata_that_cannot_be_a_header_is_refused_on_every_path(query: 
         assert error["details"][-1]["reason"] == "DAPR_PUBSUB_METADATA_DESERIALIZATION"
 
     async with DaprTest(app) as test:
-        broker: Any = dapr._running().brokers["pubsub"]
+        broker: Any = dapr.backend.running().brokers["pubsub"]
         await broker.subscribe("orders")  # keeps whatever is published
         answer = await test.client.post(f"/v1.0/publish/pubsub/orders?{query}", json={})
         assert answer.status_code == 400
@@ -614,7 +614,7 @@ async def test_a_message_another_publisher_nested_too_deep_is_settled_as_invalid
 
     deep = b'{"specversion":"1.0","id":"1","data":' + b"[" * 1000 + b"]" * 1000 + b"}"
     async with DaprTest(app) as test:
-        await dapr._running().brokers["pubsub"].publish("orders", deep, {})
+        await dapr.backend.running().brokers["pubsub"].publish("orders", deep, {})
         report = await test.wait_for_delivery()
     assert report.outcome == "invalid"
     assert "nests deeper than 200 levels" in str(report.reason)

@@ -548,7 +548,7 @@ def publishing_app(folder: Path) -> tuple[FastAPI, list[int]]:
 
 
 def broker_of(app: FastAPI) -> FlakyBroker:
-    broker = app.state.fastapi_dapr._runtime.brokers["pubsub"]
+    broker = app.state.fastapi_dapr.backend.running().brokers["pubsub"]
     assert isinstance(broker, FlakyBroker)
     return broker
 
@@ -1057,7 +1057,7 @@ async def test_an_attempt_given_up_at_its_deadline_is_stopped_before_the_app_sto
     app, _ = publishing_app(folder_with(tmp_path, component, resiliency(spec)))
     clock = FakeClock()
     async with DaprTest(app, clock=clock) as test:
-        broker = app.state.fastapi_dapr._runtime.brokers["pubsub"]
+        broker = app.state.fastapi_dapr.backend.running().brokers["pubsub"]
         assert isinstance(broker, StubbornBroker)
         posting = asyncio.create_task(test.client.post("/v1.0/publish/pubsub/orders", json={"n": 1}))
         await broker.entered.wait()

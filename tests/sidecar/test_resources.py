@@ -295,7 +295,7 @@ def test_declarative_raw_payload_reads_go_booleans(tmp_path: Path, value: str, r
     app = FastAPI()
     Dapr(app, resources_path=tmp_path)
     with DaprTestClient(app) as client:
-        (route,) = client.dapr._running().routes
+        (route,) = client.dapr.backend.running().routes
     assert route.raw_payload is raw
 
 

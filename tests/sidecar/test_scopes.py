@@ -236,7 +236,7 @@ async def test_subscribing_obeys_the_rule(
     event = {"specversion": "1.0", "id": "e1", "source": "app2", "type": "t", "data": {"n": 1}}
     with caplog.at_level(logging.INFO, logger="fastapi_dapr"):
         async with DaprTest(app) as test:
-            broker = dapr._running().brokers["ps"]
+            broker = dapr.backend.running().brokers["ps"]
             await broker.publish(topic, json.dumps(event).encode(), {})
             if allowed:
                 report = await test.wait_for_delivery(topic=topic)
@@ -276,7 +276,7 @@ async def test_publishing_scopes_do_not_bind_subscriptions_nor_the_reverse(tmp_p
         assert (await test.client.post("/v1.0/publish/ps/orders", json={})).status_code == 204
         answer = await test.client.post("/v1.0/publish/ps/payments", json={})
         assert answer.json() == forbidden_body("payments")
-        broker = dapr._running().brokers["ps"]
+        broker = dapr.backend.running().brokers["ps"]
         event = {"specversion": "1.0", "id": "e1", "source": "app2", "type": "t", "data": {}}
         await broker.publish("payments", json.dumps(event).encode(), {})
         assert (await test.wait_for_delivery(topic="payments")).outcome == "delivered"

@@ -518,7 +518,14 @@ def holding(lock: Path) -> int:
 
 
 def opened(pid: int, path: Path) -> bool:
-    return any(os.path.realpath(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    """Whether `pid` has `path` open; a descriptor closed while the list is read is not it."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 async def has_open(pid: int, path: Path, timeout: float = 15) -> None:

@@ -1,0 +1,282 @@
+"""`EmbeddedBackend`: `Dapr` as the app's own sidecar (embedded mode).
+
+The one module of the sidecar side that the app side loads (lazily, from `Dapr`, and
+only in embedded mode). It owns the sidecar's HTTP API, its metrics and, while the
+app's lifespan runs, the `Runtime`. It is given `Dapr`'s settings, never `Dapr`.
+
+Besides `Backend`'s methods, `fastapi_dapr.testing` uses `clock` (set before the app
+starts), `add_observer` and the message id `publish` returns: that is the whole of
+its surface outside `Dapr`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from .._backend import Backend
+from .._exceptions import DaprAPIError
+from .._headers import forwardable, invocation_headers
+from .._invocation import InvocationSettings, InvokeResponse
+from .._publishing import FailedEntry, bulk_body, encode_data, failed_entries
+from .._trace import CURRENT, header_pairs
+from .api import SidecarAPI, SidecarDispatch
+from .asgi import http_scope
+from .calls import open_in_process
+from .envelope import PublishRequest
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.applications import Starlette
+    from starlette.types import ASGIApp
+
+    from .._backend import Settings
+    from .._call import Call
+    from .._retry import Clock
+    from .._subscription import TopicSubscription
+    from .delivery import DeliveryReport
+    from .metrics import Metrics
+    from .runtime import Runtime
+
+__all__: list[str] = []
+
+
+def serve_in_front(app: Starlette, api: SidecarAPI) -> None:
+    """Serve `api` in front of `app`'s whole middleware stack (`SidecarDispatch`).
+
+    Starlette builds an app's stack once, at its first ASGI call, with
+    `build_middleware_stack()`, `ServerErrorMiddleware` outermost; middleware added
+    after `Dapr(app)` goes inside it. Wrapping what that method builds is the one
+    place outside the whole stack, which keeps the app's own middleware off daprd's
+    paths whenever the app adds it. Before the stack is built only.
+    """
+    if app.middleware_stack is not None:
+        raise RuntimeError("Dapr(app) must be created before the app starts serving")
+    build = app.build_middleware_stack
+
+    def build_with_sidecar() -> ASGIApp:
+        return SidecarDispatch(api, build())
+
+    app.build_middleware_stack = build_with_sidecar  # type: ignore[method-assign]
+
+
+class EmbeddedBackend(Backend):
+    """The embedded sidecar of `app`: its API served on the app's port (unless
+    `serve_api=False`), its runtime started and stopped with the app's lifespan."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        app_id: str,
+        invocation: InvocationSettings,
+        api_token: str | None,
+        serve_api: bool,
+        max_body_size: int,
+        max_header_size: int,
+        max_bulk_entries: int,
+        metrics: bool,
+    ) -> None:
+        from .url_policy import UrlPolicy
+
+        # A bad entry is a mistake to see now, not at the first invocation.
+        UrlPolicy(invocation.allowed_urls, invocation.allow_private_addresses)
+        self.app = app
+        self.clock: Clock | None = None  # the runtime's clock (FakeClock in tests): set before start
+        self._runtime: Runtime | None = None
+        metrics_: Metrics | None = None
+        if metrics:
+            from .metrics import Metrics
+
+            metrics_ = Metrics(app_id)
+        self.metrics = metrics_
+        self.sidecar: SidecarAPI = SidecarAPI(
+            lambda: self._runtime,
+            api_token=api_token,
+            max_body_size=max_body_size,
+            max_header_size=max_header_size,
+            metrics=metrics_,
+            max_bulk_entries=max_bulk_entries,
+        )
+        if serve_api:
+            serve_in_front(app, self.sidecar)
+
+    def running(self) -> Runtime:
+        """The runtime; daprd's "not started" error outside the app's lifespan."""
+        if self._runtime is None:
+            raise DaprAPIError(
+                503,
+                "ERR_SIDECAR_NOT_STARTED",
+                "the embedded sidecar runs inside the app's lifespan and has not started "
+                "(in tests: `with TestClient(app)`, or fastapi_dapr.testing)",
+            )
+        return self._runtime
+
+    def add_observer(self, observer: Callable[[DeliveryReport], None]) -> Callable[[], None]:
+        """Call `observer` with every final delivery report of the running runtime (it ends
+        with the runtime); returns the function that removes it."""
+        return self.running().add_observer(observer)
+
+    async def close(self) -> None:
+        return None  # the runtime ends with the app's lifespan; nothing outlives it
+
+    # -- the app's lifespan ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(
+        self,
+        app_lifespan: AbstractAsyncContextManager[Any],
+        subscriptions: list[TopicSubscription],
+        settings: Settings,
+    ) -> AsyncIterator[Any]:
+        runtime = self._create_runtime(settings)
+        try:
+            await runtime.start_components()  # publishing works from here on
+            self._runtime = runtime
+            async with app_lifespan as state:
+                runtime.lifespan_state = state
+                try:
+                    # Deliveries start once the app's own start-up is done.
+                    await runtime.start_subscriptions(subscriptions)
+                    yield state
+                finally:
+                    await runtime.stop_subscriptions()
+        finally:
+            self._runtime = None
+            await runtime.close()
+
+    def _create_runtime(self, settings: Settings) -> Runtime:
+        from .resources import Resources, load_resources
+        from .runtime import Runtime
+
+        paths = settings.resources_paths
+        resources = load_resources(paths, app_id=settings.app_id) if paths else Resources()
+        return Runtime(
+            app=self.app,
+            app_id=settings.app_id,
+            app_api_token=settings.app_api_token,
+            resources=resources,
+            retry=settings.retry,
+            clock=self.clock,
+            invocation=settings.invocation,
+            metrics=self.metrics,
+        )
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        pubsub: str,
+        topic: str,
+        data: Any,
+        content_type: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> str:
+        """Publish to the embedded sidecar; the broker's message id."""
+        body, media_type, value = encode_data(data, content_type)
+        traceparent, tracestate = CURRENT.get() or ("", "")
+        request = PublishRequest(
+            pubsub,
+            topic,
+            body,
+            media_type,
+            dict(metadata) if metadata else {},
+            traceparent,
+            tracestate,
+            value=value,
+        )
+        return await self.running().publish(request)
+
+    async def publish_bulk(
+        self, pubsub: str, topic: str, entries: Iterable[Any], metadata: Mapping[str, str] | None
+    ) -> list[FailedEntry]:
+        from .bulk_publish import publish_bulk
+
+        body = bulk_body(entries)
+        runtime = self.running()
+        runtime.check_pubsub(pubsub, topic, metadata or {})  # as the HTTP API, before the entries
+        traceparent, tracestate = CURRENT.get() or ("", "")
+        failed = await publish_bulk(
+            runtime,
+            pubsub,
+            topic,
+            body,
+            dict(metadata or {}),
+            traceparent,
+            tracestate,
+            max_entries=self.sidecar.max_bulk_entries,
+        )
+        return failed_entries(failed)
+
+    # -- invocation ------------------------------------------------------------------------------
+
+    async def invoke(self, target: str, call: Call) -> InvokeResponse:
+        """As `/v1.0/invoke` resolves and checks targets, with the same connection pools; this
+        app's own id served in process."""
+        runtime = self.running()
+        from .invocation_policy import built_in_retry, invocation_policy, run_invocation
+
+        opener: Callable[[], Awaitable[InvokeResponse]]
+        if runtime.is_own_id(target):
+            target = runtime.app_id  # `{id}.{namespace}` too: the policies name the app id
+            policy = invocation_policy(runtime, None, target, call.method)
+
+            def opener() -> Awaitable[InvokeResponse]:
+                return self._invoke_self(call)
+
+        else:
+            found = await runtime.find_target(target)
+            policy = invocation_policy(runtime, found, target, call.method)
+            connect_retry = built_in_retry(runtime, found)
+            headers = invocation_headers(
+                call.headers, target=found, identity=(runtime.app_id, runtime.namespace), trace=call.trace
+            )
+
+            async def opener() -> InvokeResponse:
+                upstream = await runtime.upstreams().open(
+                    found,
+                    call.method,
+                    call.verb,
+                    call.query,
+                    headers,
+                    call.body,
+                    length=call.declared,
+                    timeout=call.timeout,
+                    connect_retry=connect_retry,
+                    clock=runtime.clock,
+                )
+
+                async def close() -> None:
+                    upstream.release()
+
+                return InvokeResponse(upstream.status, upstream.headers, upstream.chunks(), close)
+
+        if policy.is_empty:
+            return await opener()
+        return await run_invocation(runtime, policy, target, opener, replayable=not call.streamed)
+
+    def _invoke_self(self, call: Call) -> Awaitable[InvokeResponse]:
+        """This app's own route, in process, streaming both ways as the HTTP API does."""
+        runtime = self.running()  # each attempt: the app may have stopped meanwhile
+        headers = [*forwardable(call.headers), *header_pairs(call.trace)]
+        length = len(call.body) if isinstance(call.body, bytes) else call.declared
+        if length is not None:
+            headers.append(("content-length", str(length)))
+        scope = http_scope(
+            call.verb,
+            "/" + call.method,
+            [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+            query_string=call.query.encode(),
+            state=runtime.lifespan_state,
+        )
+        return open_in_process(
+            runtime,
+            scope,
+            call.body,
+            call.timeout,
+            method=call.method,
+            via_header=False,
+            api_token_configured=False,
+            max_body_size=self.sidecar.max_body_size,
+        )
