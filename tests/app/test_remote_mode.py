@@ -104,6 +104,7 @@ async def test_unreachable_daprd_is_a_publish_error() -> None:
     assert "could not be reached" in info.value.message
 
 
+@pytest.mark.process
 def test_remote_mode_never_loads_the_sidecar_side() -> None:
     code = """
 import asyncio, os, sys
