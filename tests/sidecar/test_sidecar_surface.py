@@ -401,6 +401,7 @@ async def test_shutdown_stops_the_standalone_sidecar_gracefully() -> None:
 
 @pytest.mark.node
 @pytest.mark.process
+@pytest.mark.timeout(720)  # the first one npm-installs the SDK (up to 600 s)
 async def test_the_official_js_sdk_fails_on_blocks_not_served(node_modules: Path) -> None:
     sidecar = Sidecar("jsapp", None)
     async with running(sidecar):

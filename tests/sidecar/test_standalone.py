@@ -380,6 +380,7 @@ def node_env(modules: Path, **values: str | None) -> dict[str, str]:
 
 
 @pytest.mark.node
+@pytest.mark.timeout(720)  # the first one npm-installs the SDK (up to 600 s)
 async def test_the_official_js_sdk_publishes_and_invokes_over_http(node_modules: Path) -> None:
     app = App(APP_API_TOKEN="app-secret")
     sidecar = Sidecar("plain", app.port, APP_API_TOKEN="app-secret", DAPR_API_TOKEN="api-secret")
@@ -406,6 +407,7 @@ async def test_the_official_js_sdk_publishes_and_invokes_over_http(node_modules:
 
 
 @pytest.mark.node
+@pytest.mark.timeout(720)  # the first one npm-installs the SDK (up to 600 s)
 async def test_the_official_js_sdk_server_receives_deliveries(node_modules: Path) -> None:
     port = free_port()
     sidecar_port = free_port()
