@@ -160,6 +160,7 @@ async def full_flow(test: DaprTest) -> None:
     assert (await client.get("/orders/o-10")).json()["status"] == "rejected"
 
 
+@pytest.mark.redis
 async def test_the_full_flow_over_redis_streams(tmp_path: Path) -> None:
     """The Redis variant of the resources, against a redis-server of the test's own."""
     from tests.redis_server import redis_server

@@ -184,6 +184,7 @@ def test_missing_results_are_named(runner: ModuleType, tmp_path: Path) -> None:
     assert "Not in this report (no results): http1_parser, redis_pubsub, metrics_overhead." in text
 
 
+@pytest.mark.process
 def test_a_failing_script_is_named_with_its_stderr(runner: ModuleType, tmp_path: Path) -> None:
     script = tmp_path / "broken.py"
     script.write_text(
@@ -202,6 +203,8 @@ def test_a_failing_script_is_named_with_its_stderr(runner: ModuleType, tmp_path:
     assert not (tmp_path / "broken.json.new").exists()
 
 
+@pytest.mark.process
+@pytest.mark.redis  # redis-server --version
 def test_a_script_s_json_gets_the_run_record(runner: ModuleType, tmp_path: Path) -> None:
     script = tmp_path / "fine.py"
     script.write_text(
@@ -220,6 +223,7 @@ def test_a_script_s_json_gets_the_run_record(runner: ModuleType, tmp_path: Path)
     assert results["run"]["environment"]["cpus"]
 
 
+@pytest.mark.process
 def test_a_script_over_its_time_is_stopped_with_what_it_started(runner: ModuleType, tmp_path: Path) -> None:
     script = tmp_path / "stuck.py"
     script.write_text(

@@ -179,6 +179,7 @@ def make_package(root: Path, files: dict[str, str]) -> Path:
 # -- the rules, on fastapi_dapr ---------------------------------------------------------------------
 
 
+@pytest.mark.process  # lint-imports
 def test_the_import_contracts_hold() -> None:
     done = lint_imports(None, ROOT, ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -221,6 +222,7 @@ def test_no_private_attribute_of_dapr_is_used_outside_it() -> None:
 # -- each checker fails on a package that breaks its rule -----------------------------------------
 
 
+@pytest.mark.process  # lint-imports
 def test_a_function_level_import_of_the_sidecar_side_breaks_the_contract(tmp_path: Path) -> None:
     make_package(
         tmp_path,

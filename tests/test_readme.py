@@ -8,6 +8,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from example_app.main import app
 from example_app.store import store
 from fastapi_dapr.testing import DaprTest
@@ -17,6 +19,8 @@ from .processes import communicate
 from .servers import serve
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+
+pytestmark = pytest.mark.process  # curl
 
 
 def quickstart_shell() -> list[tuple[str, str | None]]:

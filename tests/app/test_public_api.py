@@ -7,6 +7,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import fastapi_dapr
 
 
@@ -43,6 +45,7 @@ def test_public_objects_say_they_come_from_the_package() -> None:
             assert obj.__module__.startswith("fastapi_dapr."), name
 
 
+@pytest.mark.process
 def test_importing_the_package_does_not_load_cel() -> None:
     # Apps without routing rules do not pay for the CEL implementation.
     code = "import sys, fastapi_dapr; print('celpy' in sys.modules)"
@@ -50,6 +53,7 @@ def test_importing_the_package_does_not_load_cel() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.process
 def test_the_package_needs_only_its_declared_dependencies() -> None:
     """The test extras install more (aiohttp, yarl, redis...): the package must not use them
     unless they are its dependencies, or an extra's for a module of that extra."""

@@ -296,6 +296,7 @@ print(loaded)
 """
 
 
+@pytest.mark.process
 def test_remote_mode_never_loads_the_sidecar_side() -> None:
     # Publishing, bulk publishing, invoking (plain and streamed) and the testing helpers that
     # make sense under a real daprd: none of it loads the sidecar side, the families or yaml.
@@ -306,6 +307,7 @@ def test_remote_mode_never_loads_the_sidecar_side() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.process
 def test_the_check_of_what_remote_mode_loads_sees_the_sidecar_side() -> None:
     # The same script, with one line that loads the sidecar side: the check must see it.
     script = REMOTE_SCRIPT.replace(

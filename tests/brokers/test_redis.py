@@ -28,6 +28,8 @@ from ..redis_server import RedisServer, redis_server
 
 redis = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
 
+pytestmark = pytest.mark.redis
+
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
@@ -471,6 +473,7 @@ async def publish_numbered(server: RedisServer, total: int) -> None:
         await publisher.close()
 
 
+@pytest.mark.process
 async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_nothing(
     server: RedisServer, tmp_path: Path, fault_report: Any
 ) -> None:
@@ -497,6 +500,7 @@ async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_not
     fault_report(f"{total} messages; {in_flight} unacknowledged at the kill; {log.duplicates} handled twice")
 
 
+@pytest.mark.process
 async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
     server: RedisServer, tmp_path: Path, fault_report: Any
 ) -> None:

@@ -38,6 +38,7 @@ print(len(child), len(set(child) & set(parent)))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+@pytest.mark.process
 def test_a_forked_worker_does_not_hand_out_its_parents_ids() -> None:
     done = subprocess.run(
         [sys.executable, "-c", FORKED], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True

@@ -254,6 +254,7 @@ with DaprClient() as client:
 """
 
 
+@pytest.mark.process
 async def test_official_dapr_sdk_invokes_through_the_app() -> None:
     # The official SDK's HTTP invocation client, in a process of its own (it leaves
     # its event loop open, which would otherwise surface as a later test's warning).

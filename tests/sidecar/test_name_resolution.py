@@ -190,6 +190,7 @@ print("ok")
 """
 
 
+@pytest.mark.process
 def test_the_sidecar_imports_and_locks_where_there_is_no_fcntl(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", WITHOUT_FCNTL, str(tmp_path)],

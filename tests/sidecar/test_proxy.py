@@ -569,6 +569,7 @@ with DaprClient() as client:
 """
 
 
+@pytest.mark.process
 async def test_official_dapr_sdk_invokes_an_http_endpoint(
     tmp_path: Path, upstream: tuple[Upstream, str]
 ) -> None:

@@ -364,6 +364,7 @@ def test_shutdown_is_refused_where_nothing_would_stop_the_app(client: DaprTestCl
     assert client.get("/v1.0/shutdown").json() == NO_APP_ID  # daprd routes POST only
 
 
+@pytest.mark.process
 async def test_shutdown_stops_an_embedded_app_gracefully() -> None:
     app = App("embedded_app")
     async with running(app):
@@ -379,6 +380,7 @@ async def test_shutdown_stops_an_embedded_app_gracefully() -> None:
     assert "Finished server process" in output
 
 
+@pytest.mark.process
 async def test_shutdown_stops_the_standalone_sidecar_gracefully() -> None:
     sidecar = Sidecar("alone", None)
     async with running(sidecar):
@@ -397,6 +399,9 @@ async def test_shutdown_stops_the_standalone_sidecar_gracefully() -> None:
 # -- the official SDKs' clients ----------------------------------------------------------------
 
 
+@pytest.mark.node
+@pytest.mark.process
+@pytest.mark.timeout(720)  # the first one npm-installs the SDK (up to 600 s)
 async def test_the_official_js_sdk_fails_on_blocks_not_served(node_modules: Path) -> None:
     sidecar = Sidecar("jsapp", None)
     async with running(sidecar):
@@ -457,6 +462,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.process
 async def test_the_official_python_sdk_actor_client_fails_loudly() -> None:
     sidecar = Sidecar("pyapp", None)
     async with running(sidecar):

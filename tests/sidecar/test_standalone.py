@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 JS = Path(__file__).resolve().parents[1] / "js"
 DAPR_JS_SDK = "@dapr/dapr@3.18.0"
 
+pytestmark = pytest.mark.process
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -377,6 +379,8 @@ def node_env(modules: Path, **values: str | None) -> dict[str, str]:
     return environment(NODE_PATH=str(modules), **values)
 
 
+@pytest.mark.node
+@pytest.mark.timeout(720)  # the first one npm-installs the SDK (up to 600 s)
 async def test_the_official_js_sdk_publishes_and_invokes_over_http(node_modules: Path) -> None:
     app = App(APP_API_TOKEN="app-secret")
     sidecar = Sidecar("plain", app.port, APP_API_TOKEN="app-secret", DAPR_API_TOKEN="api-secret")
@@ -402,6 +406,8 @@ async def test_the_official_js_sdk_publishes_and_invokes_over_http(node_modules:
     assert result["invoked"]["token"] == "app-secret"
 
 
+@pytest.mark.node
+@pytest.mark.timeout(720)  # the first one npm-installs the SDK (up to 600 s)
 async def test_the_official_js_sdk_server_receives_deliveries(node_modules: Path) -> None:
     port = free_port()
     sidecar_port = free_port()
