@@ -24,14 +24,16 @@ from .._subscription import TopicSubscription
 from ..brokers import Broker, BrokerError, Message, load_broker_class
 from ..secretstores import SecretStore, SecretStoreError, load_secret_store_class
 from .cel import Rules
-from .delivery import DeliveryReport, Engine, Route, Worker
+from .delivery import DeliveryReport, Route
 from .endpoints import ResolvedEndpoint, resolve_endpoint
+from .engine import Engine
 from .envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
 from .policy import Policy, with_timeout
 from .policy_errors import AttemptTimeout, NotRetried, PolicyError
 from .resiliency import Resiliency
 from .resources import Component, Resources
 from .scopes import TopicScopes
+from .worker import Worker
 
 if TYPE_CHECKING:
     from .metrics import Metrics
