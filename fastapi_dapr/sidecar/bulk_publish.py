@@ -21,7 +21,8 @@ from .envelope import PublishRequest, is_content_type
 from .errors import PubSubErrors, kit_error
 
 if TYPE_CHECKING:
-    from .runtime import Envelope, Runtime
+    from .publisher import Envelope
+    from .runtime import Runtime
 
 __all__: list[str] = []
 
