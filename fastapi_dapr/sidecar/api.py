@@ -193,7 +193,8 @@ class SidecarAPI:
         self.max_header_size = max_header_size
         self.max_bulk_entries = max_bulk_entries
         routes = (METRICS_ROUTE, *ROUTES) if metrics is not None else ROUTES
-        self.routes = RouteTable(routes, _unrouted)
+        # Not `routes`: a framework that mounts this application reads that attribute as its routes.
+        self.route_table = RouteTable(routes, _unrouted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -258,7 +259,7 @@ class SidecarAPI:
         if refused is not None:
             return refused
         call = ApiCall(self, self._runtime(), scope, receive, headers, path)
-        route, rest = self.routes.find(call.method, path)
+        route, rest = self.route_table.find(call.method, path)
         if route.started and call.runtime is None:
             return JSONResponse(_NOT_STARTED, status_code=503)
         try:
