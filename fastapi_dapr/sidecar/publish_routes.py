@@ -49,7 +49,7 @@ async def _read_publish(call: ApiCall, rest: str) -> tuple[str, str, dict[str, s
         return None  # daprd: no route matches, the invocation fallback answers
     pubsub, topic = names
     metadata = _metadata(call.scope.get("query_string", b""))
-    call.running.check_pubsub(pubsub, topic, metadata)  # daprd validates before reading the body
+    call.running.publisher.check_pubsub(pubsub, topic, metadata)  # daprd validates before reading the body
     return pubsub, topic, metadata, await read_body(call.receive, call.headers, call.api.max_body_size)
 
 
@@ -61,7 +61,7 @@ async def publish(call: ApiCall, rest: str) -> Answer:
     pubsub, topic, metadata, body = read
     headers = call.headers
     trace = context(headers.get("traceparent"), headers.get("tracestate"))
-    await call.running.publish(
+    await call.running.publisher.publish(
         PublishRequest(
             pubsub=pubsub,
             topic=topic,

@@ -9,7 +9,8 @@ for it, and for the fallback.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from .api_call import Handler
@@ -33,8 +34,10 @@ class RouteTable:
     def __init__(self, routes: Iterable[Route], fallback: Handler) -> None:
         self.routes: Sequence[Route] = tuple(routes)
         self.fallback = Route("", frozenset(), fallback)
+        # The hot path (a publish, an invocation) asks again and again for the same few paths.
+        self.find: Callable[[str, str], tuple[Route, str]] = functools.lru_cache(maxsize=4096)(self._find)
 
-    def find(self, method: str, path: str) -> tuple[Route, str]:
+    def _find(self, method: str, path: str) -> tuple[Route, str]:
         """The route that answers, and the rest of the path below its prefix."""
         for route in self.routes:
             if route.methods and method not in route.methods:
