@@ -22,7 +22,8 @@ from .._publishing import metadata_problem
 from .envelope import PublishRequest
 
 if TYPE_CHECKING:
-    from .runtime import Envelope, Runtime
+    from .publisher import Envelope
+    from .runtime import Runtime
 
 __all__: list[str] = []
 

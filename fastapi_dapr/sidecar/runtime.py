@@ -1,7 +1,9 @@
-"""The embedded sidecar's runtime: components, subscriptions, publishing and delivery.
+"""The embedded sidecar's runtime: the coordinator of one app's components, publisher and deliveries.
 
 Created when the app starts (inside its lifespan) in embedded mode, and by the
-standalone sidecar. It owns every background task it starts, and stops them.
+standalone sidecar. It starts the components (`Components`), publishes through
+its `Publisher`, starts a delivery worker per subscription, and owns every
+background task it starts, and stops them.
 """
 
 from __future__ import annotations
@@ -10,29 +12,25 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp
 
-from .._error_codes import PubSubErrors
-from .._exceptions import DaprAPIError, ResourceError
+from .._exceptions import DaprAPIError
 from .._invocation import InvocationSettings
 from .._retry import DEFAULT_DELIVERY_RETRY, Clock, RetryPolicy
 from .._subscription import TopicSubscription
-from ..brokers import Broker, BrokerError, Message, load_broker_class
-from ..secretstores import SecretStore, SecretStoreError, load_secret_store_class
+from ..brokers import Broker
 from .cel import Rules
+from .components import Components
 from .delivery import DeliveryReport, Route
-from .endpoints import ResolvedEndpoint, resolve_endpoint
 from .engine import Engine
-from .envelope import BadMetadata, EnvelopeError, PublishRequest, message_data
-from .policy import Policy, with_timeout
-from .policy_errors import AttemptTimeout, NotRetried, PolicyError
+from .envelope import PublishRequest
+from .policy import Policy
+from .publisher import Envelope, Publisher
 from .resiliency import Resiliency
-from .resources import Component, Resources
-from .scopes import TopicScopes
+from .resources import Resources
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -43,19 +41,7 @@ __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
 
-DEFAULT_PUBSUB = Component(
-    name="pubsub", type="pubsub.in-memory", version="v1", metadata=(), source="<built-in default>"
-)
 RUNTIME_VERSION = "fastapi-dapr"
-DEAD_LETTER_TIMEOUT = 30.0
-
-
-class Envelope(NamedTuple):
-    """A publish made ready: its pubsub, the bytes it stores, the envelope they encode."""
-
-    broker: Broker
-    data: bytes
-    event: dict[str, Any] | None
 
 
 class Runtime:
@@ -86,13 +72,22 @@ class Runtime:
         if metrics is not None:
             metrics.app_id, metrics.namespace = app_id, self.namespace
         self.resiliency = Resiliency(resources.resiliencies, clock=self.clock, metrics=metrics)
-        self._outbound: dict[str, Policy] = {}
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
-        self.brokers: dict[str, Broker] = {}
-        self.secret_stores: dict[str, SecretStore] = {}
-        self.scopes: dict[str, TopicScopes] = {}
-        self.http_endpoints: dict[str, ResolvedEndpoint] = {}
+        self.components = Components(resources, app_id=app_id, metrics=metrics)
+        # The components' own dictionaries: what starts or closes there is seen here.
+        self.brokers = self.components.brokers
+        self.secret_stores = self.components.secret_stores
+        self.scopes = self.components.scopes
+        self.http_endpoints = self.components.http_endpoints
+        self.publisher = Publisher(
+            app_id=app_id,
+            brokers=self.brokers,
+            scopes=self.scopes,
+            resiliency=self.resiliency,
+            clock=self.clock,
+            metrics=metrics,
+        )
         self.invocation = invocation or InvocationSettings()
         self._upstreams: Upstreams | None = None
         self.routes: list[Route] = []
@@ -105,115 +100,10 @@ class Runtime:
 
     # -- components ----------------------------------------------------------
 
-    def _pubsub_components(self) -> list[Component]:
-        components = [c for c in self.resources.components if c.type.startswith("pubsub.")]
-        return components or [DEFAULT_PUBSUB]
-
-    async def _start_component(self, component: Component, make: Callable[[dict[str, str]], Any]) -> Any:
-        """Create and start one component; None if it failed and may be skipped."""
-        instance = None
-        try:
-            values = await self.resolve_metadata(component)
-            instance = make(values)
-            await asyncio.wait_for(instance.start(), component.init_timeout)
-        except (
-            LookupError,
-            ImportError,
-            ValueError,
-            BrokerError,
-            SecretStoreError,
-            asyncio.TimeoutError,
-        ) as exc:
-            problem = str(exc) or type(exc).__name__
-            if instance is not None:  # it may hold what it got before it failed
-                try:
-                    await instance.close()
-                except Exception:
-                    logger.exception("component %s did not close cleanly", component.name)
-            if component.ignore_errors:
-                logger.warning(
-                    "%s: Component %r not started (ignoreErrors): %s",
-                    component.source,
-                    component.name,
-                    problem,
-                )
-                return None
-            raise ResourceError(f"{component.source}: Component {component.name!r}: spec: {problem}") from exc
-        return instance
-
-    async def resolve_metadata(self, component: Component) -> dict[str, str]:
-        """The component's metadata, `secretKeyRef` values read from `auth.secretStore`."""
-        values = component.values()
-        for index, item in enumerate(component.metadata):
-            if item.secret_name is None:
-                continue
-            field = f"spec.metadata[{index}].secretKeyRef"
-            values[item.name] = await self.secret_value(
-                component.secret_store,
-                item.secret_name,
-                item.secret_key or item.secret_name,
-                where=f"{component.source}: Component {component.name!r}: {field}",
-            )
-        return values
-
-    async def secret_value(self, store_name: str | None, secret: str, key: str, where: str) -> str:
-        """One value of one secret, for a resource; `ResourceError` (naming `where`) if unavailable.
-
-        daprd leaves such a reference empty with a warning, or parks the resource
-        until the store appears; a reference that cannot be resolved stops the start here.
-        """
-        if not store_name:
-            raise ResourceError(f"{where}: needs auth.secretStore to name the secret store")
-        store = self.secret_stores.get(store_name)
-        if store is None:
-            raise ResourceError(f"{where}: secret store {store_name!r} is not loaded")
-        try:
-            data = await store.get_secret(secret)
-        except SecretStoreError as exc:
-            raise ResourceError(f"{where}: {exc}") from None
-        if key not in data:
-            raise ResourceError(f"{where}: secret {secret!r} has no key {key!r}")
-        return data[key]
-
-    def _secret_store_factory(self, component: Component) -> Callable[[dict[str, str]], SecretStore]:
-        def make(values: dict[str, str]) -> SecretStore:
-            return load_secret_store_class(component.type)(component.name, values)
-
-        return make
-
-    def _broker_factory(self, component: Component) -> Callable[[dict[str, str]], Broker]:
-        def make(values: dict[str, str]) -> Broker:
-            # Scopes that cannot be read refuse the component, as any bad metadata does.
-            self.scopes[component.name] = TopicScopes.from_metadata(values, self.app_id)
-            broker = load_broker_class(component.type)(component.name, values, app_id=self.app_id)
-            broker.metrics = self.metrics
-            return broker
-
-        return make
-
     async def start_components(self) -> None:
-        # Secret stores first, as daprd does: the other components may need them (reference 7.2).
-        for component in self.resources.components:
-            if component.type.startswith("secretstores."):
-                store = await self._start_component(component, self._secret_store_factory(component))
-                if store is not None:
-                    self.secret_stores[component.name] = store
-        for endpoint in self.resources.http_endpoints:
-            self.http_endpoints[endpoint.name] = await resolve_endpoint(endpoint, self.secret_value)
-        for component in self._pubsub_components():
-            broker = await self._start_component(component, self._broker_factory(component))
-            if broker is not None:
-                self.brokers[component.name] = broker
-            else:
-                self.scopes.pop(component.name, None)
-        for component in self.resources.components:
-            if not component.type.startswith(("pubsub.", "secretstores.")):
-                logger.info(
-                    "%s: Component %r of type %s is not used by the embedded sidecar",
-                    component.source,
-                    component.name,
-                    component.type,
-                )
+        await self.components.start()
+
+    # -- invocation targets --------------------------------------------------
 
     def upstreams(self) -> Upstreams:
         """The network targets and their connection pools, made on first use."""
@@ -255,14 +145,7 @@ class Runtime:
         if self._upstreams is not None:
             await self._upstreams.close()
             self._upstreams = None
-        components: list[Broker | SecretStore] = [*self.brokers.values(), *self.secret_stores.values()]
-        for component in components:
-            try:
-                await component.close()
-            except Exception:
-                logger.exception("component %s did not close cleanly", component.name)
-        self.brokers.clear()
-        self.secret_stores.clear()
+        await self.components.close()
         self.ready = False
 
     # -- subscriptions -------------------------------------------------------
@@ -313,7 +196,7 @@ class Runtime:
             app_api_token=self.app_api_token,
             inbound=self.inbound_policy,
             clock=self.clock,
-            dead_letter=self._dead_letter,
+            dead_letter=self.publisher.dead_letter,
             observers=self._observers,
             lifespan_state=lambda: self.lifespan_state,
             stopping=self._stopping,
@@ -373,13 +256,6 @@ class Runtime:
             return Policy(f"component[{pubsub}] input (fastapi-dapr's default retry)", retry=self.retry)
         return policy
 
-    def outbound_policy(self, pubsub: str) -> Policy:
-        """The policy of publishing to `pubsub` (the API, bulk entries, dead letters)."""
-        policy = self._outbound.get(pubsub)
-        if policy is None:
-            policy = self._outbound[pubsub] = self.resiliency.component_policy(pubsub, "Outbound")
-        return policy
-
     async def stop_subscriptions(self) -> None:
         self._stopping.set()
         workers, self.workers = self.workers, []
@@ -389,137 +265,19 @@ class Runtime:
 
     def check_pubsub(self, pubsub: str, topic: str, metadata: Mapping[str, str]) -> Broker:
         """The component for `pubsub`; daprd's errors when there is none or no topic."""
-        if not self.brokers:
-            raise PubSubErrors.not_configured(pubsub, metadata)
-        broker = self.brokers.get(pubsub)
-        if broker is None:
-            raise PubSubErrors.not_found(pubsub, metadata)
-        if not topic:
-            raise PubSubErrors.topic_empty(pubsub, metadata)
-        return broker
+        return self.publisher.check_pubsub(pubsub, topic, metadata)
 
     def check_scopes(self, pubsub: str, topic: str) -> None:
         """daprd's 403 when this app may not publish to `topic` (reference 4.2)."""
-        if not self.scopes[pubsub].may_publish(topic):
-            raise PubSubErrors.forbidden(pubsub, topic, self.app_id)
+        self.publisher.check_scopes(pubsub, topic)
 
     def envelope(self, request: PublishRequest) -> Envelope:
-        """The pubsub, the bytes it stores and the envelope they encode, for `request`, checked
-        as daprd checks a publish before it reaches the scopes; raises `DaprAPIError`."""
-        broker = self.check_pubsub(request.pubsub, request.topic, request.metadata)
-        try:
-            data, event = message_data(request, self.app_id)
-        except BadMetadata as exc:
-            raise PubSubErrors.bad_metadata(request.pubsub, request.metadata, str(exc)) from None
-        except EnvelopeError as exc:
-            raise PubSubErrors.cloud_event_creation(request.pubsub, self.app_id, str(exc)) from None
-        return Envelope(broker, data, event)
+        """The publish `request` made ready and checked (`Publisher.envelope`)."""
+        return self.publisher.envelope(request)
 
     async def publish(self, request: PublishRequest, *, entry: Envelope | None = None) -> str:
-        """Publish as `POST /v1.0/publish` does (reference 1.2); raises `DaprAPIError`.
-
-        `entry`: the envelope of one entry of a bulk publish, made and checked with the
-        others before any is published; the bulk metrics count it instead."""
-        broker, data, event = entry if entry is not None else self.envelope(request)
-        # After the envelope, as daprd orders it: a bad body answers before a scope does.
-        self.check_scopes(request.pubsub, request.topic)
-        metrics = self.metrics
-        if metrics is None or entry is not None:
-            return await self._publish_message(broker, request.topic, data, request.metadata, event)
-        started = time.perf_counter()
-        success = False
-        try:
-            message_id = await self._publish_message(broker, request.topic, data, request.metadata, event)
-            success = True
-            return message_id
-        finally:
-            metrics.published(broker.name, request.topic, success, (time.perf_counter() - started) * 1000)
-
-    async def _publish_message(
-        self,
-        broker: Broker,
-        topic: str,
-        data: bytes,
-        metadata: Mapping[str, str],
-        event: Mapping[str, Any] | None = None,
-    ) -> str:
-        policy = self.outbound_policy(broker.name)
-        try:
-            if policy.is_empty:
-                return await self._publish_once(broker, topic, data, metadata, event)
-            return await policy.run(
-                lambda: self._publish_once(broker, topic, data, metadata, event), self.clock
-            )
-        except NotRetried as exc:
-            raise exc.error from exc.__cause__
-        except PolicyError as exc:  # an open circuit, or the last attempt's timeout
-            raise PubSubErrors.publish_failed(broker.name, topic, str(exc)) from exc
-
-    async def _publish_once(
-        self,
-        broker: Broker,
-        topic: str,
-        data: bytes,
-        metadata: Mapping[str, str],
-        event: Mapping[str, Any] | None,
-    ) -> str:
-        try:
-            return await broker.publish(topic, data, metadata, decoded=event)
-        except BrokerError as exc:
-            raise PubSubErrors.publish_failed(broker.name, topic, str(exc)) from exc
-        except Exception as exc:
-            logger.exception("pubsub %s failed to publish to %s", broker.name, topic)
-            # A bug, not a broker's error: retrying would not help.
-            raise NotRetried(
-                PubSubErrors.publish_failed(broker.name, topic, f"{type(exc).__name__}: {exc}")
-            ) from exc
-
-    async def _dead_letter(self, route: Route, message: Message, metadata: Mapping[str, str]) -> bool:
-        # daprd republishes the broker's bytes unchanged, with the message's
-        # metadata, to the same component (reference 3.4).
-        assert route.dead_letter_topic is not None
-        broker = self.brokers.get(route.pubsub)
-        if broker is None:
-            return False
-        done = False
-        if not self.scopes[broker.name].may_publish(route.dead_letter_topic):
-            # Scopes apply to dead letters too (reference 3.4).
-            logger.error(
-                "dead-letter publish to %s refused: topic %s is not allowed for app id %s",
-                route.dead_letter_topic,
-                route.dead_letter_topic,
-                self.app_id,
-                extra=_dead_letter_fields(route, message, "the topic is not allowed for this app id"),
-            )
-        else:
-            topic = route.dead_letter_topic
-            try:
-                # As daprd (deadLetterPublishTimeout): 30 s at most, outbound retries included.
-                await with_timeout(
-                    lambda: self._publish_message(broker, topic, message.data, metadata, message.decoded),
-                    DEAD_LETTER_TIMEOUT,
-                    self.clock,
-                    self.resiliency.abandoned,
-                )
-                done = True
-            except DaprAPIError as exc:
-                logger.error(
-                    "dead-letter publish to %s failed: %s",
-                    topic,
-                    exc.message,
-                    extra=_dead_letter_fields(route, message, exc.message),
-                )
-            except AttemptTimeout:
-                problem = f"not done within {DEAD_LETTER_TIMEOUT:g}s"
-                logger.error(
-                    "dead-letter publish to %s failed: %s",
-                    topic,
-                    problem,
-                    extra=_dead_letter_fields(route, message, problem),
-                )
-        if self.metrics is not None:
-            self.metrics.dead_lettered(route.pubsub, route.topic, route.dead_letter_topic, done)
-        return done
+        """Publish as `POST /v1.0/publish` does (`Publisher.publish`); raises `DaprAPIError`."""
+        return await self.publisher.publish(request, entry=entry)
 
     # -- observation ---------------------------------------------------------
 
@@ -598,16 +356,6 @@ class Runtime:
         if channel_port:
             body["appConnectionProperties"]["port"] = channel_port
         return body
-
-
-def _dead_letter_fields(route: Route, message: Message, reason: str) -> dict[str, Any]:
-    return {
-        "pubsub": route.pubsub,
-        "topic": route.topic,
-        "dead_letter_topic": route.dead_letter_topic,
-        "message_id": message.id,
-        "reason": reason,
-    }
 
 
 def _rules_of(route: Route) -> list[tuple[str, str]]:

@@ -5,11 +5,7 @@ the embedded sidecar's, given an `AppChannel` (an ASGI application that
 forwards to the app's port) as its app: deliveries, self-invocation, publish,
 secrets and metadata are the same code as in embedded mode.
 
-Other app ids are found in the name-resolution file (`_name_resolution`). A call
-to another app goes from this sidecar to that app's sidecar, at the path
-`INTERNAL_PREFIX + method` with that sidecar's token in `SIDECAR_TOKEN_HEADER`
-and this app's id in `dapr-caller-app-id`; that sidecar calls its app with its
-own `APP_API_TOKEN`. Neither this API's token nor this app's token leaves the process.
+Calls between this sidecar and the sidecars of other app ids are in `peers`.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 import os
 import signal
@@ -29,12 +24,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .._exceptions import DaprAPIError, ResourceError
-from .api import METRICS_CONTENT_TYPE, METRICS_PATH, SidecarAPI, is_local_client, route_path
+from .api import METRICS_PATH, SidecarAPI, is_local_client
+from .api_call import route_path
 from .app_channel import AppChannel, AppChannelError
 from .errors import direct_invoke_error, error_response
-from .invocation import InvalidMethod, invoke_self, normalize_method
+from .metadata_routes import METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .name_resolution import NameResolutionError, NameResolutionFile, Registration, new_token
+from .peers import INTERNAL_PREFIX, find_peer, from_peer
 from .proxy import Target
 from .resources import Resources, load_resources
 from .runtime import Runtime
@@ -42,9 +39,6 @@ from .runtime import Runtime
 __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
-
-INTERNAL_PREFIX = "/fastapi-dapr/v1/invoke/"
-SIDECAR_TOKEN_HEADER = "dapr-sidecar-token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,21 +127,9 @@ class StandaloneRuntime(Runtime):
             return target
         where = "no --name-resolution file is given"
         if self.names is not None:
-            app_id, dot, namespace = name.partition(".")
-            namespace = namespace if dot else self.namespace
-            try:
-                found = await self.names.find(app_id)  # the file is read off the event loop
-            except NameResolutionError as exc:
-                raise DaprAPIError(
-                    500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {name}, err: {exc}"
-                ) from None
-            if found is not None and found.namespace == namespace:
-                return Target(
-                    "app",
-                    app_id,
-                    found.base_url + INTERNAL_PREFIX.rstrip("/"),
-                    headers=((SIDECAR_TOKEN_HEADER, found.token),),
-                )
+            target = await find_peer(self.names, name, self.namespace)
+            if target is not None:
+                return target
             where = f"no running sidecar registered it in {self.names.path}"
         raise DaprAPIError(
             500,
@@ -253,50 +235,7 @@ class StandaloneSidecar:
             await error_response(error)(scope, receive, send)
 
     async def _from_sidecar(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A call another sidecar passed on: checked by its token, then given to the app."""
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
-        given = headers.get(SIDECAR_TOKEN_HEADER, "").encode()
-        runtime = self.runtime
-        token = self._token
-        if runtime is None or token is None or not hmac.compare_digest(given, token.encode()):
-            response = JSONResponse(
-                {"errorCode": "ERR_FORBIDDEN", "message": "sidecar-to-sidecar calls need the sidecar token"},
-                status_code=401,
-            )
-            await response(scope, receive, send)
-            return
-        callee = headers.get("dapr-callee-app-id", "")
-        caller = headers.get("dapr-caller-app-id", "")
-        if callee != runtime.app_id or not caller:
-            error = direct_invoke_error(
-                404, f"failed to invoke, id: {callee}, err: this sidecar serves app {runtime.app_id!r}"
-            )
-            await error_response(error)(scope, receive, send)
-            return
-        try:
-            method = normalize_method(route_path(scope)[len(INTERNAL_PREFIX) :])
-        except InvalidMethod as exc:
-            error = direct_invoke_error(500, f"failed to invoke, id: {callee}, err: invalid method: {exc}")
-            await error_response(error)(scope, receive, send)
-            return
-        child = dict(scope)
-        child["headers"] = [
-            (name, value) for name, value in scope["headers"] if name != SIDECAR_TOKEN_HEADER.encode()
-        ]
-        await invoke_self(
-            runtime.app,
-            child,
-            receive,
-            send,
-            method=method,
-            via_header=False,
-            api_token_configured=True,  # nothing of the caller's side reaches the app
-            app_api_token=runtime.app_api_token,
-            app_id=runtime.app_id,
-            namespace=runtime.namespace,
-            max_body_size=self.api.max_body_size,
-            caller=(caller, headers.get("dapr-caller-namespace") or runtime.namespace),
-        )
+        await from_peer(self.runtime, self._token, self.api.max_body_size, scope, receive, send)
 
     # -- the life cycle --------------------------------------------------------
 

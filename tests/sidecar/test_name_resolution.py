@@ -18,13 +18,9 @@ import pytest
 
 from fastapi_dapr.sidecar import name_resolution as _name_resolution
 from fastapi_dapr.sidecar.name_resolution import NameResolutionFile, Registration
+from fastapi_dapr.sidecar.peers import SIDECAR_TOKEN_HEADER
 from fastapi_dapr.sidecar.resources import Resources
-from fastapi_dapr.sidecar.standalone import (
-    SIDECAR_TOKEN_HEADER,
-    SidecarOptions,
-    StandaloneRuntime,
-    StandaloneSidecar,
-)
+from fastapi_dapr.sidecar.standalone import SidecarOptions, StandaloneRuntime, StandaloneSidecar
 
 ROOT = Path(__file__).resolve().parents[2]
 
