@@ -3,7 +3,7 @@
 
 With `BENCH_PROXY_CLIENT=aiohttp` or `=httpx` the same proxy sends its
 requests with aiohttp's or httpx's client instead of fastapi-dapr's own
-(`fastapi_dapr.sidecar.pool`, `_http1`): everything else (resolution, headers, streaming the
+(`fastapi_dapr.sidecar.pool`, `http1`): everything else (resolution, headers, streaming the
 answer back) is the shipped code, so the difference between the runs is the
 HTTP client alone. That is how the client was chosen.
 """

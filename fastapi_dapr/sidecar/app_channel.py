@@ -1,7 +1,7 @@
 """The app channel of the standalone sidecar: the app is another process, reached over HTTP.
 
 `AppChannel` is an ASGI application that passes each request on to the app's
-port and streams the answer back, on the proxy's HTTP/1.1 client (`_pool`, `_http1`).
+port and streams the answer back, on the proxy's HTTP/1.1 client (`pool`, `http1`).
 The runtime is given it as its `app`, so deliveries, self-invocation and the
 rest of the sidecar work unchanged whether the app is in process or not.
 """

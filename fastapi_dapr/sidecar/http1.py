@@ -5,7 +5,7 @@ at about 0.05 of the upstream's direct throughput, and on aiohttp's client at
 about 0.6, most of its extra CPU spent in the client's per-request machinery.
 The proxy needs little of that machinery (no cookies, no automatic redirects,
 no decompression, no proxies from the environment), so the client runs the
-exchange itself on asyncio: this module reads answers, `_pool` connects, sends
+exchange itself on asyncio: this module reads answers, `pool` connects, sends
 requests and keeps connections alive.
 
 Answers are parsed by llhttp (httptools' `HttpResponseParser`, the parser

@@ -3,7 +3,7 @@
 A request's head and framing are made in one place, `request_head`, from the
 body it is given (a length for bytes, the declared length of a counted stream,
 chunked otherwise), never from header bytes; its method, target and headers are
-checked there. The answer (`_http1`) is read while a streamed body is still
+checked there. The answer (`http1`) is read while a streamed body is still
 being sent: an early answer that does not want the body (300 or more, or a
 close) stops the upload, a success lets it go on beside the answer.
 

@@ -43,7 +43,7 @@ logger = logging.getLogger("fastapi_dapr")
 
 @dataclasses.dataclass(frozen=True)
 class SidecarOptions:
-    """What the command line says (`_cli`), in Python's names."""
+    """What the command line says (`cli`), in Python's names."""
 
     app_id: str
     app_port: int | None = None
