@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope
 
 if TYPE_CHECKING:
-    from .api import SidecarAPI
+    from .metrics import Metrics
     from .runtime import Runtime
 
 __all__: list[str] = []
@@ -25,6 +25,20 @@ NO_APP_ID = "failed getting app id either from the URL path or the header dapr-a
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 Answer = ASGIApp | None  # None: 204 No Content
+
+
+class ApiSettings(Protocol):
+    """What a route handler reads of the API that called it (`SidecarAPI` is one): the
+    handlers depend on these settings, not on the API's class, so nothing imports back."""
+
+    @property
+    def api_token(self) -> str | None: ...
+    @property
+    def max_body_size(self) -> int: ...
+    @property
+    def max_bulk_entries(self) -> int: ...
+    @property
+    def metrics(self) -> Metrics | None: ...
 
 
 class BadParameter(Exception):
@@ -38,7 +52,7 @@ class ApiCall:
 
     def __init__(
         self,
-        api: SidecarAPI,
+        api: ApiSettings,
         runtime: Runtime | None,
         scope: Scope,
         receive: Receive,

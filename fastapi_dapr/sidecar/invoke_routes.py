@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .._exceptions import DaprAPIError
 from .._invocation import InvokeResponse
 from .._trace import from_headers
-from .api_call import NO_APP_ID, Answer, ApiCall, route_path
+from .api_call import NO_APP_ID, Answer, ApiCall, ApiSettings, route_path
 from .caller import (
     BodyTooLarge,
     CallerWatch,
@@ -34,7 +34,6 @@ from .policy import Policy
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from .api import SidecarAPI
     from .http1 import Response as Upstream
     from .proxy import Target
     from .runtime import Runtime
@@ -93,7 +92,7 @@ class Invocation:
     __slots__ = ("api", "method", "runtime", "target", "via_header")
 
     def __init__(
-        self, api: SidecarAPI, runtime: Runtime, target: Target | None, method: str, via_header: bool
+        self, api: ApiSettings, runtime: Runtime, target: Target | None, method: str, via_header: bool
     ) -> None:
         self.api = api
         self.runtime = runtime
