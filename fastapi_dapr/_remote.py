@@ -1,12 +1,15 @@
 """`RemoteBackend`: `Dapr` under a real daprd, reached over HTTP (remote mode).
 
-One httpx client talks to daprd for everything: publishing, bulk publishing and
-service invocation. Nothing of the sidecar side is loaded.
+One httpx client talks to daprd for publishing and bulk publishing; service invocation
+has its own httpx transport (connections, no client machinery), so that a call is sent
+as the caller gave it. Nothing of the sidecar side is loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import typing
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -30,8 +33,10 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 PATH_SAFE = "/:@!$&'()*+,;=-._~"  # what Go leaves unescaped in a path
-_CLIENT_DEFAULTS = frozenset({"accept", "accept-encoding", "connection", "user-agent"})  # httpx's
 CONNECT_TIMEOUT = 15.0  # daprd's, for a connection (InvocationSettings.connect_timeout)
+# The longest answer line and head, as InvocationSettings' defaults (max_line_size, max_head_size).
+LINE_LIMIT = 16 * 1024
+HEAD_LIMIT = 64 * 1024
 
 
 def check_metadata(pubsub: str, metadata: Mapping[str, str] | None) -> None:
@@ -56,6 +61,7 @@ class RemoteBackend(Backend):
         self.api_token = api_token or None
         self.timeout = timeout
         self._client: httpx.AsyncClient | None = None
+        self._transport: httpx.AsyncHTTPTransport | None = None
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -67,6 +73,9 @@ class RemoteBackend(Backend):
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.aclose()
 
     @asynccontextmanager
     async def lifespan(
@@ -139,43 +148,99 @@ class RemoteBackend(Backend):
 
     # -- invocation ------------------------------------------------------------------------------
 
+    def _invoker(self) -> httpx.AsyncHTTPTransport:
+        # The invocation's own connections, below httpx's client: a caller's request is sent
+        # as given, with no cookie jar, no proxy or .netrc from the environment, no default
+        # headers, no redirect followed and no content decoding (as the HTTP/1.1 client of
+        # embedded mode, which remote mode used before).
+        if self._transport is None:
+            self._transport = httpx.AsyncHTTPTransport(trust_env=False)
+        return self._transport
+
     async def invoke(self, target: str, call: Call) -> InvokeResponse:
         """`/v1.0/invoke` on daprd, which resolves `target`; the answer once its headers came."""
         headers = [*forwardable(call.headers), *header_pairs(call.trace)]
         if self.api_token:
             # To daprd, this app's own sidecar: its token, and only it (a caller's, passed on in
-            # `headers=dict(request.headers)`, would be the one daprd reads). The client adds it.
+            # `headers=dict(request.headers)`, would be the one daprd reads).
             headers = [(name, value) for name, value in headers if name != "dapr-api-token"]
+            headers.append(("dapr-api-token", self.api_token))
+        body = call.body
         if call.streamed and call.declared is not None:
             headers.append(("content-length", str(call.declared)))  # httpx then sends no chunks
+            body = _counted(typing.cast("AsyncIterator[bytes]", body), call.declared)
         path = f"/v1.0/invoke/{quote(target, safe='')}/method/{quote(call.method, safe=PATH_SAFE)}"
-        client = self._http()
-        where = client.base_url.netloc.decode("ascii")
-        request = client.build_request(
+        url = httpx.URL(self.endpoint + path + ("?" + call.query if call.query else ""))
+        where = url.netloc.decode("ascii")
+        request = httpx.Request(
             call.verb,
-            path + ("?" + call.query if call.query else ""),
-            headers=headers,
-            content=call.body,
-            timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+            url,
+            # Latin-1 as field_problem allows it; surrounding whitespace is no part of a value.
+            headers=[
+                (name.encode("latin-1"), value.strip(" \t").encode("latin-1")) for name, value in headers
+            ],
+            content=body,
+            extensions={"timeout": httpx.Timeout(None, connect=CONNECT_TIMEOUT).as_dict()},
         )
-        # What is sent is what the caller gave: not httpx's own defaults (an Accept-Encoding
-        # would have the target compress an answer the caller gets as it came).
-        given = {name for name, _ in headers}
-        for name in _CLIENT_DEFAULTS - given:
-            del request.headers[name]
         try:
             # The timeout is until the answer's headers came, the body sent included.
-            response = await asyncio.wait_for(client.send(request, stream=True), call.timeout)
+            response = await asyncio.wait_for(self._invoker().handle_async_request(request), call.timeout)
         except asyncio.TimeoutError:
-            raise _invoke_error(f"no answer from {where} within {call.timeout}s") from None
-        except httpx.HTTPError as exc:
-            raise _invoke_error(_describe(exc, where)) from exc
+            raise _invoke_error(500, f"no answer from {where} within {call.timeout}s") from None
+        except _BodyLength as exc:
+            raise _invoke_error(400, str(exc)) from None
+        except Exception as exc:
+            raise _invoke_error(500, _describe(exc, url)) from exc
+        problem = _answer_problem(response)
+        if problem is not None:
+            await response.aclose()
+            raise _invoke_error(500, f"{where}: the answer is not valid HTTP/1.1: {problem}")
         return InvokeResponse(
             response.status_code,
             response_headers(response.headers.raw, response.status_code),
             _chunks(response),
             response.aclose,
         )
+
+
+class _BodyLength(Exception):
+    """A streamed body not of the length it declared: refused (400), as embedded mode's client does."""
+
+
+async def _counted(body: AsyncIterator[bytes], declared: int) -> AsyncIterator[bytes]:
+    sent = 0
+    async for chunk in body:
+        sent += len(chunk)
+        if sent > declared:
+            raise _BodyLength(f"the body is longer than the {declared} bytes it declared")
+        yield chunk
+    if sent != declared:
+        raise _BodyLength(f"the body ended after {sent} of the {declared} bytes it declared")
+
+
+def _answer_problem(response: httpx.Response) -> str | None:
+    """What the strict HTTP/1.1 client remote mode used before refused in an answer's head
+    and httpx's parser lets through: the same limits, the framing as Go's client allows it."""
+    version = response.extensions.get("http_version", b"HTTP/1.1")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return f"{version.decode('ascii', 'replace')} is not HTTP/1.1"
+    if not 100 <= response.status_code <= 599:
+        return f"{response.status_code:03d} is not a status code (HTTP's are 100 to 599)"
+    raw = response.headers.raw
+    size = 15 + len(response.extensions.get("reason_phrase", b""))
+    framing: list[bytes] = []
+    for name, value in raw:
+        if len(name) + len(value) > LINE_LIMIT - 4:
+            return f"a header line is longer than {LINE_LIMIT} bytes"
+        size += len(name) + len(value) + 4
+        lower = name.lower()
+        if lower in (b"content-length", b"transfer-encoding"):
+            framing.append(lower)
+    if size > HEAD_LIMIT:
+        return f"the answer's head is larger than {HEAD_LIMIT} bytes"
+    if b"transfer-encoding" in framing and b"content-length" in framing:
+        return "Transfer-Encoding can't be present with Content-Length"
+    return None
 
 
 async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -188,13 +253,21 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
         raise ConnectionError(f"daprd's answer broke off: {exc}") from exc
 
 
-def _invoke_error(message: str) -> DaprAPIError:
-    return DaprAPIError(500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: daprd, err: {message}")
+def _invoke_error(status: int, message: str) -> DaprAPIError:
+    return DaprAPIError(status, "ERR_DIRECT_INVOKE", f"failed to invoke, id: daprd, err: {message}")
 
 
-def _describe(exc: httpx.HTTPError, where: str) -> str:
+def _describe(exc: Exception, url: httpx.URL) -> str:
+    where = url.netloc.decode("ascii")
     if isinstance(exc, httpx.ConnectTimeout):
         return f"could not connect to {where} within {CONNECT_TIMEOUT}s"
     if isinstance(exc, httpx.ConnectError):
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, socket.gaierror):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, socket.gaierror):
+            return f"the host {url.host} could not be resolved: {cause.strerror}"
         return f"could not connect to {where}: {exc}"
-    return f"{where}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, httpx.HTTPError):
+        return f"{where}: {type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__} talking to {where}: {exc}"  # the caller's body failed

@@ -162,7 +162,7 @@ def _component(document: ComponentDocument, source: str) -> Component:
     return Component(
         name=document.metadata.name,
         type=spec.type,
-        version=spec.version or "v1",
+        version="v1" if spec.version is None else spec.version,  # "" is kept, as written
         metadata=_items(spec.metadata),
         source=source,
         ignore_errors=bool(spec.ignore_errors),

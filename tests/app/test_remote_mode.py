@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from fastapi_dapr import CloudEvent, Dapr, DaprAPIError
 from fastapi_dapr._trace import CURRENT
 
-from ..hostile import Exchange, RawUpstream
+from ..hostile import Exchange, RawUpstream, answer_with
 from ..servers import serve
 
 
@@ -225,6 +225,94 @@ async def test_no_answer_within_the_timeout_and_no_daprd_are_err_direct_invoke()
         await dapr.invoke("svc", "x")  # the server is gone
     await dapr.backend.close()
     assert (unreachable.value.status_code, unreachable.value.error_code) == (500, "ERR_DIRECT_INVOKE")
+
+
+async def test_invoke_keeps_no_cookie_and_takes_no_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nset-cookie: session=1; Path=/\r\ncontent-length: 2\r\n\r\nok"
+    async with RawUpstream(answer_with(answer)) as daprd, RawUpstream() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy.base_url)
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            first = await dapr.invoke("svc", "x")
+            await dapr.invoke("svc", "x")
+    assert first.headers["set-cookie"] == "session=1; Path=/"  # passed on to the caller, not kept
+    assert [request.values("cookie") for request in daprd.requests] == [[], []]
+    assert proxy.requests == []
+
+
+async def test_invoke_sends_latin1_header_values_as_given() -> None:
+    async with RawUpstream() as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            await dapr.invoke("svc", "x", headers={"x-name": "caf\xe9"})
+    [request] = daprd.requests
+    assert request.values("x-name") == ["caf\xe9"]
+
+
+async def test_a_streamed_body_not_of_its_declared_length_is_refused_with_400() -> None:
+    async with RawUpstream() as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            failures = []
+            for body in (parts(b"ab", b"cde"), parts(b"ab")):
+                with pytest.raises(DaprAPIError) as failed:
+                    await dapr.invoke(
+                        "svc", "x", http_method="POST", content=body, headers={"content-length": "4"}
+                    )
+                failures.append((failed.value.status_code, failed.value.error_code, failed.value.message))
+    assert failures == [
+        (
+            400,
+            "ERR_DIRECT_INVOKE",
+            "failed to invoke, id: daprd, err: the body is longer than the 4 bytes it declared",
+        ),
+        (
+            400,
+            "ERR_DIRECT_INVOKE",
+            "failed to invoke, id: daprd, err: the body ended after 2 of the 4 bytes it declared",
+        ),
+    ]
+
+
+async def test_a_streamed_body_that_fails_is_err_direct_invoke() -> None:
+    async def failing() -> Any:
+        yield b"ab"
+        raise ValueError("boom")
+
+    async with RawUpstream() as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            with pytest.raises(DaprAPIError, match=r"ValueError talking to [0-9.:]+: boom") as failed:
+                await dapr.invoke("svc", "x", http_method="POST", content=failing())
+    assert (failed.value.status_code, failed.value.error_code) == (500, "ERR_DIRECT_INVOKE")
+
+
+LONG = b"x" * 10_000
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 600 Odd\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-long: " + b"y" * 17_000 + b"\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(b"x-%d: %s\r\n" % (i, LONG) for i in range(7))
+        + b"content-length: 0\r\n\r\n",
+    ],
+    ids=["status-600", "http-2.0", "length-and-chunked", "line-over-16k", "head-over-64k"],
+)
+async def test_answers_outside_http11_or_its_limits_are_err_direct_invoke(head: bytes) -> None:
+    async with RawUpstream(answer_with(head, close=True)) as daprd:
+        app, dapr = remote(daprd)
+        async with app.router.lifespan_context(app):
+            with pytest.raises(DaprAPIError, match=r"the answer is not valid HTTP/1\.1") as failed:
+                await dapr.invoke("svc", "x")
+    assert (failed.value.status_code, failed.value.error_code) == (500, "ERR_DIRECT_INVOKE")
 
 
 REMOTE_SCRIPT = """

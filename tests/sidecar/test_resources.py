@@ -68,6 +68,22 @@ def test_several_documents_per_file_and_folders(tmp_path: Path) -> None:
     assert resources.subscriptions[0].default == "/t"
 
 
+@pytest.mark.parametrize(("written", "read"), [("", ""), ("v2", "v2"), (None, "v1"), ("absent", "v1")])
+def test_a_component_version_is_read_as_written_and_v1_when_absent(
+    tmp_path: Path, written: str | None, read: str
+) -> None:
+    text = COMPONENT.format(name="events", type="pubsub.in-memory", metadata="[]")
+    if written == "absent":
+        text = text.replace("  version: v1\n", "")
+    else:
+        text = text.replace(
+            "version: v1", f"version: {written!r}" if written is not None else "version: null"
+        )
+    write(tmp_path, "c.yaml", text)
+    [component] = load_resources([tmp_path], app_id="app").components
+    assert component.version == read
+
+
 def test_components_of_the_folder_are_started(tmp_path: Path) -> None:
     write(tmp_path, "c.yaml", COMPONENT.format(name="events", type="pubsub.in-memory", metadata="[]"))
     app = FastAPI()
