@@ -134,6 +134,7 @@ def test_every_script_in_bench_is_run(runner: ModuleType) -> None:
     assert set(runner.BENCHMARKS) == scripts
 
 
+@pytest.mark.process  # matplotlib runs fc-list the first time it looks for fonts
 def test_report_rows_and_ratios_come_from_the_json(runner: ModuleType, tmp_path: Path) -> None:
     write_sample(tmp_path, sample())
     report, chart = tmp_path / "report.md", tmp_path / "img" / "ratios.png"
