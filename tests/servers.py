@@ -111,7 +111,10 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
     The socket listens before the server starts, so clients can connect at
     once: nothing to poll or sleep for.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, as getaddrinfo names it for uvicorn's own sockets: asyncio sets
+    # TCP_NODELAY only on sockets whose proto says TCP, and a connection accepted with
+    # Nagle on waits for the client's delayed ACK (40 ms) after each answer's first write.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
