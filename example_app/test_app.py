@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fastapi_dapr.testing import DaprTest
+from fastapi_dapr.testing import DaprTest, FakeClock
 
 from .main import RESOURCES, app, dapr
 from .store import store
@@ -200,7 +200,8 @@ async def test_an_unreachable_carrier_is_a_502(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     store.add("o-6", item="desk", quantity=1, status="accepted")
     with resources(tmp_path, app_url=f"http://127.0.0.1:{port}"):
-        async with DaprTest(app) as test:
+        # The carrier policy retries the refused connection: its backoff passes on a FakeClock.
+        async with DaprTest(app, clock=FakeClock()) as test:
             answer = await test.client.get("/orders/o-6/shipping")
     assert answer.status_code == 502
     assert "could not connect" in answer.json()["detail"]

@@ -25,9 +25,6 @@ __all__ = ["BrokerContract", "OpenBroker"]
 OpenBroker = Callable[..., Awaitable[Broker]]
 """`await open_broker(**metadata)`: a started broker of the component `pubsub`, app id `app`."""
 
-# Long enough for a broker that reads in the background (Redis' blocking reads), short
-# enough that a broker that would deliver what it must not is caught within the test.
-QUIET = 0.5
 WAIT = 10.0
 
 
@@ -42,11 +39,6 @@ async def receive(consumer: Consumer, count: int, *, max_count: int = 100) -> li
     return received
 
 
-async def nothing_comes(consumer: Consumer) -> None:
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(consumer.receive(1), QUIET)
-
-
 class BrokerContract:
     """The contract's tests; a subclass named `Test<Broker>` runs them against one broker."""
 
@@ -54,6 +46,15 @@ class BrokerContract:
     """Whether two broker instances of one component see the same messages (replicas of an
     app on Redis do); False for a broker that lives in one process (the memory broker),
     where the replicas of one process are one instance."""
+
+    quiet: ClassVar[float] = 0.5
+    """How long nothing must come for `nothing_comes`: long enough for a broker that reads in
+    the background (Redis' blocking reads), short enough that a broker that would deliver
+    what it must not is caught within the test."""
+
+    async def nothing_comes(self, consumer: Consumer) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(consumer.receive(1), self.quiet)
 
     @pytest.fixture
     def open_broker(self) -> OpenBroker:
@@ -142,7 +143,7 @@ class BrokerContract:
         await broker.publish("b", b"for b", {})
         assert [d.message.data for d in await receive(a, 1)] == [b"for a"]
         assert [d.message.data for d in await receive(b, 1)] == [b"for b"]
-        await nothing_comes(a)
+        await self.nothing_comes(a)
 
     async def test_a_receive_cancelled_takes_nothing_with_it(self, broker: Broker) -> None:
         # The delivery workers' receives are cancelled at every stop: the message a
@@ -177,7 +178,7 @@ class BrokerContract:
         assert (again.message.id, again.message.data) == (delivery.message.id, b"once")
         assert dict(again.message.metadata) == {"k": "v"}
         await again.ack()
-        await nothing_comes(consumer)
+        await self.nothing_comes(consumer)
 
     async def test_a_message_given_up_does_not_hold_up_the_next(self, broker: Broker) -> None:
         consumer = await broker.subscribe("t")
@@ -188,7 +189,7 @@ class BrokerContract:
         (following,) = await receive(consumer, 1)
         assert following.message.data == b"next"
         await following.ack()
-        await nothing_comes(consumer)
+        await self.nothing_comes(consumer)
 
     async def test_an_acked_message_is_not_delivered_again_to_the_group(
         self, broker: Broker, opened: OpenBroker
@@ -201,7 +202,7 @@ class BrokerContract:
         later = await (await self.replica(opened, broker)).subscribe("t")  # the group again
         await broker.publish("t", b"new", {})
         assert [d.message.data for d in await receive(later, 1)] == [b"new"]
-        await nothing_comes(later)
+        await self.nothing_comes(later)
 
     # -- consumer groups --------------------------------------------------------------------
 
@@ -226,8 +227,7 @@ class BrokerContract:
             received = await receive(consumer, 10)
             assert [d.message.data for d in received] == [str(n).encode() for n in range(10)]
 
-    @staticmethod
-    async def drain(consumers: Sequence[Consumer], count: int) -> list[bytes]:
+    async def drain(self, consumers: Sequence[Consumer], count: int) -> list[bytes]:
         """What `consumers`, receiving side by side and acking, get until `count` messages came."""
         seen: list[bytes] = []
         done = asyncio.Event()
@@ -248,7 +248,7 @@ class BrokerContract:
                 taker.cancel()
             await asyncio.gather(*takers, return_exceptions=True)
         for consumer in dict.fromkeys(consumers):
-            await nothing_comes(consumer)
+            await self.nothing_comes(consumer)
         return seen
 
     # -- closing ----------------------------------------------------------------------------

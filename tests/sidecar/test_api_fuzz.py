@@ -196,38 +196,45 @@ def encode(body: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+# The strategies the composite ones below draw from are built once, here: building them
+# anew on each draw took most of this module's time (validating them, not using them).
+body_shapes = st.sampled_from(["bytes", "json", "cloudevent", "bulk", "deep", "deep-event", "unbalanced"])
+small_bytes = st.binary(max_size=64)
+deep_depths = st.integers(min_value=50, max_value=20000)
+deep_kinds = st.sampled_from(["list", "dict"])
+unbalanced_openings = st.sampled_from([b"[", b"{", b'{"a":'])
+bulk_shapes = st.integers(0, 3)
+bulk_content_types = st.sampled_from([b"application/json", b"application/cloudevents+json", b"text/plain"])
+
+
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
     """A body of one of five shapes, drawn first so that each is tried as often as the others."""
-    shape = draw(st.sampled_from(["bytes", "json", "cloudevent", "bulk", "deep", "deep-event", "unbalanced"]))
+    shape = draw(body_shapes)
     if shape == "bytes":
-        return draw(st.binary(max_size=64))
+        return draw(small_bytes)
     if shape == "json":
         return encode(draw(json_values))
     if shape == "cloudevent":
         return encode(draw(cloud_events))
     if shape == "bulk":
         return encode(draw(bulk_bodies))
-    depth = draw(st.integers(min_value=50, max_value=20000))
-    deep = deep_json(depth, draw(st.sampled_from(["list", "dict"])))
+    depth = draw(deep_depths)
+    deep = deep_json(depth, draw(deep_kinds))
     if shape == "deep":
         return deep
     if shape == "deep-event":
         return b'{"specversion":"1.0","id":"1","source":"s","type":"x","data":' + deep + b"}"
-    return draw(st.sampled_from([b"[", b"{", b'{"a":'])) * depth
+    return draw(unbalanced_openings) * depth
 
 
 @st.composite
 def bulk_requests(draw: st.DrawFn) -> bytes:
     """A bulk publish body: entries of any shape, or one entry whose event is nested deep."""
-    if draw(st.integers(0, 3)):
+    if draw(bulk_shapes):
         return encode(draw(bulk_bodies))
-    deep = deep_json(
-        draw(st.integers(min_value=50, max_value=20000)), draw(st.sampled_from(["list", "dict"]))
-    )
-    content_type = draw(
-        st.sampled_from([b"application/json", b"application/cloudevents+json", b"text/plain"])
-    )
+    deep = deep_json(draw(deep_depths), draw(deep_kinds))
+    content_type = draw(bulk_content_types)
     return b'{"entries":[{"entryId":"1","contentType":"' + content_type + b'","event":' + deep + b"}]}"
 
 
@@ -241,56 +248,66 @@ class Call:
     client: tuple[str, int]
 
 
+prefixes = st.sampled_from(PREFIXES)
+pubsub_names = st.sampled_from(PUBSUBS) | path_text
+topic_names = st.sampled_from(TOPICS) | path_text
+part_counts = st.integers(0, 2)
+methods = st.sampled_from(["POST", "PUT", "GET", "DELETE", "PATCH", "HEAD", "OPTIONS", "BREW"])
+query_params = st.lists(
+    st.tuples(
+        st.sampled_from(METADATA_KEYS).map(lambda k: "metadata." + k) | path_text,
+        st.sampled_from(["true", "false", "0", "-1", "10", "1ns", "0s", "%zz", "\u0661\u0660"]) | header_text,
+    ),
+    max_size=4,
+)
+one_in_four = st.integers(0, 3)
+content_type_values = st.sampled_from(CONTENT_TYPES) | header_text
+host_values = st.sampled_from(HOSTS) | header_text
+origin_values = st.sampled_from(ORIGINS) | header_text
+other_header_names = st.lists(
+    st.sampled_from(
+        [
+            "sec-fetch-site",
+            "traceparent",
+            "tracestate",
+            "dapr-app-id",
+            "x-forwarded-for",
+            "forwarded",
+            "dapr-api-token",
+            "accept",
+            "x-custom",
+        ]
+    ),
+    max_size=3,
+)
+any_body = bodies()
+clients = st.sampled_from([("127.0.0.1", 50000), ("::1", 50000), ("10.1.2.3", 50000)])
+
+
 @st.composite
 def calls(draw: st.DrawFn) -> Call:
-    prefix = draw(st.sampled_from(PREFIXES))
-    parts = [draw(st.sampled_from(PUBSUBS) | path_text), draw(st.sampled_from(TOPICS) | path_text)]
-    path = prefix + "/".join(parts[: draw(st.integers(0, 2))])
+    prefix = draw(prefixes)
+    parts = [draw(pubsub_names), draw(topic_names)]
+    path = prefix + "/".join(parts[: draw(part_counts)])
     if draw(st.booleans()):
         path = quote(path, safe="/%") if draw(st.booleans()) else path.replace("/", "%2F", 1)
-    method = draw(st.sampled_from(["POST", "PUT", "GET", "DELETE", "PATCH", "HEAD", "OPTIONS", "BREW"]))
-    params = draw(
-        st.lists(
-            st.tuples(
-                st.sampled_from(METADATA_KEYS).map(lambda k: "metadata." + k) | path_text,
-                st.sampled_from(["true", "false", "0", "-1", "10", "1ns", "0s", "%zz", "\u0661\u0660"])
-                | header_text,
-            ),
-            max_size=4,
-        )
-    )
+    method = draw(methods)
+    params = draw(query_params)
     query = "&".join(f"{quote(k, safe='.%')}={quote(v, safe='%')}" for k, v in params)
     headers: list[tuple[str, str]] = []
     if draw(st.booleans()):
-        headers.append(("content-type", draw(st.sampled_from(CONTENT_TYPES) | header_text)))
-    if draw(st.integers(0, 3)) == 0:
-        headers.append(("host", draw(st.sampled_from(HOSTS) | header_text)))
+        headers.append(("content-type", draw(content_type_values)))
+    if draw(one_in_four) == 0:
+        headers.append(("host", draw(host_values)))
     else:
         headers.append(("host", "127.0.0.1:3500"))
-    if draw(st.integers(0, 3)) == 0:
-        headers.append(("origin", draw(st.sampled_from(ORIGINS) | header_text)))
-    for name in draw(
-        st.lists(
-            st.sampled_from(
-                [
-                    "sec-fetch-site",
-                    "traceparent",
-                    "tracestate",
-                    "dapr-app-id",
-                    "x-forwarded-for",
-                    "forwarded",
-                    "dapr-api-token",
-                    "accept",
-                    "x-custom",
-                ]
-            ),
-            max_size=3,
-        )
-    ):
+    if draw(one_in_four) == 0:
+        headers.append(("origin", draw(origin_values)))
+    for name in draw(other_header_names):
         headers.append((name, draw(header_text)))
-    body = draw(bodies()) if method in ("POST", "PUT", "PATCH") else b""
+    body = draw(any_body) if method in ("POST", "PUT", "PATCH") else b""
     headers.append(("content-length", str(len(body))))
-    client = draw(st.sampled_from([("127.0.0.1", 50000), ("::1", 50000), ("10.1.2.3", 50000)]))
+    client = draw(clients)
     return Call(
         method,
         path.encode("latin-1", "replace"),

@@ -215,21 +215,40 @@ def _laughs(width: int, levels: int) -> Any:
     return laughs
 
 
+# What the composite strategies below draw from, built once: building them again on each
+# draw cost more than drawing from them.
+seeds = st.sampled_from(SEEDS)
+one_to_three = st.integers(1, 3)
+one_to_four = st.integers(1, 4)
+zero_to_three = st.integers(0, 3)
+tree_operations = st.sampled_from(["replace", "add", "delete", "share", "nest", "laughs", "loop", "long"])
+nest_depths = st.integers(1, 150)
+laugh_widths = st.integers(2, 10)
+laugh_levels = st.integers(1, 10)
+long_texts = st.sampled_from(["x", "5", "(", "["])
+long_lengths = st.integers(1000, 100_000)
+seed_lists = st.lists(seeds, min_size=1, max_size=2)
+text_operations = st.sampled_from(["cut", "insert", "delete", "duplicate", "random"])
+snippets = st.sampled_from(SNIPPETS)
+deleted_lengths = st.integers(1, 40)
+duplicated_lengths = st.integers(1, 200)
+one_to_five = st.integers(1, 5)
+random_texts = st.text(max_size=20)
+
+
 @st.composite
 def mutated_tree(draw: st.DrawFn) -> list[Any]:
     """One to three seed documents, each mutated as a tree a few times."""
-    documents = [copy.deepcopy(draw(st.sampled_from(SEEDS))) for _ in range(draw(st.integers(1, 3)))]
-    for _ in range(draw(st.integers(1, 4))):
+    documents = [copy.deepcopy(draw(seeds)) for _ in range(draw(one_to_three))]
+    for _ in range(draw(one_to_four)):
         index = draw(st.integers(0, len(documents) - 1))
         parent: Any = None
         key: Any = None
         node: Any = documents[index]
-        while _children(node) and draw(st.integers(0, 3)) > 0:  # walk down a random path
+        while _children(node) and draw(zero_to_three) > 0:  # walk down a random path
             parent, key = node, draw(st.sampled_from(_children(node)))
             node = node[key]
-        operation = draw(
-            st.sampled_from(["replace", "add", "delete", "share", "nest", "laughs", "loop", "long"])
-        )
+        operation = draw(tree_operations)
         if operation == "replace":
             replacement = draw(values)
         elif operation == "add" and isinstance(node, dict):
@@ -241,14 +260,14 @@ def mutated_tree(draw: st.DrawFn) -> list[Any]:
         elif operation == "share":  # the same object twice: an anchor and an alias in the YAML
             replacement = [node, node] if draw(st.booleans()) else {"first": node, "again": node}
         elif operation == "nest":
-            replacement = _nest(node, draw(st.integers(1, 150)), draw(st.booleans()))
+            replacement = _nest(node, draw(nest_depths), draw(st.booleans()))
         elif operation == "laughs":
-            replacement = _laughs(draw(st.integers(2, 10)), draw(st.integers(1, 10)))
+            replacement = _laughs(draw(laugh_widths), draw(laugh_levels))
         elif operation == "loop":
             replacement = [node]
             replacement.append(replacement)  # a node that contains itself
         elif operation == "long":
-            replacement = draw(st.sampled_from(["x", "5", "(", "["])) * draw(st.integers(1000, 100_000))
+            replacement = draw(long_texts) * draw(long_lengths)
         else:
             continue
         if parent is None:
@@ -267,22 +286,22 @@ def dump(documents: list[Any], flow: bool, unicode: bool) -> str:
 @st.composite
 def mutated_text(draw: st.DrawFn) -> str:
     """Seed documents as YAML text, cut, spliced, duplicated."""
-    documents = draw(st.lists(st.sampled_from(SEEDS), min_size=1, max_size=2))
+    documents = draw(seed_lists)
     text = dump(documents, draw(st.booleans()), True)
-    for _ in range(draw(st.integers(1, 4))):
+    for _ in range(draw(one_to_four)):
         position = draw(st.integers(0, len(text)))
-        operation = draw(st.sampled_from(["cut", "insert", "delete", "duplicate", "random"]))
+        operation = draw(text_operations)
         if operation == "cut":
             text = text[:position]
         elif operation == "insert":
-            text = text[:position] + draw(st.sampled_from(SNIPPETS)) + text[position:]
+            text = text[:position] + draw(snippets) + text[position:]
         elif operation == "delete":
-            text = text[:position] + text[position + draw(st.integers(1, 40)) :]
+            text = text[:position] + text[position + draw(deleted_lengths) :]
         elif operation == "duplicate":
-            end = position + draw(st.integers(1, 200))
-            text = text[:end] + text[position:end] * draw(st.integers(1, 5)) + text[end:]
+            end = position + draw(duplicated_lengths)
+            text = text[:end] + text[position:end] * draw(one_to_five) + text[end:]
         else:
-            text = text[:position] + draw(st.text(max_size=20)) + text[position:]
+            text = text[:position] + draw(random_texts) + text[position:]
     return text
 
 
