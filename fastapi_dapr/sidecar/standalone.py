@@ -270,7 +270,10 @@ class StandaloneSidecar:
         return restore
 
     def _listen(self, port: int, flag: str) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.options.listen_host else socket.AF_INET)
+        # TCP by name, not protocol 0: asyncio sets TCP_NODELAY only on sockets whose proto
+        # says TCP, and without it an answer's body waits ~40 ms for the delayed ACK of its head.
+        family = socket.AF_INET6 if ":" in self.options.listen_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.options.listen_host, port))

@@ -369,3 +369,32 @@ async def test_a_signal_stops_the_sidecar_where_the_loop_has_no_signal_handlers(
         logging.getLogger("fastapi_dapr").removeHandler(watcher)
     assert "SIGINT received: stopping" in caplog.text
     assert signal.getsignal(signal.SIGINT) is before  # put back
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_the_api_socket_sends_without_waiting_for_acks(host: str) -> None:
+    """The sockets the sidecar listens on are TCP sockets by name, so that asyncio sets
+    TCP_NODELAY on each connection: with Nagle's algorithm on, an answer written in two
+    parts (head, then body) waits for the client's delayed ACK, about 40 ms a request."""
+    import socket
+
+    sidecar = StandaloneSidecar(SidecarOptions(app_id="orders", dapr_http_port=0, listen_host=host))
+    listening = sidecar._listen(0, "--dapr-http-port")
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set_result(
+            writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        )
+        writer.close()
+
+    server = await asyncio.start_server(connected, sock=listening)
+    try:
+        port = listening.getsockname()[1]
+        _, client = await asyncio.open_connection(host, port)
+        assert await asyncio.wait_for(accepted, 10) != 0  # TCP_NODELAY on the served connection
+        client.close()
+        await client.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
