@@ -2,7 +2,7 @@
 
 `process` marks a test that starts a subprocess (uvicorn, the standalone sidecar, curl,
 Python children), `redis` one that starts redis-server, `node` one that needs node or
-npm. `python -m pytest -m "not process and not redis and not node"` is then the fast
+npm. `python -m pytest -m "not process and not redis and not node and not fuzz"` is then the fast
 in-process loop. The rule is checked, not trusted: an audit hook sees every program a
 test starts (in its fixtures too), and a test that started one without its marker fails
 at teardown.

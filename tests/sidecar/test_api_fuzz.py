@@ -37,6 +37,8 @@ from fastapi_dapr import DROP, BulkEntry, CloudEvent, Dapr
 from fastapi_dapr.sidecar.delivery import DeliveryReport
 from fastapi_dapr.testing import DaprTestClient
 
+pytestmark = pytest.mark.fuzz  # thousands of generated inputs: the full suite runs them, the fast loop not
+
 FUZZ = settings(
     max_examples=1000,
     deadline=None,  # the whole budget is bounded instead; one slow example is not a failure

@@ -14,10 +14,13 @@ import itertools
 from typing import Any
 
 import h11
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fastapi_dapr.sidecar.http1 import Limits, UpstreamError, _Connection
+
+pytestmark = pytest.mark.fuzz  # thousands of generated inputs: the full suite runs them, the fast loop not
 
 VALID = [
     b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello",

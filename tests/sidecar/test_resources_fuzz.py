@@ -30,6 +30,8 @@ from fastapi_dapr import ResourceError
 from fastapi_dapr.sidecar.configuration import load_configuration
 from fastapi_dapr.sidecar.resources import load_resources
 
+pytestmark = pytest.mark.fuzz  # thousands of generated inputs: the full suite runs them, the fast loop not
+
 SECONDS = 5.0  # for one input; a valid file of this size takes a few milliseconds
 BYTES = 64 * 1024 * 1024  # traced memory for one input
 
