@@ -70,7 +70,8 @@ class _Server(uvicorn.Server):
         # on_tick(0) refreshes the Date header, as uvicorn does once a second, and says
         # whether to exit.
         while not await self.on_tick(0):
-            with contextlib.suppress(TimeoutError):
+            # asyncio's TimeoutError: the builtin one only from Python 3.11 on.
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._exit.wait(), 1)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

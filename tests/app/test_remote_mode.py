@@ -315,6 +315,8 @@ async def test_answers_outside_http11_or_its_limits_are_err_direct_invoke(head: 
     assert (failed.value.status_code, failed.value.error_code) == (500, "ERR_DIRECT_INVOKE")
 
 
+OLD_STARLETTE = "ignore:The anyio.abc.BlockingPortal alias:DeprecationWarning"
+
 REMOTE_SCRIPT = """
 import asyncio, os, sys
 os.environ["DAPR_HTTP_PORT"] = "3500"
@@ -389,7 +391,12 @@ def test_remote_mode_never_loads_the_sidecar_side() -> None:
     # Publishing, bulk publishing, invoking (plain and streamed) and the testing helpers that
     # make sense under a real daprd: none of it loads the sidecar side, the families or yaml.
     out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", REMOTE_SCRIPT], capture_output=True, text=True, check=False
+        # Warnings are errors there too, but for the one Starlette before 1.0 causes by
+        # importing an alias anyio now deprecates (not ours; CI's oldest-versions run).
+        [sys.executable, "-W", "error", "-W", OLD_STARLETTE, "-c", REMOTE_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
