@@ -94,3 +94,8 @@ def path_clean(path: str) -> str:
     if cleaned.startswith("//"):
         cleaned = "/" + cleaned.lstrip("/")
     return cleaned
+
+
+# What Go's url.PathEscape-style escaping of a path leaves as it is: daprd re-escapes an
+# invocation's method this way before it sends it on.
+PATH_SAFE = "/:@!$&'()*+,;=-._~"

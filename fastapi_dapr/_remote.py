@@ -20,8 +20,9 @@ import httpx
 from ._backend import Backend
 from ._error_codes import PubSubErrors
 from ._exceptions import DaprAPIError
+from ._go import PATH_SAFE
 from ._headers import forwardable, response_headers
-from ._invocation import InvokeResponse
+from ._invocation import InvocationSettings, InvokeResponse
 from ._publishing import FailedEntry, bulk_body, encode_data, failed_entries, metadata_problem
 from ._trace import header_pairs
 
@@ -32,11 +33,11 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-PATH_SAFE = "/:@!$&'()*+,;=-._~"  # what Go leaves unescaped in a path
-CONNECT_TIMEOUT = 15.0  # daprd's, for a connection (InvocationSettings.connect_timeout)
-# The longest answer line and head, as InvocationSettings' defaults (max_line_size, max_head_size).
-LINE_LIMIT = 16 * 1024
-HEAD_LIMIT = 64 * 1024
+# daprd's connection timeout and the longest answer line and head: embedded mode's defaults.
+_DEFAULTS = InvocationSettings()
+CONNECT_TIMEOUT = _DEFAULTS.connect_timeout
+LINE_LIMIT = _DEFAULTS.max_line_size
+HEAD_LIMIT = _DEFAULTS.max_head_size
 
 
 def check_metadata(pubsub: str, metadata: Mapping[str, str] | None) -> None:

@@ -15,9 +15,7 @@ from urllib.parse import quote, unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._call import VERBS as VERBS  # re-exported: the sidecar's modules read them here
-from .._call import InvalidMethod as InvalidMethod
-from .._call import normalize_method as normalize_method
+from .._call import VERBS
 from .._exceptions import DaprAPIError
 from .._go import path_clean
 from .._headers import IDENTITY, forwardable

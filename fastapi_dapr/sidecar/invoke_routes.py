@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from .._call import InvalidMethod, normalize_method
 from .._exceptions import DaprAPIError
 from .._invocation import InvokeResponse
 from .._trace import from_headers
@@ -27,7 +28,7 @@ from .caller import (
     too_large_message,
 )
 from .errors import direct_invoke_error, error_response
-from .invocation import InvalidMethod, find_target, invoke_self, is_streaming, measured, normalize_method
+from .invocation import find_target, invoke_self, is_streaming, measured
 from .invocation_policy import built_in_retry, invocation_policy, run_invocation, send_response
 from .policy import Policy
 

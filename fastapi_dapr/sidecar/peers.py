@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from .._call import InvalidMethod, normalize_method
 from .._exceptions import DaprAPIError
 from .api_call import route_path
 from .errors import direct_invoke_error, error_response
-from .invocation import InvalidMethod, invoke_self, normalize_method
+from .invocation import invoke_self
 from .name_resolution import NameResolutionError, NameResolutionFile
 from .proxy import Target
 

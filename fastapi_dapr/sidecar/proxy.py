@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from .._exceptions import DaprAPIError
+from .._go import PATH_SAFE
 from .._headers import response_headers
 from .._invocation import InvocationSettings
 from .._retry import Clock, RetryPolicy
@@ -40,7 +41,6 @@ logger = logging.getLogger("fastapi_dapr")
 Kind = Literal["endpoint", "url", "app"]
 Body = bytes | AsyncIterator[bytes] | None
 
-PATH_SAFE = "/:@!$&'()*+,;=-._~"  # what Go leaves unescaped in a path
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 10  # as Go's default client, which daprd's HTTPEndpoint channels use
 

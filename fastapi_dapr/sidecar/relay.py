@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from starlette.types import Receive, Scope, Send
 
+from .._call import VERBS
 from .._exceptions import DaprAPIError
 from .._headers import declared_length, invocation_headers
 from .._retry import Clock, RetryPolicy
@@ -20,7 +21,6 @@ from .._trace import from_headers
 from .caller import CallerWatch, RequestBody, too_large_message
 from .errors import error_response
 from .http1 import MalformedAnswer, UpstreamError
-from .invocation import VERBS
 from .proxy import Target, Upstream, Upstreams
 
 __all__: list[str] = []

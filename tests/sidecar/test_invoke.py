@@ -15,7 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from fastapi_dapr import Dapr
-from fastapi_dapr.sidecar.invocation import InvalidMethod, find_target, normalize_method
+from fastapi_dapr._call import InvalidMethod, normalize_method
+from fastapi_dapr.sidecar.invocation import find_target
 from fastapi_dapr.testing import DaprTestClient
 
 from ..processes import communicate
