@@ -48,6 +48,7 @@ class Backend:
 
     sidecar: SidecarAPI | None = None
     metrics: Metrics | None = None
+    grpc_port: int | None = None  # the embedded sidecar's gRPC API, while it listens
 
     async def publish(
         self,

@@ -65,6 +65,10 @@ class Dapr:
     letters and invocations, and serves them in Prometheus's text format at
     `GET /metrics` on the app's port, protected as the rest of the sidecar API
     is (docs/observability.md).
+    `grpc_port` (embedded mode, the `[grpc]` extra) also serves Dapr's gRPC API,
+    the official SDKs' `DaprClient`, on 127.0.0.1 at that port with the app's
+    lifespan (0: any free port, then `Dapr.grpc_port` tells it); None serves none
+    (docs/grpc.md).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class Dapr:
         max_bulk_entries: int = 10_000,
         invocation: InvocationSettings | None = None,
         metrics: bool = False,
+        grpc_port: int | None = None,
     ) -> None:
         existing = getattr(app.state, "fastapi_dapr", None)
         if existing is not None:
@@ -113,6 +118,11 @@ class Dapr:
         # The mode's backend: everything below that differs between the modes is its.
         # Internal, not public API (fastapi_dapr.testing uses the embedded one).
         self.backend: Backend
+        if grpc_port is not None and mode != "embedded":
+            raise ValueError(
+                "grpc_port is the embedded sidecar's: under daprd (remote mode), daprd serves gRPC "
+                "on DAPR_GRPC_PORT"
+            )
         if mode == "embedded":
             from .sidecar.embedded import EmbeddedBackend  # the app side's one way into the sidecar side
 
@@ -126,6 +136,7 @@ class Dapr:
                 max_header_size=max_header_size,
                 max_bulk_entries=max_bulk_entries,
                 metrics=metrics,
+                grpc_port=grpc_port,
             )
         else:
             from ._remote import RemoteBackend
@@ -149,6 +160,12 @@ class Dapr:
 
     def __repr__(self) -> str:
         return f"Dapr(app_id={self.app_id!r}, mode={self.mode!r})"
+
+    @property
+    def grpc_port(self) -> int | None:
+        """The port the embedded sidecar's gRPC API listens on while the app runs (the one
+        `grpc_port=0` picked); None when it serves none or has not started."""
+        return self.backend.grpc_port
 
     def subscribe(
         self,

@@ -164,6 +164,10 @@ class SidecarAPI:
         # Not `routes`: a framework that mounts this application reads that attribute as its routes.
         self.route_table = RouteTable(routes, _unrouted)
 
+    def current_runtime(self) -> Runtime | None:
+        """The running runtime; None before it started (the gRPC API serves it too)."""
+        return self._runtime()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan_noop(receive, send)

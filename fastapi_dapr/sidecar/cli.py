@@ -31,7 +31,6 @@ logger = logging.getLogger("fastapi_dapr")
 # daprd flags whose features the standalone sidecar does not have, and whose absence an
 # app over HTTP does not notice: accepted, and named in a warning.
 IGNORED_FLAGS = (
-    "--dapr-grpc-port",
     "--dapr-internal-grpc-port",
     "--placement-host-address",
     "--scheduler-host-address",
@@ -99,6 +98,7 @@ def _boolean(text: str) -> bool:
 
 
 DEFAULT_METRICS_PORT = 9090  # daprd's
+DEFAULT_GRPC_PORT = 50001  # daprd's
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,7 +114,9 @@ def parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--app-id", required=True, help="the app's id")
     sidecar.add_argument("--app-port", type=_port, help="the port the app listens on (none: no app)")
     sidecar.add_argument(
-        "--app-protocol", default="http", help="how the app is reached: http, the only one supported"
+        "--app-protocol",
+        default="http",
+        help="how the app is reached: http (the default) or grpc (an app serving Dapr's AppCallback)",
     )
     sidecar.add_argument(
         "--app-channel-address", default="127.0.0.1", help="the app's host (default 127.0.0.1)"
@@ -124,6 +126,12 @@ def parser() -> argparse.ArgumentParser:
         type=_port,
         default=3500,
         help="the Dapr API's port (default 3500; 0: any free port)",
+    )
+    sidecar.add_argument(
+        "--dapr-grpc-port",
+        type=_port,
+        default=None,
+        help=f"the gRPC API's port (default {DEFAULT_GRPC_PORT} with the [grpc] extra; 0: any free port)",
     )
     sidecar.add_argument(
         "--dapr-listen-addresses",
@@ -216,10 +224,9 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
         fail(f"--app-id {arguments.app_id}: parameter app-id cannot contain dots")
     if arguments.app_port == 0:
         fail("--app-port 0: the app's port is the one it listens on (1 to 65535)")
-    if arguments.app_protocol != "http":
-        fail(
-            f"--app-protocol {arguments.app_protocol}: only http is supported (not grpc, grpcs, https or h2c)"
-        )
+    if arguments.app_protocol not in ("http", "grpc"):
+        fail(f"--app-protocol {arguments.app_protocol}: http or grpc are supported (not grpcs, https or h2c)")
+    grpc_port = _grpc_port(arguments, fail)
     listen = arguments.dapr_listen_addresses.strip()
     if listen == "localhost":
         listen = "127.0.0.1"
@@ -250,7 +257,24 @@ def _options(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> 
         listen_host=listen.strip("[]"),
         metrics_port=metrics_port,
         log_as_json=arguments.log_as_json,
+        dapr_grpc_port=grpc_port,
+        app_protocol=arguments.app_protocol,
     )
+
+
+def _grpc_port(arguments: argparse.Namespace, fail: Callable[[str], NoReturn]) -> int | None:
+    """The gRPC API's port: the flag's, else daprd's default when the [grpc] extra is there
+    (None: not served, and said so at start)."""
+    from .grpc_api import require
+
+    asked = arguments.dapr_grpc_port is not None or arguments.app_protocol == "grpc"
+    try:
+        require("--dapr-grpc-port" if arguments.dapr_grpc_port is not None else "--app-protocol grpc")
+    except ImportError as exc:
+        if asked:
+            fail(str(exc))
+        return None
+    return arguments.dapr_grpc_port if arguments.dapr_grpc_port is not None else DEFAULT_GRPC_PORT
 
 
 def _configure_logging(level: str, *, as_json: bool = False, app_id: str | None = None) -> None:

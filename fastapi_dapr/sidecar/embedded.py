@@ -77,8 +77,19 @@ class EmbeddedBackend(Backend):
         max_header_size: int,
         max_bulk_entries: int,
         metrics: bool,
+        grpc_port: int | None = None,
     ) -> None:
         from .url_policy import UrlPolicy
+
+        if grpc_port is not None:
+            if isinstance(grpc_port, bool) or not isinstance(grpc_port, int) or not 0 <= grpc_port <= 65535:
+                raise ValueError(
+                    f"grpc_port must be a port number (0 to 65535, 0: any free port), not {grpc_port!r}"
+                )
+            from .grpc_api import require
+
+            require("Dapr(app, grpc_port=...)")
+        self._grpc_listen = grpc_port
 
         # A bad entry is a mistake to see now, not at the first invocation.
         UrlPolicy(invocation.allowed_urls, invocation.allow_private_addresses)
@@ -134,7 +145,7 @@ class EmbeddedBackend(Backend):
         try:
             await runtime.start_components()  # publishing works from here on
             self._runtime = runtime
-            async with app_lifespan as state:
+            async with self._grpc_api(runtime), app_lifespan as state:
                 runtime.lifespan_state = state
                 try:
                     # Deliveries start once the app's own start-up is done.
@@ -145,6 +156,26 @@ class EmbeddedBackend(Backend):
         finally:
             self._runtime = None
             await runtime.close()
+
+    @asynccontextmanager
+    async def _grpc_api(self, runtime: Runtime) -> AsyncIterator[None]:
+        """Dapr's gRPC API while the app runs, when `grpc_port` asks for it; it stops after
+        the app's own shutdown, with the runtime's grace for in-flight calls."""
+        if self._grpc_listen is None:
+            yield
+            return
+        from .grpc_api.server import GrpcServer
+
+        server = GrpcServer(self.sidecar)
+        try:
+            self.grpc_port = await server.start(self._grpc_listen)
+        except OSError as exc:
+            raise RuntimeError(f"Dapr(app, grpc_port={self._grpc_listen}): {exc}") from None
+        try:
+            yield
+        finally:
+            self.grpc_port = None
+            await server.stop(runtime.shutdown_grace)
 
     def _create_runtime(self, settings: Settings) -> Runtime:
         from .resources import Resources, load_resources

@@ -188,6 +188,17 @@ class Metrics:
             "failure or after a state change.",
             ("app_id", "name", "policy", "namespace", "flow_direction", "target", "status"),
         )
+        # -- the gRPC API (daprd's OpenCensus gRPC server views) --
+        self.grpc_completed = self._counter(
+            "dapr_grpc_io_server_completed_rpcs",
+            "Count of RPCs by method and status.",
+            ("app_id", "grpc_server_method", "grpc_server_status"),
+        )
+        self.grpc_latency = self._histogram(
+            "dapr_grpc_io_server_server_latency",
+            "Distribution of server latency in milliseconds, by method.",
+            ("app_id", "grpc_server_method"),
+        )
 
     def _counter(self, name: str, documentation: str, labels: Sequence[str]) -> Counter:
         metric = Counter(name, documentation, labels)
@@ -246,6 +257,11 @@ class Metrics:
     def activated(self, resiliency: str, policy: str, direction: str, target: str, status: str = "") -> None:
         key = (self.app_id, resiliency, policy, self.namespace, direction, target, status)
         self.activations.inc(key)
+
+    def grpc_completed_rpc(self, method: str, status: str, elapsed_ms: float) -> None:
+        """One call of the gRPC API: its full method name and the name of its status code."""
+        self.grpc_completed.inc((self.app_id, method, status))
+        self.grpc_latency.observe((self.app_id, method), elapsed_ms)
 
     # -- the scrape ---------------------------------------------------------------
 

@@ -61,6 +61,8 @@ class SidecarOptions:
     listen_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no metrics
     log_as_json: bool = False
+    dapr_grpc_port: int | None = None  # None: no gRPC API
+    app_protocol: str = "http"  # or "grpc": the app serves AppCallback
 
 
 class _NoApp:
@@ -190,7 +192,13 @@ class StandaloneSidecar:
         self.registration: Registration | None = None  # set once the file lists this sidecar
         self._token: str | None = None  # taken from other sidecars until serving has ended
         self.names = NameResolutionFile(options.name_resolution) if options.name_resolution else None
-        self.channel = AppChannel(options.app_channel_address, options.app_port) if options.app_port else None
+        self.channel: Any = None  # AppChannel, or GrpcAppChannel for --app-protocol grpc
+        if options.app_port and options.app_protocol == "grpc":
+            from .grpc_api.app_channel import GrpcAppChannel
+
+            self.channel = GrpcAppChannel(options.app_channel_address, options.app_port)
+        elif options.app_port:
+            self.channel = AppChannel(options.app_channel_address, options.app_port)
         self.api = SidecarAPI(
             lambda: self.runtime,
             api_token=options.api_token,
@@ -200,6 +208,8 @@ class StandaloneSidecar:
         self.metrics = Metrics(options.app_id) if options.metrics_port is not None else None
         self.port = 0
         self.metrics_port = 0
+        self.grpc_port = 0
+        self._grpc: Any = None  # the GrpcServer, while it serves
         self._metrics_server: _Server | None = None
         self._stop = asyncio.Event()
         self._signals = 0
@@ -355,12 +365,14 @@ class StandaloneSidecar:
                 grace=options.graceful_shutdown_seconds,
                 max_header_size=self.api.max_header_size,
             )
+            grpc_line = await self._start_grpc()
             serving = asyncio.ensure_future(self._server.serve(sock))
             logger.info(
-                "app id %s: Dapr API listening on http://%s:%d",
+                "app id %s: Dapr API listening on http://%s:%d%s",
                 options.app_id,
                 options.listen_host,
                 self.port,
+                grpc_line,
             )
             if metrics_sock is not None and self.metrics is not None:
                 self._metrics_server = _Server(
@@ -399,7 +411,7 @@ class StandaloneSidecar:
                     await connecting
                 self._server.stop()
                 # In-flight API calls and in-flight deliveries finish within the grace, together.
-                await asyncio.gather(serving, runtime.stop_subscriptions())
+                await asyncio.gather(serving, runtime.stop_subscriptions(), self._stop_grpc())
                 if self._metrics_server is not None and metrics_serving is not None:
                     self._metrics_server.stop()  # scrapes go on until the rest has stopped
                     await metrics_serving
@@ -412,6 +424,28 @@ class StandaloneSidecar:
                 await self.channel.close()
         logger.info("app id %s: stopped", options.app_id)
         return status
+
+    async def _start_grpc(self) -> str:
+        """Serve the gRPC API when asked (`--dapr-grpc-port`); what the ready line says of it."""
+        if self.options.dapr_grpc_port is None:
+            return ""
+        from .grpc_api.server import GrpcServer
+
+        server = GrpcServer(self.api, host=self.options.listen_host)
+        try:
+            self.grpc_port = await server.start(self.options.dapr_grpc_port)
+        except OSError as exc:
+            raise ResourceError(f"{exc} (--dapr-grpc-port)") from None
+        self._grpc = server
+        host = (
+            f"[{self.options.listen_host}]" if ":" in self.options.listen_host else self.options.listen_host
+        )
+        return f", gRPC API on {host}:{self.grpc_port}"
+
+    async def _stop_grpc(self) -> None:
+        server, self._grpc = self._grpc, None
+        if server is not None:
+            await server.stop(self.options.graceful_shutdown_seconds)
 
     async def _deregister(self) -> None:
         registration, self.registration = self.registration, None

@@ -105,6 +105,8 @@ class Sidecar(ChildProcess):
         self.port = port or 0  # 0: the sidecar picks a free one, read from its log when it is ready
         self.picks_port = not port
         argv = [sys.executable, "-m", "fastapi_dapr", "sidecar", "--app-id", app_id]
+        if "--dapr-grpc-port" not in extra:
+            argv += ["--dapr-grpc-port", "0"]  # not daprd's 50001: tests run side by side
         argv += ["--dapr-http-port", str(self.port), *extra]
         if app_port is not None:
             argv += ["--app-port", str(app_port)]
@@ -601,14 +603,14 @@ async def run_to_end(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     return process.returncode, out.decode(errors="replace")
 
 
-SIDECAR = [sys.executable, "-m", "fastapi_dapr", "sidecar"]
+SIDECAR = [sys.executable, "-m", "fastapi_dapr", "sidecar", "--dapr-grpc-port", "0"]
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--app-port", "1"], "the following arguments are required: --app-id"),
-        (["--app-id", "x", "--app-protocol", "grpc"], "--app-protocol grpc: only http is supported"),
+        (["--app-id", "x", "--app-protocol", "h2c"], "--app-protocol h2c: http or grpc are supported"),
         (["--app-id", "x", "--app-port", "http"], "'http' is not a port number"),
         (["--app-id", "x", "--app-port", "70000"], "70000 is not a port number"),
         (["--app-id", "x", "--app-port", "0"], "--app-port 0: the app's port is the one it listens on"),
@@ -675,12 +677,12 @@ async def test_a_configuration_is_read_and_what_is_not_applied_is_named(tmp_path
         "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: appconfig}\n"
         "spec:\n  tracing: {samplingRate: '1'}\n  features: []\n"
     )
-    sidecar = Sidecar("x", None, "--config", str(config), "--dapr-grpc-port", "50001")
+    sidecar = Sidecar("x", None, "--config", str(config), "--dapr-internal-grpc-port", "50002")
     async with running(sidecar):
         pass
     assert "Configuration 'appconfig': spec.tracing is not applied" in sidecar.text
     assert "Configuration 'appconfig': spec.features is not applied" in sidecar.text
-    assert "--dapr-grpc-port is ignored" in sidecar.text
+    assert "--dapr-internal-grpc-port is ignored" in sidecar.text
 
 
 async def test_a_bad_subscribe_answer_is_logged_and_the_sidecar_goes_on() -> None:
