@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Runs every benchmark in bench/ and writes the report that docs/benchmarks.md includes.
 
-    python bench/run.py                      # normal mode, about 8 minutes on a quiet machine
+    python bench/run.py                      # normal mode, about 11 minutes on a quiet machine
     python bench/run.py --quick              # CI: every script small and short, targets not judged
     python bench/run.py --only invoke_proxy  # one benchmark again; the others' last results stay
     python bench/run.py --report-only        # the report again from the results already there
@@ -50,7 +50,9 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 # Every benchmark script in bench/, in the order they run (tests check that none is missing).
-BENCHMARKS = ("publish_deliver", "invoke_proxy", "http1_parser", "redis_pubsub", "metrics_overhead")
+BENCHMARKS = (
+    "publish_deliver", "invoke_proxy", "http1_parser", "redis_pubsub", "metrics_overhead", "grpc_publish",
+)  # fmt: skip
 TAKE_BASELINE = ("invoke_proxy", "metrics_overhead")  # run another checkout too, with --baseline
 NORMAL_OUTPUT = BENCH / "report"
 NORMAL_CHART = ROOT / "docs" / "img" / "bench-ratios.png"
@@ -59,7 +61,7 @@ STDERR_TAIL_LINES = 40
 TIMEOUT_S = {"normal": 1800.0, "quick": 600.0}  # per script; far above their usual time
 PACKAGES = (
     "fastapi-dapr", "fastapi", "starlette", "pydantic", "uvicorn", "httptools", "uvloop",
-    "redis", "hiredis", "faststream", "aiohttp", "httpx",
+    "redis", "hiredis", "faststream", "aiohttp", "httpx", "grpcio", "protobuf", "dapr",
 )  # fmt: skip
 
 MET, MISSED, NOT_JUDGED, NO_TARGET = "met", "missed", "not judged (quick)", "—"

@@ -58,6 +58,7 @@ class _Queue(Consumer):
         self._not_full.set()
         self.closed = False
         self.claimed = False  # a subscription's; else kept for one to come (`MemoryBroker._hold`)
+        self.subscribers = 0  # subscriptions sharing it (competing consumers): closed by the last
 
     def put(self, message: Message) -> None:
         self.items.append(message)
@@ -90,7 +91,9 @@ class _Queue(Consumer):
                 self._not_full.clear()
 
     async def close(self) -> None:
-        self._discard("at shutdown")
+        self.subscribers -= 1
+        if self.subscribers <= 0:
+            self._discard("as its last subscription ended")
 
     def _discard(self, when: str) -> None:
         self.closed = True
@@ -211,7 +214,11 @@ class MemoryBroker(Broker):
         queue = groups.get(group)
         if queue is None:
             queue = groups[group] = _Queue(self, topic, group, self.capacity)
-        queue.claimed = True
+        # One of the subscriptions the runtime starts with: once they stop, publishing to the
+        # topic fails. One made later (a streaming subscription) leaves the topic as daprd's
+        # in-memory component does when it ends: messages nobody subscribes to are discarded.
+        queue.claimed = queue.claimed or self._holding
+        queue.subscribers += 1
         return queue
 
     def subscriptions_started(self) -> None:
@@ -223,7 +230,7 @@ class MemoryBroker(Broker):
     async def close(self) -> None:
         for groups in list(self._queues.values()):
             for queue in list(groups.values()):
-                await queue.close()
+                queue._discard("at shutdown")
 
     def _remove(self, queue: _Queue) -> None:
         groups = self._queues.get(queue.topic, {})

@@ -192,6 +192,17 @@ class SidecarAPI:
             return
         await response(scope, receive, send)
 
+    async def serve_trusted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request another front door of this API already let in (the gRPC API, whose
+        guard checked the token or the peer): as `__call__`, without the token and loopback
+        checks, and with an exception left to the caller. Only in-process code builds the scope."""
+        response = await self._handle(scope, receive, trusted=True)
+        if response is None:
+            await send(_NO_CONTENT_START)
+            await send(_EMPTY_BODY)
+            return
+        await response(scope, receive, send)
+
     def _refusal(self, scope: Scope, headers: Mapping[str, str], path: str) -> Response | None:
         if path in HEALTH_PATHS and scope["method"] in ("GET", "HEAD"):
             return None
@@ -213,8 +224,9 @@ class SidecarAPI:
             status_code=403,
         )
 
-    async def _handle(self, scope: Scope, receive: Receive) -> Answer:
-        """The answer; None for 204 No Content, the answer of a publish."""
+    async def _handle(self, scope: Scope, receive: Receive, *, trusted: bool = False) -> Answer:
+        """The answer; None for 204 No Content, the answer of a publish. `trusted`: the caller
+        was checked already (`serve_trusted`)."""
         # One pass over the raw headers; later look-ups are dictionary hits.
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         if sum(len(name) + len(value) for name, value in scope["headers"]) > self.max_header_size:
@@ -227,7 +239,7 @@ class SidecarAPI:
                 status_code=431,
             )
         path = _clean(_escaped_path(scope))
-        refused = self._refusal(scope, headers, path)
+        refused = None if trusted else self._refusal(scope, headers, path)
         if refused is not None:
             return refused
         call = ApiCall(self, self._runtime(), scope, receive, headers, path)

@@ -49,6 +49,14 @@ async def publish_bulk(
     requests = await bulk_requests(
         runtime.app_id, pubsub, topic, body, metadata, traceparent, tracestate, max_entries=max_entries
     )
+    return await publish_requests(runtime, pubsub, topic, requests)
+
+
+async def publish_requests(
+    runtime: Runtime, pubsub: str, topic: str, requests: Sequence[tuple[str, PublishRequest]]
+) -> list[dict[str, str]]:
+    """Publish the checked entries (`(entry id, request)`, as `bulk_requests` or the gRPC
+    API reads them); the failed entries, as `publish_bulk` answers them."""
     # Every envelope is made before any entry is published: one that cannot be made refuses
     # the request as a whole, as in daprd (400 here, as for a single publish); metadata the
     # broker cannot use (a TTL) fails that entry only, as daprd's component does.
@@ -159,7 +167,7 @@ async def bulk_requests(
         if len(entries) > max_entries:
             raise ValueError(f"{len(entries)} entries, more than the limit of {max_entries} a request")
     except ValueError as exc:
-        raise _bulk_error(
+        raise bulk_error(
             400,
             "DAPR_PUBSUB_UNMARSHAL_EVENTS",
             f"error when unmarshaling the request for topic {topic} pubsub {pubsub}: {exc}",
@@ -187,22 +195,14 @@ def _request(
     tracestate: str,
 ) -> tuple[str, PublishRequest]:
     entry_id = entry.get("entryId", entry.get("entryID")) if isinstance(entry, dict) else None
-    if not isinstance(entry_id, str) or not entry_id or entry_id in seen:
-        problem = "entryId is duplicated or not present for entry"
-        raise _bulk_error(
-            400,
-            "DAPR_PUBSUB_MARSHAL_EVENTS",
-            f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}",
-            {"appID": app_id, "error": problem},
-            pubsub,
-        )
-    seen.add(entry_id)
+    check_entry_id(app_id, pubsub, topic, entry_id, seen)
     assert isinstance(entry, dict)
+    assert isinstance(entry_id, str)
     content_type = entry.get("contentType") or ""
     try:
         data = _entry_bytes(entry.get("event"), str(content_type))
     except (ValueError, TypeError) as exc:
-        raise _bulk_error(
+        raise bulk_error(
             400,
             "DAPR_PUBSUB_MARSHAL_ENVELOPE",
             f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: {exc}",
@@ -210,18 +210,51 @@ def _request(
             pubsub,
         ) from None
     entry_metadata = entry.get("metadata")
-    if isinstance(entry_metadata, dict):
+    own = {str(k): str(v) for k, v in entry_metadata.items()} if isinstance(entry_metadata, dict) else None
+    return entry_id, entry_request(
+        pubsub, topic, entry_id, data, str(content_type), own, metadata, traceparent, tracestate
+    )
+
+
+def check_entry_id(app_id: str, pubsub: str, topic: str, entry_id: Any, seen: set[str]) -> None:
+    """daprd's refusal of a bulk request with an entry without an id or with another's;
+    adds the id to `seen`."""
+    if not isinstance(entry_id, str) or not entry_id or entry_id in seen:
+        problem = "entryId is duplicated or not present for entry"
+        raise bulk_error(
+            400,
+            "DAPR_PUBSUB_MARSHAL_EVENTS",
+            f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}",
+            {"appID": app_id, "error": problem},
+            pubsub,
+        )
+    seen.add(entry_id)
+
+
+def entry_request(
+    pubsub: str,
+    topic: str,
+    entry_id: str,
+    data: bytes,
+    content_type: str,
+    entry_metadata: Mapping[str, str] | None,
+    metadata: Mapping[str, str],
+    traceparent: str,
+    tracestate: str,
+) -> PublishRequest:
+    """The publish of one entry: `entry_metadata` None when the entry has none of its own."""
+    if entry_metadata is not None:
         # Request-level metadata reaches only entries that have their own (reference 1.8).
-        merged = {**metadata, **{str(k): str(v) for k, v in entry_metadata.items()}}
+        merged = {**metadata, **entry_metadata}
         unusable = metadata_problem(merged)
         if unusable is not None:
             raise PubSubErrors.bad_metadata(pubsub, metadata, f"entry {entry_id}: {unusable}")
     else:
         merged = {"rawPayload": metadata["rawPayload"]} if "rawPayload" in metadata else {}
-    return entry_id, PublishRequest(pubsub, topic, data, str(content_type), merged, traceparent, tracestate)
+    return PublishRequest(pubsub, topic, data, content_type, merged, traceparent, tracestate)
 
 
-def _bulk_error(
+def bulk_error(
     status: int, reason: str, message: str, metadata: Mapping[str, str], pubsub: str
 ) -> DaprAPIError:
     return kit_error(status, "ERR_PUBSUB_EVENTS_SER", reason, message, metadata, pubsub)

@@ -66,7 +66,7 @@ class Route:
     rules: Rules
     dead_letter_topic: str | None
     bulk: BulkSubscribe | None
-    kind: Literal["PROGRAMMATIC", "DECLARATIVE"]
+    kind: Literal["PROGRAMMATIC", "DECLARATIVE", "STREAMING"]
     metadata: Mapping[str, str]
 
     @functools.cached_property

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Callable
+from contextvars import ContextVar
 
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from .._exceptions import DaprAPIError
 from .._json import go_dumps
@@ -23,9 +26,31 @@ def error_body(error: DaprAPIError) -> bytes:
     return b"{" + b",".join(fields) + b"}"
 
 
+# Set by an in-process caller of the API that must tell the API's own errors from what an
+# invocation's target answered (the gRPC API's InvokeService): called with the scope and
+# the error of each error answer sent.
+ERROR_SINK: ContextVar[Callable[[Scope, DaprAPIError], None] | None] = ContextVar(
+    "fastapi_dapr_error_sink", default=None
+)
+
+
+class ErrorResponse(Response):
+    """The HTTP answer for an API error, which tells `ERROR_SINK` when it is sent."""
+
+    def __init__(self, error: DaprAPIError) -> None:
+        super().__init__(error_body(error), status_code=error.status_code, media_type="application/json")
+        self.error = error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sink = ERROR_SINK.get()
+        if sink is not None:
+            sink(scope, self.error)
+        await super().__call__(scope, receive, send)
+
+
 def error_response(error: DaprAPIError) -> Response:
     """The HTTP answer for `error`, serialised as daprd's Go code does."""
-    return Response(error_body(error), status_code=error.status_code, media_type="application/json")
+    return ErrorResponse(error)
 
 
 def direct_invoke_error(status_code: int, message: str) -> DaprAPIError:

@@ -25,6 +25,7 @@ from ..brokers import Broker
 from .cel import Rules
 from .components import Components
 from .delivery import DeliveryReport, Route
+from .dynamic import Dynamic
 from .engine import Engine
 from .envelope import PublishRequest
 from .policy import Policy
@@ -92,6 +93,7 @@ class Runtime:
         self._upstreams: Upstreams | None = None
         self.routes: list[Route] = []
         self.workers: list[Worker] = []
+        self.dynamic = Dynamic(self)  # streaming subscriptions (the gRPC API's), started while running
         self.lifespan_state: Mapping[str, Any] | None = None
         self._observers: list[Callable[[DeliveryReport], None]] = []
         self._stopping = asyncio.Event()
@@ -189,10 +191,10 @@ class Runtime:
             )
         return routes
 
-    async def start_subscriptions(self, programmatic: Sequence[TopicSubscription]) -> None:
-        self._stopping.clear()
-        engine = Engine(
-            app=self.app,
+    def engine(self, app: ASGIApp) -> Engine:
+        """The delivery engine posting to `app` (the app itself, or a streaming subscription's)."""
+        return Engine(
+            app=app,
             app_api_token=self.app_api_token,
             inbound=self.inbound_policy,
             clock=self.clock,
@@ -202,7 +204,18 @@ class Runtime:
             stopping=self._stopping,
             metrics=self.metrics,
         )
-        self.routes = self.plan_routes(programmatic)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the subscriptions are stopping (or stopped): none starts now."""
+        return self._stopping.is_set()
+
+    async def start_subscriptions(self, programmatic: Sequence[TopicSubscription]) -> None:
+        self._stopping.clear()
+        engine = self.engine(self.app)
+        # Streaming subscriptions opened before (standalone: while waiting for the app) stay listed.
+        streaming = [route for route in self.routes if route.kind == "STREAMING"]
+        self.routes = self.plan_routes(programmatic) + streaming
         starting: list[tuple[Route, Broker]] = []
         for route in self.routes:
             broker = self.brokers.get(route.pubsub)
@@ -259,7 +272,10 @@ class Runtime:
     async def stop_subscriptions(self) -> None:
         self._stopping.set()
         workers, self.workers = self.workers, []
-        await asyncio.gather(*(worker.stop(self.shutdown_grace) for worker in workers))
+        await asyncio.gather(
+            *(worker.stop(self.shutdown_grace) for worker in workers),
+            self.dynamic.stop_all(self.shutdown_grace),
+        )
 
     # -- publishing ----------------------------------------------------------
 
@@ -287,7 +303,7 @@ class Runtime:
         return lambda: self._observers.remove(observer)
 
     def in_flight(self) -> int:
-        return sum(worker.in_flight for worker in self.workers)
+        return sum(worker.in_flight for worker in self.workers) + self.dynamic.in_flight()
 
     def set_extended_metadata(self, key: str, value: bytes, limit: int) -> bool:
         """Keep `value` as `key` of the extended metadata (daprd's SetMetadata), unless the

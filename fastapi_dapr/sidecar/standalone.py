@@ -24,9 +24,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .._exceptions import DaprAPIError, ResourceError
+from .._subscription import TopicSubscription
 from .api import METRICS_PATH, SidecarAPI, is_local_client
 from .api_call import route_path
 from .app_channel import AppChannel, AppChannelError
+from .delivery import Route
 from .errors import direct_invoke_error, error_response
 from .metadata_routes import METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -140,10 +142,21 @@ class StandaloneRuntime(Runtime):
             f"{self.app_id!r}, not an HTTPEndpoint resource, and {where})",
         )
 
+    def plan_routes(self, programmatic: Sequence[TopicSubscription]) -> list[Route]:
+        routes = super().plan_routes(programmatic)
+        plan = getattr(self.channel, "delivery_routes", None)  # the gRPC channel's delivery paths
+        return plan(routes) if plan is not None else routes
+
     def metadata(self, *, channel_port: int | None = None) -> dict[str, Any]:
         body = super().metadata(channel_port=self.channel.port if self.channel is not None else None)
         connection = body["appConnectionProperties"]
         connection["channelAddress"] = self.channel.host if self.channel is not None else ""
+        connection["protocol"] = getattr(self.channel, "protocol", "http")
+        app_path = getattr(self.channel, "app_path", None)
+        if app_path is not None:  # the paths the app gave, not the gRPC channel's own
+            for subscription in body["subscriptions"]:
+                for rule in subscription["rules"]:
+                    rule["path"] = app_path(rule["path"])
         body["extended"]["runtime"] = "fastapi-dapr standalone"
         return body
 
@@ -196,7 +209,9 @@ class StandaloneSidecar:
         if options.app_port and options.app_protocol == "grpc":
             from .grpc_api.app_channel import GrpcAppChannel
 
-            self.channel = GrpcAppChannel(options.app_channel_address, options.app_port)
+            self.channel = GrpcAppChannel(
+                options.app_channel_address, options.app_port, max_body_size=options.max_body_size
+            )
         elif options.app_port:
             self.channel = AppChannel(options.app_channel_address, options.app_port)
         self.api = SidecarAPI(
@@ -206,6 +221,7 @@ class StandaloneSidecar:
             max_bulk_entries=options.max_bulk_entries,
         )
         self.metrics = Metrics(options.app_id) if options.metrics_port is not None else None
+        self.api.metrics = self.metrics  # the gRPC API's counts; GET /metrics stays on its own port
         self.port = 0
         self.metrics_port = 0
         self.grpc_port = 0
@@ -437,10 +453,8 @@ class StandaloneSidecar:
         except OSError as exc:
             raise ResourceError(f"{exc} (--dapr-grpc-port)") from None
         self._grpc = server
-        host = (
-            f"[{self.options.listen_host}]" if ":" in self.options.listen_host else self.options.listen_host
-        )
-        return f", gRPC API on {host}:{self.grpc_port}"
+        host = self.options.listen_host
+        return f", gRPC API on {f'[{host}]' if ':' in host else host}:{self.grpc_port}"
 
     async def _stop_grpc(self) -> None:
         server, self._grpc = self._grpc, None

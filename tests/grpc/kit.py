@@ -23,6 +23,23 @@ from ..sidecar.test_standalone import ROOT, Sidecar, environment, free_port
 pytestmark = pytest.mark.process
 
 
+STORE = "localsecretstore"
+SECRETS = {"password": "s3cret", "user": "admin"}
+
+
+def secret_store(folder: Path) -> Path:
+    """A resources folder with a secretstores.local.file store named STORE holding SECRETS (the
+    default in-memory pubsub stays)."""
+    folder.mkdir()
+    (folder / "secrets.json").write_text(json.dumps(SECRETS))
+    (folder / "secretstore.yaml").write_text(
+        f"apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {STORE}}}\n"
+        "spec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n"
+        f'  - {{name: secretsFile, value: "{folder / "secrets.json"}"}}\n'
+    )
+    return folder
+
+
 class GrpcApp(ChildProcess):
     """tests/apps/grpc_app.py under uvicorn: `port` its HTTP port, `grpc_port` its gRPC API's."""
 

@@ -6,12 +6,15 @@ says what is missing and how to install it. The services are the generated stubs
 the official `dapr` package ships (`DaprServicer`, `AppCallbackStub`): no proto of
 Dapr's is generated or copied here.
 
-- server.py: the `grpc.aio` server, its guard (token, loopback) and its metrics
+- server.py: the `grpc.aio` server, its guard (token, loopback; peer.py reads the caller) and
+  its metrics
 - servicer.py: `DaprServicer`'s methods, each handed to the module of its block
 - errors.py: daprd's gRPC status codes and rich error details
-- publish.py, invoke.py, info.py (secrets, metadata, shutdown), streaming.py
-  (`SubscribeTopicEventsAlpha1`), unserved.py (the blocks this sidecar does not serve)
-- app_channel.py: an app that serves `AppCallback` (`--app-protocol grpc`)
+- publish.py, invoke.py, info.py (secrets, metadata, shutdown), streaming.py and
+  stream_event.py (`SubscribeTopicEventsAlpha1`; the runtime side is ../dynamic.py),
+  unserved.py (the blocks this sidecar does not serve)
+- app_channel.py, app_deliveries.py, app_invoke.py: an app that serves `AppCallback`
+  (`--app-protocol grpc`)
 """
 
 from __future__ import annotations

@@ -6,21 +6,32 @@ every call needs it in the `dapr-api-token` metadata (compared in constant time;
 daprd's Unauthenticated otherwise), without one only loopback peers are answered
 (the server listens on loopback only, and the peer is checked all the same). The
 guard also counts every call in the metrics (daprd's `dapr_grpc_io_server_*`).
+
+Past the guard, what is not the caller's doing still gets a gRPC error of its own,
+never grpcio's UNKNOWN with a Python exception's text: a request that is not a
+message of its type is grpc-go's INTERNAL "error unmarshalling request", and a
+handler's own failure INTERNAL (its traceback logged). The call's metadata is held
+to the HTTP API's header limit (RESOURCE_EXHAUSTED past it), as daprd holds its
+gRPC headers to its read buffer's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from ..addresses import names_this_machine
 from . import errors
+from .peer import peer_host
 
 if TYPE_CHECKING:
     from ..api import SidecarAPI
@@ -31,16 +42,6 @@ __all__: list[str] = []
 logger = logging.getLogger("fastapi_dapr")
 
 TOKEN_KEY = "dapr-api-token"
-
-
-def peer_host(peer: str) -> str:
-    """The address of a gRPC peer string (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`)."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    return ""  # unix sockets and the rest: not a loopback TCP peer
 
 
 class Guard:
@@ -105,13 +106,76 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _wrap(handler, self.guard, handler_call_details.method)
 
 
+@contextlib.asynccontextmanager
+async def _answered(context: Any, method: str) -> AsyncIterator[None]:
+    """Around a handler: a request that did not decode answers grpc-go's INTERNAL; a handler's
+    own failure (a bug, never the caller's) is logged with its traceback and the caller gets
+    INTERNAL, not grpcio's UNKNOWN with the exception's text. Aborts pass through."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except errors.Undecodable as exc:
+        await errors.abort(context, grpc.StatusCode.INTERNAL, str(exc))
+    except Exception:
+        logger.exception("the gRPC API's %s failed", method)
+        await errors.abort(context, grpc.StatusCode.INTERNAL, f"internal error of the sidecar in {method}")
+
+
+def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering what it can't decode as an `Undecodable` (grpcio's own answer
+    would be UNKNOWN with the exception's text), which the handler raises, past the guard."""
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Undecoded(str(exc))
+
+    return deserialize
+
+
+class _Undecoded(NamedTuple):
+    problem: str
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecoded):
+        raise errors.Undecodable(request.problem, streamed=False)
+    return request
+
+
+class _Requests:
+    """A stream's requests, each decoded, or `Undecodable` raised."""
+
+    def __init__(self, requests: Any) -> None:
+        self._requests = requests
+        self._reader: Any = None  # opened at the first read: a handler may read none
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._reader is None:
+            self._reader = self._requests.__aiter__()
+        request = await self._reader.__anext__()
+        if isinstance(request, _Undecoded):
+            raise errors.Undecodable(request.problem, streamed=True)
+        return request
+
+
 def _wrap(handler: grpc.RpcMethodHandler, guard: Guard, method: str) -> grpc.RpcMethodHandler:
+    requests = _Requests if handler.request_streaming else _decoded
+
     def unary(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def call(request: Any, context: Any) -> Any:
             began = time.perf_counter()
             try:
                 await guard.check(context)
-                answer = await inner(request, context)
+                async with _answered(context, method):
+                    answer = await inner(requests(request), context)
             except BaseException:
                 guard.measure_failure(method, context, began)
                 raise
@@ -120,13 +184,18 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: Guard, method: str) -> grpc.Rpc
 
         return call
 
-    def streaming(inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    def streaming(inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def call(request: Any, context: Any) -> AsyncIterator[Any]:
             began = time.perf_counter()
             try:
                 await guard.check(context)
-                async for answer in inner(request, context):
-                    yield answer
+                async with _answered(context, method):
+                    answers = inner(requests(request), context)
+                    if inspect.isawaitable(answers):  # a coroutine handler (one that only aborts)
+                        await answers
+                    else:
+                        async for answer in answers:
+                            yield answer
             except BaseException:
                 guard.measure_failure(method, context, began)
                 raise
@@ -135,7 +204,7 @@ def _wrap(handler: grpc.RpcMethodHandler, guard: Guard, method: str) -> grpc.Rpc
         return call
 
     serializers = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _decoding(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
@@ -167,6 +236,10 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
+                # The call's metadata: the HTTP API's header limit (grpc's own refuses at random
+                # between 8 and 16 KiB).
+                ("grpc.max_metadata_size", self.api.max_header_size),
+                ("grpc.absolute_max_metadata_size", self.api.max_header_size),
                 ("grpc.so_reuseport", 0),  # a taken port is an error, never a shared one
             ],
         )
@@ -185,9 +258,12 @@ class GrpcServer:
 
     async def stop(self, grace: float) -> None:
         """Take no new calls; in-flight ones have `grace` seconds to finish, then are cancelled.
-        Streaming subscriptions are ended first: they would otherwise hold the whole grace."""
+        Streaming subscriptions are ended first (they would otherwise hold the whole grace),
+        within the grace too: a client that reads nothing holds its stream until it is cancelled."""
         server, self._server = self._server, None
         if server is None:
             return
-        await self.service.close()
-        await server.stop(grace)
+        began = time.monotonic()
+        await self.service.close(grace)
+        await server.stop(max(0.0, grace - (time.monotonic() - began)))
+        await self.service.closed()

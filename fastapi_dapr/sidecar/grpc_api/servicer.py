@@ -42,9 +42,14 @@ class DaprService(dapr_pb2_grpc.DaprServicer):  # type: ignore[misc,unused-ignor
             )
         return runtime
 
-    async def close(self) -> None:
-        """End what holds a call open (streaming subscriptions): the server is stopping."""
-        await self.streams.close()
+    async def close(self, grace: float) -> None:
+        """End what holds a call open (streaming subscriptions): the server is stopping; they
+        have `grace` seconds to end (each in its own call), then are cancelled with their calls."""
+        await self.streams.close(grace)
+
+    async def closed(self) -> None:
+        """Once their calls are cancelled: the streams' subscriptions have stopped."""
+        await self.streams.closed()
 
     # -- pub/sub -------------------------------------------------------------
 
