@@ -84,8 +84,10 @@ def prepare_call(
     try:
         method = normalize_method(method.lstrip("/"))
     except InvalidMethod as exc:
+        path, mark, _ = method.partition("?")
+        hint = f" (a query string goes in params=: invoke({target!r}, {path!r}, params=...))" if mark else ""
         raise DaprAPIError(
-            500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: invalid method: {exc}"
+            500, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: invalid method: {exc}{hint}"
         ) from None
     body, content_type = _body(json, content)
     given = list((headers or {}).items())

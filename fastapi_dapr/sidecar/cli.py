@@ -101,15 +101,36 @@ DEFAULT_METRICS_PORT = 9090  # daprd's
 DEFAULT_GRPC_PORT = 50001  # daprd's
 
 
+_EXAMPLES = """examples:
+  an app on port 8000, the API on daprd's ports (HTTP 3500, gRPC 50001 with the [grpc] extra):
+    fastapi-dapr sidecar --app-id orders --app-port 8000 --resources-path ./resources
+  any free ports, named in the ready line:
+    fastapi-dapr sidecar --app-id orders --app-port 8000 --dapr-http-port 0 --dapr-grpc-port 0
+  an app serving Dapr's AppCallback over gRPC (a dapr.ext.grpc.App):
+    fastapi-dapr sidecar --app-id orders --app-port 50051 --app-protocol grpc
+  several apps on one machine, finding each other by app id:
+    fastapi-dapr sidecar --app-id orders --app-port 8001 --dapr-http-port 3501 --name-resolution apps.json
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="fastapi-dapr", description="fastapi-dapr's command line.")
+    from .. import __version__
+
+    # No abbreviations: `--app-prot 9201` is a mistake to name, not `--app-protocol 9201`.
+    top = argparse.ArgumentParser(
+        prog="fastapi-dapr", description="fastapi-dapr's command line.", allow_abbrev=False
+    )
+    top.add_argument("--version", action="version", version=f"fastapi-dapr {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sidecar = commands.add_parser(
         "sidecar",
         help="run a Dapr-compatible sidecar for an app in another process, in any language",
-        description="A Dapr-compatible sidecar (Dapr's HTTP API, pub/sub delivery, service "
+        description="A Dapr-compatible sidecar (Dapr's HTTP and gRPC APIs, pub/sub delivery, service "
         "invocation) for an app in another process. Flags are daprd's unless marked as ours. "
         "DAPR_API_TOKEN protects the API; APP_API_TOKEN is sent to the app.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     sidecar.add_argument("--app-id", required=True, help="the app's id")
     sidecar.add_argument("--app-port", type=_port, help="the port the app listens on (none: no app)")

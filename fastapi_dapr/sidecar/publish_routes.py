@@ -45,10 +45,15 @@ def _metadata(query_string: bytes) -> dict[str, str]:
 async def _read_publish(call: ApiCall, rest: str) -> tuple[str, str, dict[str, str], bytes] | None:
     """Pubsub, topic, metadata and body of a publish; None when the path has no topic."""
     names = _split(rest)
-    if names is None:
-        return None  # daprd: no route matches, the invocation fallback answers
-    pubsub, topic = names
     metadata = _metadata(call.scope.get("query_string", b""))
+    if names is None and rest and "/" not in rest:
+        # `/v1.0/publish/{pubsub}`: no daprd route matches it (its cleaned path loses the
+        # trailing slash of `{pubsub}/`), and its invocation fallback answers "no app id".
+        # It is a publish without a topic: say so (the pubsub's own errors first, as daprd's order).
+        call.running.publisher.check_pubsub(query_unescape(rest), "", metadata)
+    if names is None:
+        return None  # no pubsub either: daprd's invocation fallback answers
+    pubsub, topic = names
     call.running.publisher.check_pubsub(pubsub, topic, metadata)  # daprd validates before reading the body
     return pubsub, topic, metadata, await read_body(call.receive, call.headers, call.api.max_body_size)
 

@@ -219,7 +219,9 @@ def _files(paths: Sequence[str | os.PathLike[str]]) -> Iterable[Path]:
     for entry in paths:
         folder = Path(entry)
         if not folder.is_dir():
-            raise ResourceError(f"{folder}: the resources path is not a folder")
+            where = "" if folder.is_absolute() else f", from the working directory {Path.cwd()}"
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise ResourceError(f"{folder}: the resources path {what}{where}")
         # daprd: the top level only, in name order, *.yaml and *.yml (reference 7.2).
         for path in sorted(folder.iterdir(), key=lambda p: p.name):
             if path.is_file() and path.suffix in (".yaml", ".yml"):

@@ -232,7 +232,8 @@ def test_duplicate_names_within_a_kind(tmp_path: Path) -> None:
 
 
 def test_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(ResourceError, match="not a folder"):
+    # An absolute path: no working directory to name.
+    with pytest.raises(ResourceError, match=r"nope: the resources path does not exist$"):
         load_resources([tmp_path / "nope"], app_id="app")
 
 
@@ -704,3 +705,19 @@ def test_every_field_is_checked_even_when_unused(tmp_path: Path, spec: str, fiel
         tmp_path, f"apiVersion: dapr.io/v1alpha1\nkind: Subscription\nmetadata: {{name: s}}\n{spec}\n"
     )
     assert message == f"{path}: Subscription 's': {field}: {problem}"
+
+
+def test_a_resources_path_that_does_not_exist_says_so_and_from_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ResourceError) as missing:
+        load_resources(["./resources"], app_id="app")
+    assert (
+        str(missing.value)
+        == f"resources: the resources path does not exist, from the working directory {tmp_path}"
+    )
+    (tmp_path / "file.yaml").write_text("")
+    with pytest.raises(ResourceError) as not_a_folder:
+        load_resources([tmp_path / "file.yaml"], app_id="app")
+    assert str(not_a_folder.value) == f"{tmp_path / 'file.yaml'}: the resources path is not a folder"
