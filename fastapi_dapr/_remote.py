@@ -187,15 +187,17 @@ class RemoteBackend(Backend):
             # The timeout is until the answer's headers came, the body sent included.
             response = await asyncio.wait_for(self._invoker().handle_async_request(request), call.timeout)
         except asyncio.TimeoutError:
-            raise _invoke_error(500, f"no answer from {where} within {call.timeout}s") from None
+            raise _invoke_error(
+                target, 500, f"no answer from daprd at {where} within {call.timeout}s"
+            ) from None
         except _BodyLength as exc:
-            raise _invoke_error(400, str(exc)) from None
+            raise _invoke_error(target, 400, str(exc)) from None
         except Exception as exc:
-            raise _invoke_error(500, _describe(exc, url)) from exc
+            raise _invoke_error(target, 500, _describe(exc, url)) from exc
         problem = _answer_problem(response)
         if problem is not None:
             await response.aclose()
-            raise _invoke_error(500, f"{where}: the answer is not valid HTTP/1.1: {problem}")
+            raise _invoke_error(target, 500, f"daprd at {where}: the answer is not valid HTTP/1.1: {problem}")
         return InvokeResponse(
             response.status_code,
             response_headers(response.headers.raw, response.status_code),
@@ -254,12 +256,14 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
         raise ConnectionError(f"daprd's answer broke off: {exc}") from exc
 
 
-def _invoke_error(status: int, message: str) -> DaprAPIError:
-    return DaprAPIError(status, "ERR_DIRECT_INVOKE", f"failed to invoke, id: daprd, err: {message}")
+def _invoke_error(target: str, status: int, message: str) -> DaprAPIError:
+    """daprd's invocation error, naming the app id or endpoint invoked; `message` says what
+    went wrong on the way to daprd, which is what this side sees."""
+    return DaprAPIError(status, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: {message}")
 
 
 def _describe(exc: Exception, url: httpx.URL) -> str:
-    where = url.netloc.decode("ascii")
+    where = "daprd at " + url.netloc.decode("ascii")
     if isinstance(exc, httpx.ConnectTimeout):
         return f"could not connect to {where} within {CONNECT_TIMEOUT}s"
     if isinstance(exc, httpx.ConnectError):

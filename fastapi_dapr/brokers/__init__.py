@@ -141,6 +141,9 @@ class Broker:
     """A pub/sub component instance."""
 
     type_name: str = ""
+    metadata_keys: frozenset[str] | None = None
+    """The metadata names this type knows (used, or ignored on purpose); the runtime names
+    any other one at start-up. None: not checked."""
     concurrency: int | None = None
     """Messages handled at once across the subscriptions of this component (daprd's
     `concurrency` metadata, where the component has one); None: the engine's limit."""

@@ -123,6 +123,7 @@ class MemoryBroker(Broker):
     """
 
     type_name = "pubsub.in-memory"
+    metadata_keys = frozenset(("maxQueueLength", "publishTimeout"))
 
     def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
         super().__init__(name, metadata, app_id=app_id)

@@ -51,7 +51,7 @@ from .._json import go_dumps
 from . import Broker, BrokerError, Consumer
 from .redis_lines import CommandLine, TLSConnection, pack
 from .redis_parking import Parking
-from .redis_settings import RedisSettings, tls_context
+from .redis_settings import METADATA_KEYS, RedisSettings, tls_context
 from .redis_stream import StreamConsumer
 
 __all__ = ["RedisBroker"]
@@ -63,6 +63,7 @@ class RedisBroker(Broker):
     """Redis Streams, with daprd's `pubsub.redis` metadata (reference 5.3)."""
 
     type_name = "pubsub.redis"
+    metadata_keys = METADATA_KEYS
 
     def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
         super().__init__(name, metadata, app_id=app_id)

@@ -27,6 +27,19 @@ _UNUSED_SETTINGS = (
     "useOIDC",
 )  # fmt: skip
 
+# Every metadata name daprd's `pubsub.redis` documents (its metadata.yaml, with the
+# authentication profiles): a name outside these is named at start-up, with the nearest one.
+METADATA_KEYS = frozenset(
+    (
+        "redisHost", "redisPort", "redisUsername", "redisPassword", "redisDB", "redisType", "enableTLS",
+        "insecureSkipTLSVerify", "clientCert", "clientKey", "redeliverInterval", "processingTimeout",
+        "queueDepth", "concurrency", "maxDeliveryCount", "dialTimeout", "readTimeout", "failover",
+        "sentinelMasterName", "sentinelUsername", "sentinelPassword", "maxLenApprox", "streamTTL",
+        "oidcTokenEndpoint", "oidcClientID", "oidcClientAssertionCert", "oidcClientAssertionKey",
+        "oidcResource", "oidcAudience", "oidcScopes", "oidcKid", "oidcCACert", *_UNUSED_SETTINGS,
+    )
+)  # fmt: skip
+
 
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("true", "1", "yes", "on")

@@ -25,6 +25,9 @@ class SecretStore:
     """A secret store component instance."""
 
     type_name: str = ""
+    metadata_keys: frozenset[str] | None = None
+    """The metadata names this type knows; the runtime names any other one at start-up.
+    None: not checked."""
 
     def __init__(self, name: str, metadata: Mapping[str, str]) -> None:
         self.name = name

@@ -28,6 +28,7 @@ class LocalEnvSecretStore(SecretStore):
     """
 
     type_name = "secretstores.local.env"
+    metadata_keys = frozenset(("prefix",))
 
     def __init__(self, name: str, metadata: Mapping[str, str]) -> None:
         super().__init__(name, metadata)
@@ -80,6 +81,7 @@ class LocalFileSecretStore(SecretStore):
     """
 
     type_name = "secretstores.local.file"
+    metadata_keys = frozenset(("secretsFile", "nestedSeparator", "multiValued"))
 
     def __init__(self, name: str, metadata: Mapping[str, str]) -> None:
         super().__init__(name, metadata)

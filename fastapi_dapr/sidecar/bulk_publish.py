@@ -174,7 +174,7 @@ async def bulk_requests(
             {"appID": app_id},
             pubsub,
         ) from None
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     requests: list[tuple[str, PublishRequest]] = []
     for start in range(0, len(entries), _TURN):
         if start:
@@ -189,7 +189,7 @@ def _request(
     pubsub: str,
     topic: str,
     entry: Any,
-    seen: set[str],
+    seen: dict[str, int],
     metadata: Mapping[str, str],
     traceparent: str,
     tracestate: str,
@@ -205,8 +205,9 @@ def _request(
         raise bulk_error(
             400,
             "DAPR_PUBSUB_MARSHAL_ENVELOPE",
-            f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: {exc}",
-            {"appID": app_id, "error": str(exc)},
+            f"error when marshalling cloud event envelope for topic {topic} pubsub {pubsub}: "
+            f"entry {entry_id}: {exc}",
+            {"appID": app_id, "entryId": entry_id, "error": str(exc)},
             pubsub,
         ) from None
     entry_metadata = entry.get("metadata")
@@ -216,19 +217,26 @@ def _request(
     )
 
 
-def check_entry_id(app_id: str, pubsub: str, topic: str, entry_id: Any, seen: set[str]) -> None:
-    """daprd's refusal of a bulk request with an entry without an id or with another's;
-    adds the id to `seen`."""
-    if not isinstance(entry_id, str) or not entry_id or entry_id in seen:
-        problem = "entryId is duplicated or not present for entry"
-        raise bulk_error(
-            400,
-            "DAPR_PUBSUB_MARSHAL_EVENTS",
-            f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}",
-            {"appID": app_id, "error": problem},
-            pubsub,
-        )
-    seen.add(entry_id)
+def check_entry_id(app_id: str, pubsub: str, topic: str, entry_id: Any, seen: dict[str, int]) -> None:
+    """daprd's refusal of a bulk request with an entry without an id or with another's,
+    naming the entry (daprd's message does not); adds the id to `seen`, with its index."""
+    index = len(seen)
+    if isinstance(entry_id, str) and entry_id and entry_id not in seen:
+        seen[entry_id] = index
+        return
+    problem = "entryId is duplicated or not present for entry"
+    if isinstance(entry_id, str) and entry_id:
+        first = seen[entry_id]
+        which = f"the entry at index {index} has entryId {entry_id!r}, as the entry at index {first} does"
+    else:
+        which = f"the entry at index {index} has no entryId"
+    raise bulk_error(
+        400,
+        "DAPR_PUBSUB_MARSHAL_EVENTS",
+        f"error marshaling events to bytes for topic {topic} pubsub {pubsub}. error: {problem}: {which}",
+        {"appID": app_id, "error": problem},
+        pubsub,
+    )
 
 
 def entry_request(

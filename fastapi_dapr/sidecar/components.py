@@ -16,6 +16,7 @@ from .._exceptions import ResourceError
 from ..brokers import Broker, BrokerError, load_broker_class
 from ..secretstores import SecretStore, SecretStoreError, load_secret_store_class
 from .endpoints import ResolvedEndpoint, resolve_endpoint
+from .metadata_names import PUBSUB_NAMES, MetadataNames
 from .resources import Component, Resources
 from .scopes import TopicScopes
 
@@ -115,15 +116,25 @@ class Components:
 
     def _secret_store_factory(self, component: Component) -> Callable[[dict[str, str]], SecretStore]:
         def make(values: dict[str, str]) -> SecretStore:
-            return load_secret_store_class(component.type)(component.name, values)
+            store_class = load_secret_store_class(component.type)
+            names = _names(component, values, store_class.metadata_keys, frozenset())
+            try:
+                return store_class(component.name, names.values)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{names.hint()}") from exc
 
         return make
 
     def _broker_factory(self, component: Component) -> Callable[[dict[str, str]], Broker]:
         def make(values: dict[str, str]) -> Broker:
-            # Scopes that cannot be read refuse the component, as any bad metadata does.
-            self.scopes[component.name] = TopicScopes.from_metadata(values, self.app_id)
-            broker = load_broker_class(component.type)(component.name, values, app_id=self.app_id)
+            broker_class = load_broker_class(component.type)
+            names = _names(component, values, broker_class.metadata_keys, PUBSUB_NAMES)
+            try:
+                # Scopes that cannot be read refuse the component, as any bad metadata does.
+                self.scopes[component.name] = TopicScopes.from_metadata(names.values, self.app_id)
+                broker = broker_class(component.name, names.values, app_id=self.app_id)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{names.hint()}") from exc
             broker.metrics = self.metrics
             return broker
 
@@ -162,3 +173,13 @@ class Components:
                 logger.exception("component %s did not close cleanly", component.name)
         self.brokers.clear()
         self.secret_stores.clear()
+
+
+def _names(
+    component: Component, values: dict[str, str], known: frozenset[str] | None, common: frozenset[str]
+) -> MetadataNames:
+    """`values` checked against the names the component's type knows (unchecked if it lists none)."""
+    where = f"{component.source}: Component {component.name!r}: spec.metadata"
+    if known is None:
+        known = frozenset(values)
+    return MetadataNames(values, known | common, where=where, type_name=component.type)

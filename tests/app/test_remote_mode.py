@@ -225,6 +225,11 @@ async def test_no_answer_within_the_timeout_and_no_daprd_are_err_direct_invoke()
         await dapr.invoke("svc", "x")  # the server is gone
     await dapr.backend.close()
     assert (unreachable.value.status_code, unreachable.value.error_code) == (500, "ERR_DIRECT_INVOKE")
+    where = f"daprd at 127.0.0.1:{daprd.port}"
+    assert late.value.message == f"failed to invoke, id: svc, err: no answer from {where} within 0.1s"
+    assert unreachable.value.message.startswith(
+        f"failed to invoke, id: svc, err: could not connect to {where}"
+    )
 
 
 async def test_invoke_keeps_no_cookie_and_takes_no_proxy_from_the_environment(
@@ -267,12 +272,12 @@ async def test_a_streamed_body_not_of_its_declared_length_is_refused_with_400() 
         (
             400,
             "ERR_DIRECT_INVOKE",
-            "failed to invoke, id: daprd, err: the body is longer than the 4 bytes it declared",
+            "failed to invoke, id: svc, err: the body is longer than the 4 bytes it declared",
         ),
         (
             400,
             "ERR_DIRECT_INVOKE",
-            "failed to invoke, id: daprd, err: the body ended after 2 of the 4 bytes it declared",
+            "failed to invoke, id: svc, err: the body ended after 2 of the 4 bytes it declared",
         ),
     ]
 
@@ -285,7 +290,8 @@ async def test_a_streamed_body_that_fails_is_err_direct_invoke() -> None:
     async with RawUpstream() as daprd:
         app, dapr = remote(daprd)
         async with app.router.lifespan_context(app):
-            with pytest.raises(DaprAPIError, match=r"ValueError talking to [0-9.:]+: boom") as failed:
+            boom = r"id: svc, err: ValueError talking to daprd at [0-9.:]+: boom"
+            with pytest.raises(DaprAPIError, match=boom) as failed:
                 await dapr.invoke("svc", "x", http_method="POST", content=failing())
     assert (failed.value.status_code, failed.value.error_code) == (500, "ERR_DIRECT_INVOKE")
 

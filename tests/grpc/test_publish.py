@@ -239,11 +239,15 @@ def check_errors(errors: dict[str, Any]) -> None:
     assert duplicate["status_code"] == "INVALID_ARGUMENT"
     assert duplicate["message"] == (
         "error marshaling events to bytes for topic t pubsub pubsub. "
-        "error: entryId is duplicated or not present for entry"
+        "error: entryId is duplicated or not present for entry: "
+        "the entry at index 1 has entryId '1', as the entry at index 0 does"
     )
     assert duplicate["error_code"] == "DAPR_PUBSUB_MARSHAL_EVENTS"
     assert errors["bulk_raw"]["error_code"] == "DAPR_PUBSUB_METADATA_DESERIALIZATION"
-    assert errors["bulk_no_id"]["message"] == duplicate["message"]
+    assert errors["bulk_no_id"]["message"] == (
+        "error marshaling events to bytes for topic t pubsub pubsub. "
+        "error: entryId is duplicated or not present for entry: the entry at index 0 has no entryId"
+    )
 
 
 @pytest.mark.process

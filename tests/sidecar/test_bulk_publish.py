@@ -107,6 +107,40 @@ def test_a_malformed_request_is_400_and_publishes_nothing(entries: Any, reason: 
     assert got == []
 
 
+@pytest.mark.parametrize(
+    ("entries", "named"),
+    [
+        (
+            [{"entryId": "x", "event": 1, "contentType": "application/json"}, {"event": 2}],
+            "error: entryId is duplicated or not present for entry: the entry at index 1 has no entryId",
+        ),
+        (
+            [
+                {"entryId": "x", "event": 1, "contentType": "application/json"},
+                {"entryId": "y", "event": 2, "contentType": "application/json"},
+                {"entryId": "x", "event": 3, "contentType": "application/json"},
+            ],
+            "error: entryId is duplicated or not present for entry: "
+            "the entry at index 2 has entryId 'x', as the entry at index 0 does",
+        ),
+        (
+            [
+                {"entryId": "x", "event": 1, "contentType": "application/json"},
+                {"entryId": "order-7", "event": {"n": 1}, "contentType": "text/plain"},
+            ],
+            "pubsub pubsub: entry order-7: error: mismatch between contentType and event",
+        ),
+    ],
+)
+def test_a_refused_entry_is_named(entries: Any, named: str) -> None:
+    app, _, got = collecting_app()
+    with DaprTestClient(app) as client:
+        answer = client.post(BULK, json=entries)
+    assert answer.status_code == 400
+    assert answer.json()["message"].endswith(named)
+    assert got == []
+
+
 def test_request_metadata_reaches_only_the_entries_that_have_their_own() -> None:
     app, _, got = collecting_app()
     entries = [

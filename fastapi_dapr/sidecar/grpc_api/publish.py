@@ -146,7 +146,7 @@ def bulk_entries(
         problem = str(exc)
     if problem is not None:
         raise PubSubErrors.bad_metadata(pubsub, metadata, problem)
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     requests = []
     for entry in entries:
         check_entry_id(app_id, pubsub, topic, entry.entry_id, seen)
