@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 __all__ = ["MetadataNames"]
 
@@ -27,21 +27,28 @@ PUBSUB_NAMES = frozenset(
 
 class MetadataNames:
     """One component's metadata names: `values` with known names in their documented
-    spelling, and a hint for the errors its type raises."""
+    spelling, and a hint for the errors its type raises. `ValueError` for a known name
+    given twice in two cases."""
 
     def __init__(
-        self, values: Mapping[str, str], known: Iterable[str], *, where: str, type_name: str
+        self, values: Mapping[str, str], known: frozenset[str], *, where: str, type_name: str
     ) -> None:
         by_folded = {name.casefold(): name for name in known}
         self.values: dict[str, str] = {}
         self.unknown: dict[str, str | None] = {}  # name: the nearest known one, if any is near
+        given: dict[str, list[str]] = {}
+        for name in values:
+            given.setdefault(by_folded.get(name.casefold(), name), []).append(name)
+        for spelt, names in given.items():
+            if len(names) > 1 and spelt in known:  # daprd would take one of them at random
+                spelled = " and ".join(repr(name) for name in sorted(names))
+                problem = f"{spelt} is given more than once ({spelled})"
+                raise ValueError(f"{problem}: metadata names are matched case-insensitively")
         for name, value in values.items():
-            spelt = by_folded.get(name.casefold())
-            if spelt is None:
+            known_as = by_folded.get(name.casefold())
+            if known_as is None:
                 self.unknown[name] = nearest(name, by_folded)
-                spelt = name
-            if spelt not in self.values or spelt == name:
-                self.values[spelt] = value
+            self.values[known_as or name] = value
         for name, match in self.unknown.items():
             guess = f" (did you mean {match}?)" if match else ""
             logger.warning("%s: %s is not a metadata name of %s%s; ignored", where, name, type_name, guess)
