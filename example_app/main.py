@@ -34,6 +34,11 @@ app.include_router(billing.router)
 app.include_router(shipping.router)
 
 MAX_QUANTITY = 100
+# The carrier stand-in (shipping.py) is this app itself, at the fixed address of the HTTPEndpoint.
+CARRIER_HINT = (
+    "the example's carrier is this app itself: spec.baseUrl in "
+    "example_app/resources/common/shipping.yaml must name the port the app is served on"
+)
 
 
 @dapr.subscribe(pubsub="pubsub", topic="orders", dead_letter_topic="orders-dead")
@@ -97,7 +102,7 @@ async def shipping_quote(order_id: str) -> dict[str, object]:
             json={"item": order["item"], "quantity": order["quantity"]},
         )
     except DaprAPIError as exc:  # the carrier could not be reached
-        raise HTTPException(status_code=502, detail=exc.message) from None
+        raise HTTPException(status_code=502, detail=f"{exc.message}; {CARRIER_HINT}") from None
     if not answer.is_success:
         raise HTTPException(status_code=502, detail=f"the carrier answered {answer.status_code}")
     quote: dict[str, object] = answer.json()

@@ -204,4 +204,7 @@ async def test_an_unreachable_carrier_is_a_502(tmp_path: Path) -> None:
         async with DaprTest(app, clock=FakeClock()) as test:
             answer = await test.client.get("/orders/o-6/shipping")
     assert answer.status_code == 502
-    assert "could not connect" in answer.json()["detail"]
+    detail = answer.json()["detail"]
+    assert "could not connect" in detail
+    # Served elsewhere than the HTTPEndpoint says, the example says what to change.
+    assert "spec.baseUrl in example_app/resources/common/shipping.yaml" in detail

@@ -11,6 +11,7 @@ from ._exceptions import (
 )
 from ._invocation import InvocationSettings, InvokeResponse
 from ._logs import JsonFormatter
+from ._publisher import Publisher
 from ._publishing import BulkPublishEntry, FailedEntry
 from ._retry import RetryPolicy
 from ._routing import DaprRouter
@@ -36,6 +37,7 @@ __all__ = [
     "InvocationSettings",
     "InvokeResponse",
     "JsonFormatter",
+    "Publisher",
     "ResourceError",
     "RetryPolicy",
     "Status",

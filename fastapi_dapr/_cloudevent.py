@@ -40,22 +40,38 @@ class CloudEvent(BaseModel, Generic[DataT]):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     id: str = ""
+    """The event's id, unique per source: what a handler deduplicates on."""
     source: str = ""
+    """Who sent it; daprd puts the publishing app's id."""
     type: str = ""
+    """The kind of event; daprd's default is `com.dapr.event.sent`."""
     specversion: str = "1.0"
+    """The CloudEvents version."""
     datacontenttype: str | None = None
+    """The content type of `data`."""
     dataschema: str | None = None
+    """A URI of the schema `data` follows."""
     subject: str | None = None
+    """What the event is about, within the source."""
     time: datetime.datetime | None = None
+    """When it happened; None when absent or unreadable."""
     data: DataT = Field(default=None)  # type: ignore[assignment]
+    """The payload, validated as `DataT`."""
     data_base64: str | None = None
+    """A binary payload as sent, base64-encoded (decoded into `data`)."""
     # Dapr's additions (reference 1.4).
     topic: str | None = None
+    """The topic it was published to."""
     pubsubname: str | None = None
+    """The pub/sub component it came through."""
     traceid: str | None = None
+    """The publish's `traceparent` again, under Dapr's older name."""
     traceparent: str | None = None
+    """The W3C `traceparent` of the publish."""
     tracestate: str | None = None
+    """The W3C `tracestate` of the publish."""
     expiration: str | None = None
+    """When the message expires (RFC 3339), set from the publish's `ttlInSeconds`."""
 
     @property
     def extensions(self) -> dict[str, Any]:
@@ -129,11 +145,16 @@ def _data_kind(cls: type[BaseModel]) -> _DataKind:
 
 
 class BulkEntry(BaseModel, Generic[DataT]):
-    """One entry of a bulk delivery (reference 3.6)."""
+    """One entry of a bulk delivery: a handler of a `bulk` subscription gets a list of them,
+    and answers a status per `entry_id`."""
 
     model_config = ConfigDict(populate_by_name=True)
 
     entry_id: str = Field(alias="entryId")
+    """The entry's id, the key of its status in the handler's answer."""
     event: CloudEvent[DataT]
+    """The message, as a single delivery would have it."""
     metadata: dict[str, str] = Field(default_factory=dict)
+    """The message's metadata."""
     content_type: str = Field(default="application/cloudevents+json", alias="contentType")
+    """How the entry was sent."""

@@ -53,11 +53,16 @@ class DaprAPIError(DaprError):
     ) -> None:
         super().__init__(f"{error_code}: {message}")
         self.status_code = status_code
+        """The HTTP status daprd answered."""
         self.error_code = error_code
+        """daprd's `errorCode` (`ERR_PUBSUB_NOT_FOUND`...)."""
         self.message = message
+        """daprd's `message`."""
         self.details = details or []
+        """daprd's `details`, when it gave any."""
 
     def to_json(self) -> dict[str, Any]:
+        """The error as daprd's JSON body: `errorCode`, `message` and `details`."""
         body: dict[str, Any] = {"errorCode": self.error_code, "message": self.message}
         if self.details:
             body["details"] = self.details

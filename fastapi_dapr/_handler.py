@@ -32,8 +32,9 @@ from ._binding import event_dict_from_http
 from ._cloudevent import BulkEntry, CloudEvent
 from ._exceptions import HandlerSignatureError
 from ._json import DELIVERY_DEPTH, loads
+from ._logs import FirstTimes
 from ._media import is_json, media_type
-from ._status import DROP, RETRY, SUCCESS, Status
+from ._status import DROP, NOTE, RETRY, SUCCESS, Status
 from ._subscription import Subscription
 
 __all__: list[str] = []  # internal: the public names are in fastapi_dapr.__all__
@@ -209,6 +210,20 @@ def _event_id_for_log(body: bytes, headers: Mapping[str, str]) -> str:
     return "<no id>"
 
 
+# Under daprd each retry of a message calls the handler again: its traceback once per message.
+_TRACED = FirstTimes()
+
+
+def _log_failure(event_id: str, where: str, name: str, exc: Exception) -> None:
+    if _TRACED.first((where, event_id)):
+        logger.error("RETRY event %s on %s: handler %s raised", event_id, where, name, exc_info=exc)
+    else:
+        logger.error(
+            "RETRY event %s on %s: handler %s raised %s: %s again (traceback above, at its first attempt)",
+            *(event_id, where, name, type(exc).__name__, exc),
+        )
+
+
 def _validation_summary(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(
@@ -295,8 +310,12 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
         try:
             parsed = parse_delivery(event.model, body, headers, decoded)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            note = NOTE.get()
+            if note is not None:  # the embedded engine says it, in the message's own line
+                note.handler, note.invalid = name, _validation_summary(exc)
+                return DROP
             logger.warning(
-                "DROP event %s on %s for %s: the payload does not fit the handler: %s",
+                "DROP event %s on %s for %s: the data failed validation: %s",
                 _event_id_for_log(body, headers),
                 subscription.describe(),
                 name,
@@ -309,10 +328,12 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
             result = await call(kwargs)
         except HTTPException:
             raise  # an HTTP answer the handler chose on purpose
-        except Exception:
-            logger.exception(
-                "RETRY event %s on %s: handler %s raised", parsed.id, subscription.describe(), name
-            )
+        except Exception as exc:
+            note = NOTE.get()
+            if note is not None:  # the embedded engine logs it with the attempt
+                note.handler, note.error = name, exc
+            else:
+                _log_failure(parsed.id, subscription.describe(), name, exc)
             return RETRY.response(status_code=500)
         return _answer(result)
 
@@ -347,7 +368,7 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
                 entries.append(event.model.model_validate(_bulk_entry(raw, envelope)))
             except (ValueError, TypeError) as exc:
                 logger.warning(
-                    "DROP bulk entry %s on %s for %s: the payload does not fit the handler: %s",
+                    "DROP bulk entry %s on %s for %s: the data failed validation: %s",
                     entry_id or "<no entryId>",
                     subscription.describe(),
                     name,
@@ -361,13 +382,17 @@ def build_endpoint(subscription: Subscription) -> Callable[..., Awaitable[Respon
                 result = await call(kwargs)
             except HTTPException:
                 raise
-            except Exception:
-                logger.exception(
-                    "RETRY %d bulk entries on %s: handler %s raised",
-                    len(entries),
-                    subscription.describe(),
-                    name,
-                )
+            except Exception as exc:
+                note = NOTE.get()
+                if note is not None:  # the embedded engine logs it with the attempt
+                    note.handler, note.error = name, exc
+                else:
+                    logger.exception(
+                        "RETRY %d bulk entries on %s: handler %s raised",
+                        len(entries),
+                        subscription.describe(),
+                        name,
+                    )
                 result = RETRY
             if isinstance(result, Response):
                 return result

@@ -20,39 +20,40 @@ __all__ = ["InvocationSettings", "InvokeResponse"]
 
 @dataclasses.dataclass(frozen=True)
 class InvocationSettings:
-    """Where `/v1.0/invoke` and `Dapr.invoke` may send requests.
+    """Where `/v1.0/invoke` and `Dapr.invoke` may send requests, and how.
 
-    - `apps`: the name-resolution table, app id to base URL
-      (`{"orders": "http://127.0.0.1:8001"}`). Another app id is invoked at
-      `base URL + "/" + method`, with Dapr's caller and callee headers.
-    - `allowed_urls`: the URL targets (`/v1.0/invoke/https%3A%2F%2Fhost/method/x`)
-      that may be invoked. Each entry is a host (`api.example.com`), a host
-      pattern (`*.example.com`), or a URL prefix (`https://api.example.com/v1/`,
-      matched on scheme, host, port and whole path segments). Empty by default:
-      every URL target is refused with 403, so the app's port is never an open proxy.
-    - `allow_private_addresses`: whether an allowed URL target may resolve to a
-      loopback, link-local (169.254.0.0/16, the cloud metadata address),
-      private or otherwise non-public address. Checked on every address the
-      name resolves to, on the connection actually made.
-      HTTPEndpoint resources and the `apps` table are configuration the
-      operator wrote, and reach any address.
-    - `timeout`: seconds until the answer's headers arrive (None: no limit, as in
-      daprd); `connect_timeout` for the connection (daprd: 15).
-    - `pool_size`: connections open at once per target.
-    - `max_line_size`, `max_head_size`: the longest line (request, status or
-      header line, chunk-size line, trailer) and the largest head (and trailers)
-      a request or an answer may have, in bytes; an answer over them is a
-      malformed answer (500), a request a 400.
+    HTTPEndpoint resources and the `apps` table are configuration the operator
+    wrote, and reach any address; URL targets reach only what `allowed_urls`
+    allows.
     """
 
     apps: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The name-resolution table, app id to base URL (`{"orders": "http://127.0.0.1:8001"}`).
+    Another app id is invoked at `base URL + "/" + method`, with Dapr's caller and callee
+    headers."""
     allowed_urls: Sequence[str] = ()
+    """The URL targets (`/v1.0/invoke/https%3A%2F%2Fhost/method/x`) that may be invoked.
+    Each entry is a host (`api.example.com`), a host pattern (`*.example.com`), or a URL
+    prefix (`https://api.example.com/v1/`, matched on scheme, host, port and whole path
+    segments). Empty by default: every URL target is refused with 403, so the app's port
+    is never an open proxy."""
     allow_private_addresses: bool = False
+    """Whether an allowed URL target may resolve to a loopback, link-local (169.254.0.0/16,
+    the cloud metadata address), private or otherwise non-public address. Checked on every
+    address the name resolves to, on the connection actually made."""
     timeout: float | None = None
+    """Seconds until the answer's headers arrive; None: no limit, as in daprd."""
     connect_timeout: float = 15.0
+    """Seconds to connect (daprd's 15)."""
     pool_size: int = 100
+    """Connections open at once per target."""
     max_line_size: int = 16 * 1024
+    """The longest line (request, status or header line, chunk-size line, trailer) a
+    request or an answer may have, in bytes: an answer over it is a malformed answer
+    (500), a request a 400."""
     max_head_size: int = 64 * 1024
+    """The largest head (and trailers) a request or an answer may have, in bytes: 500 or
+    400 beyond, as for `max_line_size`."""
 
     def __post_init__(self) -> None:
         if self.max_line_size < 1024 or self.max_head_size < self.max_line_size:
@@ -80,7 +81,9 @@ class InvokeResponse:
         close: Callable[[], Awaitable[None]],
     ) -> None:
         self.status_code = status_code
+        """The target's HTTP status."""
         self.headers = Headers(raw=list(headers))
+        """The target's headers, case-insensitive (Starlette's `Headers`)."""
         self._chunks = chunks
         self._close = close
         self._content: bytes | None = None
@@ -91,6 +94,7 @@ class InvokeResponse:
 
     @property
     def is_success(self) -> bool:
+        """Whether the status is 2xx."""
         return 200 <= self.status_code < 300
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
@@ -109,25 +113,30 @@ class InvokeResponse:
             await self.aclose()
 
     async def aread(self) -> bytes:
+        """The whole body, read once and kept (with `stream=True`; without, already read)."""
         if self._content is None:
             self._content = b"".join([chunk async for chunk in self.aiter_bytes()])
         return self._content
 
     @property
     def content(self) -> bytes:
+        """The body; RuntimeError while a streamed body has not been read."""
         if self._content is None:
             raise RuntimeError("the body was not read: use `await response.aread()` or aiter_bytes()")
         return self._content
 
     @property
     def text(self) -> str:
+        """The body decoded with the Content-Type's charset, UTF-8 without one."""
         charset = parameter(self.headers.get("content-type", ""), "charset")
         return self.content.decode("utf-8" if charset is None else charset)
 
     def json(self) -> Any:
+        """The body parsed as JSON."""
         return json.loads(self.content)
 
     async def aclose(self) -> None:
+        """Give the connection back (a streamed response); closing twice is harmless."""
         close, self._close = self._close, _nothing
         await close()
 

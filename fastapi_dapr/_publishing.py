@@ -59,13 +59,17 @@ def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class BulkPublishEntry:
     """One message of `Dapr.publish_bulk`: its data, encoded as `Dapr.publish` encodes
-    it, and what daprd's bulk API takes beside (reference 1.8). An entry given without
-    `metadata` gets none of the request's, as in daprd, except `rawPayload`."""
+    it, and what daprd's bulk API takes beside. An entry given without `metadata` gets
+    none of the request's, as in daprd, except `rawPayload`."""
 
     data: Any
-    entry_id: str | None = None  # default: the entry's position, "0", "1", ...
+    """The message: bytes, str, a pydantic model or anything JSON can hold."""
+    entry_id: str | None = None
+    """The entry's id in the answer's failed entries; default its position, "0", "1", ..."""
     content_type: str | None = None
+    """The data's content type; default as `Dapr.publish` chooses it."""
     metadata: Mapping[str, str] | None = None
+    """This entry's `metadata.*` (`ttlInSeconds`, headers for the subscriber...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,9 @@ class FailedEntry:
     """An entry of a bulk publish that was not published, and why."""
 
     entry_id: str
+    """The entry's id, as given or its position."""
     error: str
+    """Why it was not published, as daprd words it."""
 
 
 def bulk_body(entries: Iterable[Any]) -> bytes:

@@ -49,15 +49,25 @@ class RetryPolicy:
     """
 
     policy: Literal["constant", "exponential"] = "exponential"
+    """`"constant"` or `"exponential"` backoff."""
     duration: float = 5.0
+    """Seconds between attempts, constant policy."""
     initial_interval: float = 0.5
+    """Seconds before the first retry, exponential policy."""
     multiplier: float = 1.5
+    """How much longer each wait is than the one before, exponential policy."""
     randomization_factor: float = 0.5
+    """Each wait is randomised by +/- this fraction of it, exponential policy."""
     max_interval: float = 60.0
+    """The longest wait in seconds, exponential policy."""
     max_retries: int = -1
+    """Retries after the first attempt; -1: no limit but `max_elapsed`."""
     max_elapsed: float | None = 900.0
+    """Seconds after which no retry starts, exponential policy; None: no limit."""
     http_status_codes: frozenset[int] | None = None
+    """The HTTP statuses worth retrying; None: every one."""
     grpc_status_codes: frozenset[int] | None = None
+    """The gRPC codes (0 to 16) of components' errors worth retrying; None: every one."""
 
     def delay(self, retry: int, elapsed: float, rng: random.Random | None = None) -> float | None:
         """Seconds to wait before retry number `retry` (1-based), or None to stop."""

@@ -75,8 +75,9 @@ def subscribe_on(router: APIRouter, pubsub: str, topic: str, **options: Any) -> 
 class DaprRouter(APIRouter):
     """An `APIRouter` whose handlers can subscribe to topics.
 
-    Include it with `app.include_router()` as any router: the prefix applies
-    to the routes daprd posts to and to what `/dapr/subscribe` advertises.
+    It takes `APIRouter`'s arguments (`prefix`, `tags`, `dependencies`...). Include it
+    with `app.include_router()` as any router: the prefix applies to the routes daprd
+    posts to and to what `/dapr/subscribe` advertises.
     """
 
     def subscribe(
@@ -94,7 +95,24 @@ class DaprRouter(APIRouter):
     ) -> Callable[[F], F]:
         """Deliver the messages of `topic` on `pubsub` to the decorated handler.
 
-        Returns the handler unchanged.
+        Returns the handler unchanged, so it can still be called and tested directly.
+
+        Args:
+            pubsub: The pub/sub component's name.
+            topic: The topic.
+            route: The path daprd posts to (under the router's prefix); default
+                `/events/{pubsub}/{topic}`.
+            match: A CEL expression over `event`: this handler gets the events it
+                matches, the topic's handler without one the rest.
+            priority: Orders the rules of a topic, lower first; only for a handler
+                with a `match`.
+            dead_letter_topic: Where dropped and exhausted messages go.
+            metadata: The subscription's metadata; numbers and bools are sent as
+                strings.
+            raw_payload: The messages are not CloudEvents: each arrives wrapped in
+                one, with the bytes in `data_base64`.
+            bulk: Deliver messages in batches: True for daprd's defaults, or a
+                `BulkSubscribe`.
         """
         return subscribe_on(
             self,

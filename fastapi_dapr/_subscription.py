@@ -22,10 +22,12 @@ __all__ = ["BulkSubscribe", "TopicSubscription"]
 
 @dataclasses.dataclass(frozen=True)
 class BulkSubscribe:
-    """Bulk delivery settings (`bulkSubscribe`, reference 3.6); daprd's defaults."""
+    """Bulk delivery settings (daprd's `bulkSubscribe`), with daprd's defaults."""
 
     max_messages_count: int = 100
+    """The most messages in one batch."""
     max_await_duration_ms: int = 1000
+    """How long a batch waits to fill up, in milliseconds."""
 
     def __post_init__(self) -> None:
         if self.max_messages_count < 1 or self.max_await_duration_ms < 1:
@@ -170,20 +172,29 @@ class TopicSubscription:
     """Every handler of one pubsub and topic, merged into daprd's one subscription."""
 
     pubsub: str
+    """The pub/sub component's name."""
     topic: str
+    """The topic."""
     rules: tuple[tuple[str, str], ...]  # (match, path), in evaluation order
+    """The `(match, path)` routing rules, in the order they are tried."""
     default: str | None
+    """The path of the messages no rule matches; None: such messages are dropped."""
     dead_letter_topic: str | None
+    """Where dropped and exhausted messages go."""
     metadata: Mapping[str, str]
+    """The subscription's metadata, as daprd gets it."""
     bulk: BulkSubscribe | None
+    """The bulk delivery settings; None: one message per delivery."""
     handlers: tuple[RoutedHandler, ...]
+    """The handlers merged into it."""
 
     @property
     def raw_payload(self) -> bool:
+        """Whether the messages arrive as raw payloads (`rawPayload` in the metadata)."""
         return is_raw(self.metadata)
 
     def to_wire(self) -> dict[str, Any]:
-        """One item of daprd's `GET /dapr/subscribe` answer (reference 2.1)."""
+        """This subscription as an item of daprd's `GET /dapr/subscribe` answer."""
         item: dict[str, Any] = {"pubsubname": self.pubsub, "topic": self.topic}
         if self.rules:
             routes: dict[str, Any] = {"rules": [{"match": match, "path": path} for match, path in self.rules]}

@@ -9,11 +9,15 @@ In a synchronous test, with Starlette's `TestClient`::
     with DaprTestClient(app) as client:
         report = client.publish_and_wait("pubsub", "orders", {"id": "o-1"})
         assert report.status is SUCCESS
+        assert client.published("pubsub", "invoices")[0].data == {"order": "o-1"}
 
 In an async test::
 
     async with DaprTest(app) as dapr_test:
         report = await dapr_test.publish_and_wait("pubsub", "orders", {"id": "o-1"})
+
+`memory_pubsub=True` runs pub/sub components of other types (`pubsub.redis`) on
+the in-memory broker, and `clock=FakeClock()` makes retry delays take no time.
 """
 
 from __future__ import annotations
@@ -21,24 +25,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from anyio.from_thread import BlockingPortal
 from fastapi import FastAPI
-from starlette.testclient import TestClient
 
-from ._dapr import Dapr
 from ._retry import Clock
+from ._testkit import DEFAULT_TIMEOUT, Probe, PublishedMessage
 
 if TYPE_CHECKING:
+    from ._testclient import DaprTestClient
     from .sidecar.delivery import Attempt, DeliveryReport
-    from .sidecar.embedded import EmbeddedBackend
 
-__all__ = ["Attempt", "DaprTest", "DaprTestClient", "DeliveryReport", "FakeClock"]
+__all__ = ["Attempt", "DaprTest", "DaprTestClient", "DeliveryReport", "FakeClock", "PublishedMessage"]
 
 
 def __getattr__(name: str) -> Any:
@@ -48,10 +49,12 @@ def __getattr__(name: str) -> Any:
         from .sidecar import delivery
 
         return getattr(delivery, name)
+    # Starlette's TestClient wants httpx2 (the `testing` extra), and warns without it.
+    if name == "DaprTestClient":
+        from ._testclient import DaprTestClient
+
+        return DaprTestClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-DEFAULT_TIMEOUT = 10.0
 
 
 class _FakeTimer:
@@ -79,20 +82,25 @@ class FakeClock(Clock):
 
     def __init__(self) -> None:
         self.now = 0.0
+        """The clock's time, in seconds from 0."""
         self.sleeps: list[float] = []
+        """Every wait so far, in seconds, in order: a retry schedule."""
         self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._order = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` at once: the clock moves forward by them."""
         self.sleeps.append(seconds)
         self._advance(seconds)
         await asyncio.sleep(0)
 
     def monotonic(self) -> float:
+        """The clock's time (`now`)."""
         return self.now
 
     def call_later(self, seconds: float, callback: Callable[[], None]) -> _FakeTimer:
+        """Call `callback` when the clock passes `now + seconds` (a timeout's deadline)."""
         self._loop = asyncio.get_running_loop()  # where the deadlines run
         timer = _FakeTimer(self.now + seconds, callback)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
@@ -131,127 +139,52 @@ class FakeClock(Clock):
                 timer.callback()
 
 
-def _dapr_of(app: FastAPI) -> tuple[Dapr, EmbeddedBackend]:
-    dapr = getattr(app.state, "fastapi_dapr", None)
-    if not isinstance(dapr, Dapr):
-        raise RuntimeError("this app has no Dapr instance: create one with Dapr(app)")
-    if dapr.mode != "embedded":
-        raise RuntimeError("fastapi_dapr.testing runs the embedded sidecar: use Dapr(app, mode='embedded')")
-    from .sidecar.embedded import EmbeddedBackend
-
-    assert isinstance(dapr.backend, EmbeddedBackend)  # embedded mode's
-    return dapr, dapr.backend
-
-
-@dataclasses.dataclass
-class _Waiter:
-    match: Callable[[DeliveryReport], bool]
-    future: asyncio.Future[DeliveryReport]
-
-
-class _Recorder:
-    """Every final report since it was attached, and the tests waiting for one."""
-
-    def __init__(self) -> None:
-        self.reports: list[DeliveryReport] = []
-        self._unclaimed: list[DeliveryReport] = []
-        self._waiters: list[_Waiter] = []
-
-    def __call__(self, report: DeliveryReport) -> None:
-        self.reports.append(report)
-        for waiter in self._waiters:
-            if not waiter.future.done() and waiter.match(report):
-                waiter.future.set_result(report)
-                self._waiters.remove(waiter)
-                return
-        self._unclaimed.append(report)
-
-    async def wait(self, match: Callable[[DeliveryReport], bool], timeout: float) -> DeliveryReport:
-        for report in self._unclaimed:
-            if match(report):
-                self._unclaimed.remove(report)
-                return report
-        future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(match, future)
-        self._waiters.append(waiter)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"no delivery report came within {timeout}s") from None
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-
-def _matcher(pubsub: str | None, topic: str | None) -> Callable[[DeliveryReport], bool]:
-    return lambda r: (pubsub is None or r.pubsub == pubsub) and (topic is None or r.topic == topic)
-
-
-class _Probe:
-    """The async core shared by `DaprTest` and `DaprTestClient`."""
-
-    def __init__(self, backend: EmbeddedBackend) -> None:
-        self.backend = backend
-        self.recorder = _Recorder()
-
-    def attach(self) -> None:
-        self.backend.add_observer(self.recorder)
-
-    async def publish_and_wait(
-        self,
-        pubsub: str,
-        topic: str,
-        data: Any,
-        *,
-        content_type: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> DeliveryReport:
-        message_id = await self.backend.publish(pubsub, topic, data, content_type, metadata)
-        return await self.recorder.wait(
-            lambda r: r.pubsub == pubsub and r.topic == topic and r.message_id == message_id,
-            timeout,
-        )
-
-    async def wait_for_delivery(
-        self,
-        *,
-        pubsub: str | None = None,
-        topic: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> DeliveryReport:
-        return await self.recorder.wait(_matcher(pubsub, topic), timeout)
-
-
 class DaprTest:
     """Run an app's lifespan (and its embedded sidecar) in an async test.
 
     `client` is an `httpx.AsyncClient` bound to the app, for its HTTP API.
+    `clock` replaces the sidecar's clock (a `FakeClock`), and `memory_pubsub`
+    runs the app's pub/sub components on the in-memory broker (True: all of
+    them; or the names of those to swap), for this test's run only.
     """
 
-    def __init__(self, app: FastAPI, *, clock: FakeClock | None = None) -> None:
+    def __init__(
+        self, app: FastAPI, *, clock: FakeClock | None = None, memory_pubsub: bool | Iterable[str] = False
+    ) -> None:
         self.app = app
-        self.dapr, backend = _dapr_of(app)
-        if clock is not None:
-            backend.clock = clock
-        self._probe = _Probe(backend)
+        """The app under test."""
+        self._probe = Probe(app, clock=clock, memory_pubsub=memory_pubsub)
+        self.dapr = self._probe.dapr
+        """The app's `Dapr`."""
         self._stack = contextlib.AsyncExitStack()
         self.client: Any = None
+        """An `httpx.AsyncClient` bound to the app, inside the `async with` block."""
 
     @property
     def reports(self) -> list[DeliveryReport]:
         """Every delivery report since the app started."""
         return self._probe.recorder.reports
 
-    async def __aenter__(self) -> DaprTest:
-        await self._stack.enter_async_context(_lifespan(self.app))
-        self._probe.attach()  # the runtime, and its observers, end with the lifespan
-        import httpx
+    def published(self, pubsub: str | None = None, topic: str | None = None) -> list[PublishedMessage]:
+        """What the app published since it started (its start-up included), oldest first:
+        to `topic` of `pubsub` when given. After the `async with` block too."""
+        return self._probe.published_to(pubsub, topic)
 
-        transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 50000))
-        self.client = await self._stack.enter_async_context(
-            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
-        )
+    async def __aenter__(self) -> DaprTest:
+        self._probe.begin()
+        self._stack.callback(self._probe.end)  # last: once the app has stopped
+        try:
+            await self._stack.enter_async_context(_lifespan(self.app))
+            self._probe.attach()  # the runtime, and its observers, end with the lifespan
+            import httpx
+
+            transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 50000))
+            self.client = await self._stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+            )
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -281,75 +214,6 @@ class DaprTest:
     ) -> DeliveryReport:
         """The next report on `topic` not yet returned by this method (oldest first)."""
         return await self._probe.wait_for_delivery(pubsub=pubsub, topic=topic, timeout=timeout)
-
-
-class DaprTestClient(TestClient):
-    """Starlette's `TestClient`, plus waiting for deliveries.
-
-    Use it as a context manager, so that the app's lifespan (and the embedded
-    sidecar) runs.
-    """
-
-    def __init__(self, app: FastAPI, *, clock: FakeClock | None = None, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.dapr, backend = _dapr_of(app)
-        if clock is not None:
-            backend.clock = clock
-        self._probe = _Probe(backend)
-
-    def __enter__(self) -> DaprTestClient:
-        super().__enter__()
-        self._portal().call(self._attach)
-        return self
-
-    def __exit__(self, *args: Any) -> None:
-        super().__exit__(*args)  # reports made while stopping are still recorded
-
-    def _portal(self) -> BlockingPortal:
-        if self.portal is None:
-            raise RuntimeError("use DaprTestClient as a context manager: `with DaprTestClient(app) as c:`")
-        return self.portal
-
-    async def _attach(self) -> None:
-        self._probe.attach()
-
-    @property
-    def reports(self) -> list[DeliveryReport]:
-        """Every delivery report since the app started."""
-        return self._probe.recorder.reports
-
-    def publish_and_wait(
-        self,
-        pubsub: str,
-        topic: str,
-        data: Any,
-        *,
-        content_type: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> DeliveryReport:
-        """Publish, then wait for what became of that message (not of others)."""
-
-        async def run() -> DeliveryReport:
-            return await self._probe.publish_and_wait(
-                pubsub, topic, data, content_type=content_type, metadata=metadata, timeout=timeout
-            )
-
-        return self._portal().call(run)
-
-    def wait_for_delivery(
-        self,
-        *,
-        pubsub: str | None = None,
-        topic: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> DeliveryReport:
-        """The next report on `topic` not yet returned by this method (oldest first)."""
-
-        async def run() -> DeliveryReport:
-            return await self._probe.wait_for_delivery(pubsub=pubsub, topic=topic, timeout=timeout)
-
-        return self._portal().call(run)
 
 
 @contextlib.asynccontextmanager

@@ -66,28 +66,6 @@ async def test_quickstart_curl_reaches_the_example_handler() -> None:
     assert json.loads(answer) == json.loads(read[1])
 
 
-async def test_getting_started_commands_reach_the_example(tmp_path: Path) -> None:
-    """docs/getting-started.md's curl commands, run as written, and the outputs it shows."""
-    from example_app.test_app import resources
-
-    require_tool("curl")
-    page = (README.parent / "docs" / "getting-started.md").read_text()
-    commands = [c for block in re.findall(r"```bash\n(.*?)```", page, re.S) for c in curl_commands(block)]
-    assert len(commands) == 3
-    store.clear()
-    async with serve(app) as base_url:
-        with resources(tmp_path, app_url=base_url):
-            async with DaprTest(app) as dapr_test:
-                outputs = []
-                for command, _ in commands:
-                    outputs.append(await run(command, base_url))
-                    if "/v1.0/publish/" in command:
-                        assert (await dapr_test.wait_for_delivery(topic="orders")).outcome == "delivered"
-    for (command, shown), output in zip(commands, outputs, strict=True):
-        if shown is not None:
-            assert json.loads(output) == json.loads(shown), command
-
-
 async def test_the_example_apps_readme_commands(tmp_path: Path) -> None:
     """example_app/README.md's curl commands, in order, and the outputs it shows."""
     from example_app.test_app import resources

@@ -16,9 +16,9 @@ dapr = Dapr(app)
 orders: list[Order] = []
 
 
-@dapr.subscribe(pubsub="pubsub", topic="orders", dead_letter_topic="orders-dead")
+@dapr.subscribe("pubsub", "orders", dead_letter_topic="orders-dead")
 async def on_order(event: CloudEvent[Order]):
     if event.data.quantity > 100:
         return DROP
     orders.append(event.data)
-    return None  # SUCCESS (so is falling off the end); an exception: RETRY; bad data: DROP
+    return None  # SUCCESS, as falling off the end; an exception: RETRY

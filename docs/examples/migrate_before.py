@@ -1,4 +1,4 @@
-"""A subscriber written with dapr-ext-fastapi (the "before" of docs/migrating.md)."""
+"""A subscriber with dapr-ext-fastapi (the "before" of docs/migrating.md)."""
 
 from dapr.ext.fastapi import DaprApp
 from fastapi import Body, FastAPI
@@ -8,7 +8,7 @@ dapr_app = DaprApp(app)
 orders: list[dict] = []
 
 
-@dapr_app.subscribe(pubsub="pubsub", topic="orders", dead_letter_topic="orders-dead")
+@dapr_app.subscribe("pubsub", "orders", dead_letter_topic="orders-dead")
 def on_order(event: dict = Body()):
     order = event["data"]  # the CloudEvent is a plain dict
     if order.get("quantity", 0) > 100:

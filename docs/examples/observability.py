@@ -19,3 +19,14 @@ def use_json_logs() -> None:
     handler.setFormatter(JsonFormatter(app_id="checkout"))
     logging.getLogger("fastapi_dapr").addHandler(handler)
     # --8<-- [end:logs]
+
+
+def quieter_logs() -> None:
+    # --8<-- [start:levels]
+    import logging
+
+    # No INFO lines (the start-up line): warnings and errors only.
+    logging.getLogger("fastapi_dapr").setLevel(logging.WARNING)
+    # No line per failed attempt or dropped message: only messages given up or not settled.
+    logging.getLogger("fastapi_dapr.delivery").setLevel(logging.ERROR)
+    # --8<-- [end:levels]

@@ -20,6 +20,8 @@ flaky_attempts: list[int] = []
 @dapr.subscribe("pubsub", "orders")
 async def on_order(order: Order) -> None:
     orders[order.id] = {**order.model_dump(), "status": "accepted"}
+    # Billing's topic: nothing in this app subscribes to it.
+    await dapr.publish("pubsub", "invoices", {"order": order.id, "quantity": order.quantity})
 
 
 @dapr.subscribe("pubsub", "flaky")

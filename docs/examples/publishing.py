@@ -1,26 +1,31 @@
 from fastapi_dapr import BulkPublishEntry, Dapr
 
-from .subscriptions import Order
+from .subscriptions import Order  # docs/examples/subscriptions.py's model
 
 
+# --8<-- [start:publish]
 async def publish_examples(dapr: Dapr) -> None:
-    # --8<-- [start:publish]
-    await dapr.publish("pubsub", "orders", Order(id="o-1", quantity=2))
+    await dapr.publish("pubsub", "orders", Order(id="o-1", quantity=2))  # JSON
     await dapr.publish("pubsub", "audit", "text is text/plain")
-    await dapr.publish("pubsub", "blobs", b"\x00\x01", metadata={"rawPayload": "true"})
-    await dapr.publish("pubsub", "orders", {"id": "o-2", "quantity": 1}, metadata={"ttlInSeconds": "60"})
-    # --8<-- [end:publish]
+    raw, ttl = {"rawPayload": "true"}, {"ttlInSeconds": "60"}
+    await dapr.publish("pubsub", "blobs", b"\x00\x01", metadata=raw)
+    order = {"id": "o-2", "quantity": 1}  # a dict, a list, a number: JSON
+    await dapr.publish("pubsub", "orders", order, metadata=ttl)
 
 
+# --8<-- [end:publish]
+
+
+# --8<-- [start:bulk]
 async def bulk_example(dapr: Dapr) -> list[str]:
-    # --8<-- [start:bulk]
     failed = await dapr.publish_bulk(
         "pubsub",
         "orders",
         [{"id": "o-1"}, {"id": "o-2"}, BulkPublishEntry(b"\x00", entry_id="raw")],
         metadata={"ttlInSeconds": "60"},
     )
-    for entry in failed:  # FailedEntry(entry_id, error): the ones that were not published
-        ...
-    # --8<-- [end:bulk]
+    # FailedEntry(entry_id, error): the entries not published
     return [entry.entry_id for entry in failed]
+
+
+# --8<-- [end:bulk]

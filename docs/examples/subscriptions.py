@@ -1,7 +1,8 @@
+# --8<-- [start:declaring]
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from fastapi_dapr import BulkEntry, BulkSubscribe
+from fastapi_dapr import Dapr, DaprRouter
 
 
 class Order(BaseModel):
@@ -15,12 +16,8 @@ class Invoice(BaseModel):
 
 
 app = FastAPI()
-seen: list[object] = []
-
-# --8<-- [start:declaring]
-from fastapi_dapr import Dapr, DaprRouter
-
 dapr = Dapr(app, app_id="checkout")
+seen: list[object] = []  # what the handlers received
 
 
 @dapr.subscribe("pubsub", "orders")
@@ -50,13 +47,16 @@ async def on_reading(data: bytes):  # the published bytes, as they were
 
 
 # --8<-- [start:bulk]
-from fastapi_dapr import DROP, SUCCESS
+from fastapi_dapr import DROP, SUCCESS, BulkEntry, BulkSubscribe
 
 
 @dapr.subscribe("pubsub", "big-orders", bulk=BulkSubscribe(max_messages_count=50))
 async def on_orders(entries: list[BulkEntry[Order]]):
-    # an entry left out of the answer is retried, as daprd does
-    return {e.entry_id: DROP if e.event.data.quantity > 100 else SUCCESS for e in entries}
+    statuses = {}
+    for entry in entries:
+        too_many = entry.event.data.quantity > 100
+        statuses[entry.entry_id] = DROP if too_many else SUCCESS
+    return statuses  # an entry left out of the answer is retried, as daprd does
 
 
 # --8<-- [end:bulk]

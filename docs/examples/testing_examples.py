@@ -6,8 +6,9 @@ from fastapi_dapr.testing import DaprTestClient
 
 
 def test_order_is_stored():
-    with DaprTestClient(app) as client:  # Starlette's TestClient, plus two methods
-        report = client.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 2})
+    with DaprTestClient(app) as client:  # Starlette's TestClient, and more
+        order = {"id": "o-1", "quantity": 2}
+        report = client.publish_and_wait("pubsub", "orders", order)
         assert report.status is SUCCESS
         assert client.get("/orders/o-1").json()["status"] == "accepted"
 
@@ -23,12 +24,16 @@ def test_endpoint_publishes():
 
 
 # --8<-- [start:async]
+import pytest
+
 from fastapi_dapr.testing import DaprTest
 
 
+@pytest.mark.anyio  # anyio's pytest plugin (FastAPI installs it), or pytest-asyncio's
 async def test_order_is_stored_async():
     async with DaprTest(app) as dapr_test:
-        report = await dapr_test.publish_and_wait("pubsub", "orders", {"id": "o-1", "quantity": 2})
+        order = {"id": "o-1", "quantity": 2}
+        report = await dapr_test.publish_and_wait("pubsub", "orders", order)
         answer = await dapr_test.client.get("/orders/o-1")
         assert report.outcome == "delivered"
         assert answer.json()["status"] == "accepted"
@@ -37,13 +42,31 @@ async def test_order_is_stored_async():
 # --8<-- [end:async]
 
 
-def test_retries_on_a_fake_clock():
-    # --8<-- [start:clock]
-    from fastapi_dapr.testing import DaprTestClient, FakeClock
+# --8<-- [start:published]
+def test_an_order_is_invoiced():
+    with DaprTestClient(app) as client:
+        client.publish_and_wait("pubsub", "orders", {"id": "o-3", "quantity": 5})
+        # A topic nothing in the app subscribes to:
+        (invoice,) = client.published("pubsub", "invoices")
+    assert invoice.data == {"order": "o-3", "quantity": 5}
+    assert invoice.content_type == "application/json"
+    assert invoice.event.source == "orders"  # the CloudEvent's source: the app id
+    assert [message.topic for message in client.published()] == ["orders", "invoices"]
 
+
+# --8<-- [end:published]
+
+
+# --8<-- [start:clock]
+from fastapi_dapr.testing import FakeClock
+
+
+def test_retries_on_a_fake_clock():
     clock = FakeClock()
     with DaprTestClient(app, clock=clock) as client:
         report = client.publish_and_wait("pubsub", "flaky", {"n": 1})
     assert len(report.attempts) == 3
-    assert clock.sleeps == [1.0, 1.0]
-    # --8<-- [end:clock]
+    assert clock.sleeps == [1.0, 1.0]  # the policy's 1 s, twice, and no time taken
+
+
+# --8<-- [end:clock]

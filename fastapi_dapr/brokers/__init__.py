@@ -190,6 +190,11 @@ class Broker:
         """Every subscription of the runtime to this component has joined its topic: a
         broker that kept messages for subscriptions to come lets go of the others."""
 
+    def discards(self, topic: str) -> bool:
+        """Whether a message published to `topic` now is discarded, nobody subscribing to
+        it and the component keeping none (the in-memory one); False when it is kept."""
+        return False
+
 
 def load_broker_class(type_name: str) -> type[Broker]:
     """The broker class for a Component `spec.type`; `LookupError` or `ImportError` if none."""

@@ -228,6 +228,9 @@ class MemoryBroker(Broker):
         for queue in unclaimed.values():
             queue._discard("at start-up: no subscription to the topic started")
 
+    def discards(self, topic: str) -> bool:
+        return not self._holding and not self._queues.get(topic)
+
     async def close(self) -> None:
         for groups in list(self._queues.values()):
             for queue in list(groups.values()):

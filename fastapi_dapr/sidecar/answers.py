@@ -2,7 +2,9 @@
 
 `classify` reads the answer to one message (reference 3.3), `bulk_statuses`
 the answer to a batch, entry by entry (reference 3.6); `answered` is what a
-circuit breaker counts as a success.
+circuit breaker counts as a success. `noted` adds what the handler told the
+engine beside its answer (`HandlerNote`), and `drop_reason` says why a message
+was dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._json import loads, nests_deeper
-from .._status import Status
+from .._status import HandlerNote, Status
 from .asgi import AppResponse
 from .delivery import Attempt
 
@@ -90,3 +92,39 @@ def bulk_statuses(response: AppResponse, entry_ids: Sequence[str]) -> dict[str, 
 def answered(attempt: Attempt) -> bool:
     """For a circuit breaker: the app took the message (SUCCESS, or DROP: its decision)."""
     return attempt.status is Status.SUCCESS or attempt.status is Status.DROP
+
+
+def noted(attempt: Attempt, note: HandlerNote) -> Attempt:
+    """`attempt` with what its handler noted: the data failed validation, or it raised."""
+    if note.invalid is not None and attempt.status is Status.DROP:
+        return Attempt(Status.DROP, attempt.http_status, "data failed validation")
+    if note.error is not None and attempt.status is not Status.SUCCESS:
+        error = note.error
+        raised = f"{note.handler} raised {type(error).__name__}" + (f": {error}" if str(error) else "")
+        detail = f"{attempt.detail}: {raised}" if attempt.detail else raised
+        return Attempt(attempt.status, attempt.http_status, detail)
+    return attempt
+
+
+def drop_reason(attempt: Attempt, note: HandlerNote | None) -> tuple[str, str]:
+    """Why a message was dropped, and the details (the validation errors, if any)."""
+    if note is not None and note.invalid is not None:
+        return f"data failed validation for handler {note.handler}", note.invalid
+    if attempt.http_status == 404:
+        return "the app answered HTTP 404 (no such route), read as DROP", ""
+    return "the app answered DROP", ""
+
+
+def failure(attempt: Attempt) -> str:
+    """What went wrong in a failed attempt, in words."""
+    if attempt.detail:
+        return attempt.detail
+    return "the app answered RETRY" if attempt.status is Status.RETRY else "it failed"
+
+
+def given_up(attempts: Sequence[Attempt]) -> str:
+    """Why a message was given up: its attempts, and what the last one did."""
+    what = failure(attempts[-1])
+    if len(attempts) == 1:
+        return f"1 attempt failed: {what}"
+    return f"{len(attempts)} attempts failed, the last: {what}"

@@ -86,6 +86,13 @@ _NOT_STARTED = {
 }
 
 
+def is_api_path(path: str, metrics: bool) -> bool:
+    """Whether the sidecar, in front of the app on its port (`SidecarDispatch`), answers `path`
+    (the app's own, without its root path): every path of daprd's API versions, and `/metrics`
+    when the sidecar serves metrics."""
+    return path.startswith(API_PREFIXES) or path[1:] in VERSIONS or (metrics and path == METRICS_PATH)
+
+
 def _escaped_path(scope: Scope) -> str:
     raw = scope.get("raw_path")
     root = scope.get("root_path", "")
@@ -306,12 +313,7 @@ class SidecarDispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path = route_path(scope)
-            if (
-                path.startswith(API_PREFIXES)
-                or path[1:] in VERSIONS
-                or (path == METRICS_PATH and self.api.metrics is not None)
-            ):
+            if is_api_path(route_path(scope), self.api.metrics is not None):
                 await self.api(scope, receive, send)
                 return
             trace = from_headers(scope["headers"])

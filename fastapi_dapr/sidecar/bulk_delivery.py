@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._json import go_dumps
-from .._status import Status
+from .._status import NOTE, HandlerNote, Status
 from ..brokers import Delivery
-from .answers import answered, bulk_statuses
+from .answers import answered, bulk_statuses, drop_reason, given_up, noted
 from .asgi import AppUnreachable
 from .delivery import Attempt, Route
 from .engine import Engine
@@ -97,9 +97,18 @@ class BulkDelivery:
         )
 
     async def _post_batch(
-        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, entry_ids: list[str]
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        entry_ids: list[str],
+        note: HandlerNote,
     ) -> dict[str, Attempt]:
-        response = await self.engine.post(path, headers, body)
+        noting = NOTE.set(note)  # the handler's exception, for the engine's own line
+        try:
+            response = await self.engine.post(path, headers, body)
+        finally:
+            NOTE.reset(noting)
         return bulk_statuses(response, entry_ids)
 
     async def _post(self, path: str, batch: list[Delivery], entries: list[Entry], settled: set[int]) -> None:
@@ -109,6 +118,7 @@ class BulkDelivery:
         pending = entries
         started = self.engine.clock.monotonic()
         retry = 0
+        traced = False  # whether a line showed the handler's traceback
         while True:
             body = self._body(pending)
             headers = self.engine.base_headers(b"application/json", body)
@@ -116,7 +126,8 @@ class BulkDelivery:
             entry_ids = [entry_id for _, entry_id, _ in pending]
             final = False
 
-            post = functools.partial(self._post_batch, path, headers, body, entry_ids)
+            note = HandlerNote()
+            post = functools.partial(self._post_batch, path, headers, body, entry_ids, note)
             metrics = self.engine.metrics
             began = time.perf_counter() if metrics is not None else 0.0
             try:
@@ -148,7 +159,7 @@ class BulkDelivery:
                 elif attempt.status is Status.DROP:
                     # daprd acks a bulk 404 without dead-lettering; here it is dead-lettered
                     # like any DROP, so that nothing disappears unseen.
-                    reason = f"the app answered DROP ({attempt.detail or 'DROP'})"
+                    reason, _ = drop_reason(attempt, None)
                     await settlement.undeliverable(delivery, prepared, "dropped", reason, history[entry_id])
                     settled.add(index)
                 else:
@@ -158,13 +169,19 @@ class BulkDelivery:
             retry += 1
             statuses = (results[entry_id].http_status for _, entry_id, _ in failed)
             delay = self.schedule.delay(retry, started, statuses, final)
+            error = None if traced else note.error  # the handler's traceback once per batch
             if delay is None:
                 for index, entry_id, prepared in failed:
                     tried = history[entry_id]
-                    reason = f"{len(tried)} attempts failed, the last with {tried[-1].detail or 'RETRY'}"
                     settled.add(index)
-                    await settlement.undeliverable(batch[index], prepared, "failed", reason, tried)
+                    await settlement.undeliverable(
+                        batch[index], prepared, "failed", given_up(tried), tried, error=error
+                    )
+                    error = None
                 return
+            first = noted(results[failed[0][1]], note)
+            if settlement.batch_failed(retry, len(failed), len(pending), first, delay, error):
+                traced = traced or error is not None
             if not await self.schedule.wait(delay):
                 for index, entry_id, prepared in failed:
                     await settlement.hand_back(

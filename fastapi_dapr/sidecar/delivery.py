@@ -34,8 +34,11 @@ class Attempt:
     """One POST to the app: the status it meant, and why."""
 
     status: Status | None  # None: an error daprd retries like RETRY
+    """The status the answer meant; None: an error (retried as RETRY is)."""
     http_status: int | None = None
+    """The answer's HTTP status; None when there was no answer."""
     detail: str = ""
+    """Why, in words: the exception, the status's meaning."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +46,27 @@ class DeliveryReport:
     """What became of one message on one subscription."""
 
     pubsub: str
+    """The pub/sub component."""
     topic: str
+    """The subscription's topic."""
     message_id: str
+    """The broker's id of the message."""
     event_id: str | None
+    """The CloudEvent's `id`; None when the message was not one."""
     path: str | None
+    """The app's path it was posted to; None when it was posted nowhere."""
     outcome: Outcome
+    """What became of it: `delivered` (SUCCESS), `dropped` (DROP, no dead-letter
+    topic), `dead-lettered`, `expired` (its TTL passed), `unmatched` (no rule and no
+    default route), `invalid` (not a message the subscription can read), `failed`
+    (retries exhausted, or the dead-letter publish failed), `returned` (given back to
+    the broker: the app stopped first)."""
     attempts: tuple[Attempt, ...] = ()
+    """Every POST to the app, in order."""
     reason: str = ""
+    """Why it ended so, in words."""
+    detail: str = ""  # more on the reason: the validation errors of data that failed validation
+    """More on the reason: the validation errors of data that failed validation."""
 
     @property
     def status(self) -> Status | None:

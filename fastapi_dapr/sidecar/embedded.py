@@ -4,19 +4,21 @@ The one module of the sidecar side that the app side loads (lazily, from `Dapr`,
 only in embedded mode). It owns the sidecar's HTTP API, its metrics and, while the
 app's lifespan runs, the `Runtime`. It is given `Dapr`'s settings, never `Dapr`.
 
-Besides `Backend`'s methods, `fastapi_dapr.testing` uses `clock` (set before the app
-starts), `add_observer` and the message id `publish` returns: that is the whole of
-its surface outside `Dapr`.
+Besides `Backend`'s methods, `fastapi_dapr.testing` uses `clock`, `memory_pubsub` and
+`publish_observers` (set before the app starts), `running()` (its routes and workers, to
+say what is in progress when a wait times out), `add_observer` and the message id
+`publish` returns: that is the whole of its surface outside `Dapr`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from .._backend import Backend
-from .._exceptions import DaprAPIError
+from .._exceptions import DaprAPIError, DaprError
 from .._headers import forwardable, invocation_headers
 from .._invocation import InvocationSettings, InvokeResponse
 from .._publishing import FailedEntry, bulk_body, encode_data, failed_entries
@@ -37,9 +39,12 @@ if TYPE_CHECKING:
     from .._subscription import TopicSubscription
     from .delivery import DeliveryReport
     from .metrics import Metrics
+    from .publisher import Sent
     from .runtime import Runtime
 
 __all__: list[str] = []
+
+logger = logging.getLogger("fastapi_dapr")
 
 
 def serve_in_front(app: Starlette, api: SidecarAPI) -> None:
@@ -78,6 +83,7 @@ class EmbeddedBackend(Backend):
         max_bulk_entries: int,
         metrics: bool,
         grpc_port: int | None = None,
+        chosen_by: str = "mode='embedded'",
     ) -> None:
         from .url_policy import UrlPolicy
 
@@ -90,11 +96,17 @@ class EmbeddedBackend(Backend):
 
             require("Dapr(app, grpc_port=...)")
         self._grpc_listen = grpc_port
+        self.chosen_by = chosen_by  # what chose embedded mode, for the start-up line
+        self.serve_api = serve_api
 
         # A bad entry is a mistake to see now, not at the first invocation.
         UrlPolicy(invocation.allowed_urls, invocation.allow_private_addresses)
         self.app = app
         self.clock: Clock | None = None  # the runtime's clock (FakeClock in tests): set before start
+        # Tests' settings, set before start: the pub/sub components run on the in-memory broker
+        # (True: all, or those named), and who sees each message a broker takes.
+        self.memory_pubsub: bool | frozenset[str] = False
+        self.publish_observers: list[Callable[[Sent], None]] = []
         self._runtime: Runtime | None = None
         metrics_: Metrics | None = None
         if metrics:
@@ -141,6 +153,11 @@ class EmbeddedBackend(Backend):
         subscriptions: list[TopicSubscription],
         settings: Settings,
     ) -> AsyncIterator[Any]:
+        from .startup import refusal, shadowed_routes
+
+        shadowed = shadowed_routes(self.app.routes, metrics=self.metrics is not None)
+        if shadowed and self.serve_api:
+            raise DaprError(refusal(shadowed))
         runtime = self._create_runtime(settings)
         try:
             await runtime.start_components()  # publishing works from here on
@@ -150,12 +167,28 @@ class EmbeddedBackend(Backend):
                 try:
                     # Deliveries start once the app's own start-up is done.
                     await runtime.start_subscriptions(subscriptions)
+                    self._say_started(runtime)
                     yield state
                 finally:
                     await runtime.stop_subscriptions()
         finally:
             self._runtime = None
             await runtime.close()
+
+    def _say_started(self, runtime: Runtime) -> None:
+        from .startup import several_workers_warning, startup_line
+
+        line = startup_line(
+            runtime,
+            chosen_by=self.chosen_by,
+            serve_api=self.serve_api,
+            metrics=self.metrics is not None,
+            grpc_port=self.grpc_port,
+        )
+        logger.info("%s", line)
+        warning = several_workers_warning(runtime)
+        if warning is not None:
+            logger.warning("%s", warning)
 
     @asynccontextmanager
     async def _grpc_api(self, runtime: Runtime) -> AsyncIterator[None]:
@@ -183,7 +216,12 @@ class EmbeddedBackend(Backend):
 
         paths = settings.resources_paths
         resources = load_resources(paths, app_id=settings.app_id) if paths else Resources()
-        return Runtime(
+        if self.memory_pubsub:
+            from .pubsub_swap import in_memory
+
+            names = None if self.memory_pubsub is True else self.memory_pubsub
+            resources = in_memory(resources, names)
+        runtime = Runtime(
             app=self.app,
             app_id=settings.app_id,
             app_api_token=settings.app_api_token,
@@ -193,6 +231,8 @@ class EmbeddedBackend(Backend):
             invocation=settings.invocation,
             metrics=self.metrics,
         )
+        runtime.publisher.observers = self.publish_observers  # shared: what is added later is seen
+        return runtime
 
     # -- publishing ------------------------------------------------------------------------------
 

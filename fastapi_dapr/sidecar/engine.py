@@ -52,6 +52,7 @@ class Engine:
         lifespan_state: Callable[[], Mapping[str, Any] | None],
         stopping: asyncio.Event,
         metrics: Metrics | None = None,
+        discards: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.app = app
         self.call = AppCaller(app)
@@ -63,6 +64,10 @@ class Engine:
         self.lifespan_state = lifespan_state
         self.stopping = stopping
         self.metrics = metrics  # None: metrics are off, and nothing is measured
+        # Whether a pubsub discards what is published to a topic now (nobody subscribes to it,
+        # on the in-memory component), and the dead-letter topics already warned about.
+        self.discards = discards or (lambda pubsub, topic: False)
+        self.discarding_warned: set[tuple[str, str]] = set()
 
     async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> AppResponse:
         return await self.call("POST", path, headers, body, state=self.lifespan_state())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._error_codes import PubSubErrors
@@ -42,11 +42,23 @@ class Envelope(NamedTuple):
     event: dict[str, Any] | None
 
 
+class Sent(NamedTuple):
+    """A message a broker took, as `Publisher.observers` see it: its pubsub and topic, the
+    bytes stored (the envelope, or the payload of a raw one), its metadata and its id."""
+
+    pubsub: str
+    topic: str
+    data: bytes
+    metadata: Mapping[str, str]
+    message_id: str
+
+
 class Publisher:
     """Publishing for the app `app_id` to `brokers` (by name), within their `scopes`.
 
     The dictionaries are the runtime's components, shared: what starts or closes
-    there is what is published to here.
+    there is what is published to here. `observers` are called with every message a
+    broker took (`fastapi_dapr.testing` records them): API, bulk entries, dead letters.
     """
 
     def __init__(
@@ -65,6 +77,7 @@ class Publisher:
         self.resiliency = resiliency
         self.clock = clock
         self.metrics = metrics
+        self.observers: list[Callable[[Sent], None]] = []
         self._outbound: dict[str, Policy] = {}
 
     def check_pubsub(self, pubsub: str, topic: str, metadata: Mapping[str, str]) -> Broker:
@@ -151,7 +164,7 @@ class Publisher:
         event: Mapping[str, Any] | None,
     ) -> str:
         try:
-            return await broker.publish(topic, data, metadata, decoded=event)
+            message_id = await broker.publish(topic, data, metadata, decoded=event)
         except BrokerError as exc:
             raise PubSubErrors.publish_failed(broker.name, topic, str(exc)) from exc
         except Exception as exc:
@@ -160,6 +173,11 @@ class Publisher:
             raise NotRetried(
                 PubSubErrors.publish_failed(broker.name, topic, f"{type(exc).__name__}: {exc}")
             ) from exc
+        if self.observers:
+            sent = Sent(broker.name, topic, data, dict(metadata), message_id)
+            for observer in self.observers:
+                observer(sent)
+        return message_id
 
     async def dead_letter(self, route: Route, message: Message, metadata: Mapping[str, str]) -> bool:
         """Publish a message its subscription gave up on to the route's dead-letter topic;

@@ -203,7 +203,12 @@ class Runtime:
             lifespan_state=lambda: self.lifespan_state,
             stopping=self._stopping,
             metrics=self.metrics,
+            discards=self._discards,
         )
+
+    def _discards(self, pubsub: str, topic: str) -> bool:
+        broker = self.brokers.get(pubsub)
+        return broker is not None and broker.discards(topic)
 
     @property
     def stopping(self) -> bool:

@@ -15,16 +15,17 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from .._status import Status
+from .._status import NOTE, HandlerNote, Status
 from .._trace import CURRENT, context
 from ..brokers import Consumer, Delivery
-from .answers import answered, classify
+from .answers import answered, classify, drop_reason, given_up, noted
 from .asgi import AppUnreachable
 from .bulk_delivery import BulkDelivery
 from .delivery import Attempt, Route
 from .engine import Engine
 from .policy_errors import CircuitBusy, CircuitOpen, PolicyError
 from .prepared import Preparer
+from .progress import InProgress
 from .retry_schedule import RetrySchedule
 from .settlement import Settlement
 
@@ -63,6 +64,8 @@ class Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        # The messages being delivered, while the runtime has observers (fastapi_dapr.testing).
+        self.progress: dict[Delivery, InProgress] = {}
         self.policy = engine.inbound(route.pubsub)
         self.preparer = Preparer(engine, route)
         self.settlement = Settlement(engine, route)
@@ -97,6 +100,7 @@ class Worker:
             for task in pending:
                 task.cancel()
         await asyncio.gather(*self._readers, *self._tasks, return_exceptions=True)
+        self.settlement.say_held()
         await self.consumer.close()
 
     @property
@@ -144,6 +148,8 @@ class Worker:
             raise
         except Exception:
             await self.settlement.engine_failed(delivery)
+        finally:
+            self.progress.pop(delivery, None)
 
     # -- bulk ------------------------------------------------------------------
 
@@ -213,11 +219,20 @@ class Worker:
         event = prepared.event
         parent = event.get("traceparent") or event.get("traceid")
         trace = context(str(parent), str(event.get("tracestate") or "")) if parent else None
+        watched: InProgress | None = None
+        if self.engine.observers:
+            watched = InProgress(self.route, delivery.message.id, path, attempts, self.engine.clock)
+            self.progress[delivery] = watched
+
+        note = HandlerNote()  # the last attempt's: what its handler noted
+        traced = False  # whether a line showed the handler's traceback
 
         async def post() -> Attempt:
-            nonlocal decoded
+            nonlocal decoded, note
             # The handler's own publishes and invocations carry the message's trace on.
             token = CURRENT.set(trace) if trace is not None else None
+            note = HandlerNote()
+            noting = NOTE.set(note)
             try:
                 if direct is None:
                     response = await self.engine.post(path, headers, prepared.body)
@@ -232,9 +247,10 @@ class Worker:
                         state=self.engine.lifespan_state(),
                     )
             finally:
+                NOTE.reset(noting)
                 if token is not None:
                     CURRENT.reset(token)
-            return classify(response)
+            return noted(classify(response), note)
 
         metrics = self.engine.metrics
         timed_out = False
@@ -263,16 +279,24 @@ class Worker:
                 settlement.report(delivery, prepared.event_id, path, "delivered", attempts)
                 return
             if attempt.status is Status.DROP:
-                reason = f"the app answered DROP ({attempt.detail or 'DROP'})"
-                await settlement.undeliverable(delivery, prepared, "dropped", reason, attempts)
+                reason, detail = drop_reason(attempt, note)
+                await settlement.undeliverable(delivery, prepared, "dropped", reason, attempts, detail=detail)
                 return
+            error = None if traced else note.error  # its traceback once per message
             delay = self.schedule.delay(len(attempts), started, (attempt.http_status,), final)
             if delay is None:
-                reason = f"{len(attempts)} attempts failed, the last with {attempt.detail or 'RETRY'}"
-                await settlement.undeliverable(delivery, prepared, "failed", reason, attempts)
+                await settlement.undeliverable(
+                    delivery, prepared, "failed", given_up(attempts), attempts, error=error
+                )
                 return
+            if settlement.attempt_failed(delivery, prepared, len(attempts), attempt, delay, error):
+                traced = traced or error is not None
+            if watched is not None:
+                watched.waiting(delay)
             if not await self.schedule.wait(delay):
                 await settlement.hand_back(
                     delivery, prepared.event_id, path, attempts, "the engine stopped before the next retry"
                 )
                 return
+            if watched is not None:
+                watched.posting()

@@ -21,8 +21,14 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 FIELDS = ("event_id", "message_id", "pubsub", "topic", "path", "outcome", "reason", "attempts")
 
 
-def records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if record.name == "fastapi_dapr.delivery"]
+def records(caplog: pytest.LogCaptureFixture, outcome: str | None = None) -> list[logging.LogRecord]:
+    """The lines of `fastapi_dapr.delivery` that settle a message (or those of `outcome`)."""
+    return [
+        record
+        for record in caplog.records
+        if record.name == "fastapi_dapr.delivery"
+        and (record.outcome == outcome if outcome else record.outcome != "retrying")
+    ]
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -88,7 +94,7 @@ async def test_dead_lettered_and_dropped_and_given_up(caplog: pytest.LogCaptureF
         "topic": "orders",
         "path": "/events/pubsub/orders",
         "outcome": "dead-lettered",
-        "reason": "the app answered DROP (DROP)",
+        "reason": "the app answered DROP",
         "attempts": 1,
         "dead_letter_topic": "dead",
         "traceparent": TRACEPARENT,
@@ -103,8 +109,11 @@ async def test_dead_lettered_and_dropped_and_given_up(caplog: pytest.LogCaptureF
 
     assert failed.levelno == logging.ERROR
     assert (failed.outcome, failed.attempts) == ("failed", 2)
-    assert failed.reason == "2 attempts failed, the last with RETRY"
+    assert failed.reason == "2 attempts failed, the last: the app answered RETRY"
     assert failed.event_id == given_up.event_id
+    (retried,) = records(caplog, "retrying")  # the first attempt, before its retry
+    assert (retried.levelno, retried.event_id, retried.attempts) == (logging.WARNING, given_up.event_id, 1)
+    assert retried.getMessage().endswith("attempt 1 failed: the app answered RETRY; next attempt in 1s")
 
 
 async def test_expired_unmatched_and_invalid(caplog: pytest.LogCaptureFixture) -> None:
@@ -153,7 +162,7 @@ async def test_a_refused_dead_letter_is_not_settled(tmp_path: Path, caplog: pyte
     (settled,) = records(caplog)
     assert settled.levelno == logging.ERROR
     assert settled.outcome == "failed"
-    assert settled.reason == "the app answered DROP (DROP); and the dead-letter publish to dead failed"
+    assert settled.reason == "the app answered DROP; and the dead-letter publish to dead failed"
     assert settled.dead_letter_topic == "dead"
 
 

@@ -824,7 +824,7 @@ async def test_the_metrics_port_and_json_logs() -> None:
     assert dead["app_id"] == "plain"
     assert (dead["pubsub"], dead["topic"], dead["dead_letter_topic"]) == ("pubsub", "poison", "poison-dead")
     assert dead["attempts"] == 1
-    assert dead["reason"] == "the app answered DROP (DROP)"
+    assert dead["reason"] == "the app answered DROP"
     assert dead["event_id"]
     assert dead["traceparent"] == ""  # the publisher sent none
 
