@@ -74,30 +74,62 @@ LAYOUT_CHECK = r"""
   const column = document.querySelector(".md-content__inner");
   if (!column) return problems;
   const right = column.getBoundingClientRect().right;
+  // An element in a tab not selected or a closed <details> is measured as a reader who opens
+  // it sees it: its tab selected (and its <details> opened) for the time of the measure.
+  // Returns what to add to the problem's text, and undoes it when called again.
+  const reveal = (el) => {
+    const undo = [];
+    const names = [];
+    for (let node = el.parentElement; node && node !== column; node = node.parentElement) {
+      if (node.tagName === "DETAILS" && !node.open) {
+        node.open = true;
+        undo.push(() => { node.open = false; });
+      }
+      const set = node.parentElement && node.parentElement.parentElement;
+      if (node.parentElement && node.parentElement.classList.contains("tabbed-content")
+          && set && set.classList.contains("tabbed-set")) {
+        const index = Array.from(node.parentElement.children).indexOf(node);
+        const inputs = Array.from(set.children).filter((child) => child.tagName === "INPUT");
+        const labels = set.querySelectorAll(":scope > .tabbed-labels > label");
+        if (inputs[index] && !inputs[index].checked) {
+          const was = inputs.find((input) => input.checked);
+          inputs[index].checked = true;
+          undo.push(() => { if (was) was.checked = true; });
+          names.push(labels[index] ? labels[index].textContent.trim() : `tab ${index + 1}`);
+        }
+      }
+    }
+    const note = names.length ? ` (in the tab ${names.map((n) => JSON.stringify(n)).join(" > ")})` : "";
+    return [note, () => undo.reverse().forEach((step) => step())];
+  };
   for (const pre of column.querySelectorAll("pre")) {
+    const [note, hide] = reveal(pre);
     const code = pre.querySelector("code") || pre;
     const lines = code.textContent.split("\n");
     const longest = lines.reduce((a, b) => (b.length > a.length ? b : a), "");
     if (code.scrollWidth > code.clientWidth + 1) {
-      add(pre, `a code block scrolls sideways (${code.scrollWidth}px of text in ${code.clientWidth}px;`
+      add(pre, `a code block scrolls sideways${note} (${code.scrollWidth}px of text in ${code.clientWidth}px;`
         + ` longest line ${longest.length} characters: ${JSON.stringify(longest.trim().slice(0, 70))})`);
     }
     if (pre.getBoundingClientRect().right > right + 1) {
-      add(pre, "a code block sticks out of the text column");
+      add(pre, `a code block sticks out of the text column${note}`);
     }
+    hide();
   }
   for (const table of column.querySelectorAll("table")) {
     // The theme wraps a table in a box that scrolls sideways, wider than the column by its
     // margins: the table is too wide when that box scrolls.
+    const [note, hide] = reveal(table);
     const box = table.closest(".md-typeset__scrollwrap");
     const [wide, room] = box
       ? [box.scrollWidth, box.clientWidth]
       : [table.getBoundingClientRect().right - column.getBoundingClientRect().left, column.clientWidth];
     if (wide > room + 1) {
       const head = table.querySelector("th, td");
-      add(table, `a table is wider than the text column (${Math.round(wide)}px in ${room}px;`
+      add(table, `a table is wider than the text column${note} (${Math.round(wide)}px in ${room}px;`
         + ` first column ${JSON.stringify(head ? head.textContent.trim().slice(0, 40) : "")})`);
     }
+    hide();
   }
   for (const img of column.querySelectorAll("img")) {
     if (!img.complete || img.naturalWidth === 0) {
@@ -110,10 +142,13 @@ LAYOUT_CHECK = r"""
   // in a table cell or a sentence; code with spaces may wrap at them, and a long name in a table
   // too wide for the column after underscores (docs/javascripts/nobreak.js).
   for (const code of column.querySelectorAll("code:not(.md-code-long-name)")) {
-    if (!code.closest("pre") && !/\s/.test(code.textContent) && code.getClientRects().length > 1) {
+    if (code.closest("pre") || /\s/.test(code.textContent)) continue;
+    const [note, hide] = reveal(code);
+    if (code.getClientRects().length > 1) {
       const where = code.closest("td, th") ? "a table cell" : "the text";
-      add(code, `${JSON.stringify(code.textContent)} is broken over lines in ${where}`);
+      add(code, `${JSON.stringify(code.textContent)} is broken over lines in ${where}${note}`);
     }
+    hide();
   }
   return problems;
 })()

@@ -1,13 +1,16 @@
-"""docs/grpc.md: the official Python SDK in a process of its own, against the app of
-grpc_embedded.py: `DAPR_GRPC_PORT=50001 DAPR_HTTP_PORT=8000 python grpc_client.py`."""
+"""docs/grpc.md: the official Python SDK in a process of its own, against the app
+of grpc_embedded.py:
+
+    DAPR_GRPC_PORT=50001 DAPR_HTTP_PORT=8000 python grpc_client.py
+"""
 
 # --8<-- [start:client]
 import json
 
 from dapr.clients import DaprClient
 
-# The constructor waits for GET /v1.0/healthz/outbound on DAPR_HTTP_PORT (the app's port);
-# the calls go over gRPC to DAPR_GRPC_PORT.
+# The constructor waits for GET /v1.0/healthz/outbound on DAPR_HTTP_PORT (the app's
+# port); the calls go over gRPC to DAPR_GRPC_PORT.
 with DaprClient() as client:
     client.publish_event(
         pubsub_name="pubsub",

@@ -27,6 +27,7 @@ def quieter_logs() -> None:
 
     # No INFO lines (the start-up line): warnings and errors only.
     logging.getLogger("fastapi_dapr").setLevel(logging.WARNING)
-    # No line per failed attempt or dropped message: only messages given up or not settled.
+    # No line per failed attempt or dropped message: only messages given up or
+    # not settled.
     logging.getLogger("fastapi_dapr.delivery").setLevel(logging.ERROR)
     # --8<-- [end:levels]

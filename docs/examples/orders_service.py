@@ -12,7 +12,11 @@ class Order(BaseModel):
 
 
 app = FastAPI()
-dapr = Dapr(app, app_id="orders", retry=RetryPolicy(policy="constant", duration=1.0, max_retries=5))
+dapr = Dapr(
+    app,
+    app_id="orders",
+    retry=RetryPolicy(policy="constant", duration=1.0, max_retries=5),
+)
 orders: dict[str, dict[str, object]] = {}
 flaky_attempts: list[int] = []
 
@@ -21,7 +25,9 @@ flaky_attempts: list[int] = []
 async def on_order(order: Order) -> None:
     orders[order.id] = {**order.model_dump(), "status": "accepted"}
     # Billing's topic: nothing in this app subscribes to it.
-    await dapr.publish("pubsub", "invoices", {"order": order.id, "quantity": order.quantity})
+    await dapr.publish(
+        "pubsub", "invoices", {"order": order.id, "quantity": order.quantity}
+    )
 
 
 @dapr.subscribe("pubsub", "flaky")

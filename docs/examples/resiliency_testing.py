@@ -6,7 +6,9 @@ from fastapi_dapr import RETRY, CloudEvent, Dapr
 from fastapi_dapr.testing import DaprTest, FakeClock
 
 app = FastAPI()
-dapr = Dapr(app, app_id="checkout", resources_path=Path(__file__).parent / "resources")
+dapr = Dapr(
+    app, app_id="checkout", resources_path=Path(__file__).parent / "resources"
+)
 
 
 @dapr.subscribe("pubsub", "orders", dead_letter_topic="orders-dead")

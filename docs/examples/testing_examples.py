@@ -29,7 +29,7 @@ import pytest
 from fastapi_dapr.testing import DaprTest
 
 
-@pytest.mark.anyio  # anyio's pytest plugin (FastAPI installs it), or pytest-asyncio's
+@pytest.mark.anyio  # anyio's pytest plugin (FastAPI installs it) or pytest-asyncio
 async def test_order_is_stored_async():
     async with DaprTest(app) as dapr_test:
         order = {"id": "o-1", "quantity": 2}
@@ -51,7 +51,7 @@ def test_an_order_is_invoiced():
     assert invoice.data == {"order": "o-3", "quantity": 5}
     assert invoice.content_type == "application/json"
     assert invoice.event.source == "orders"  # the CloudEvent's source: the app id
-    assert [message.topic for message in client.published()] == ["orders", "invoices"]
+    assert [m.topic for m in client.published()] == ["orders", "invoices"]
 
 
 # --8<-- [end:published]

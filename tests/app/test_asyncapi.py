@@ -505,8 +505,9 @@ def example_document() -> dict[str, Any]:
 
 
 def as_yaml(document: dict[str, Any]) -> str:
-    """How the docs show a document: YAML, long strings folded."""
-    return yaml.safe_dump(document, sort_keys=False, width=80, allow_unicode=True)
+    """How the docs show a document: YAML, long strings folded (at 72, so that no line,
+    its last word past the width included, scrolls in the page's code block)."""
+    return yaml.safe_dump(document, sort_keys=False, width=72, allow_unicode=True)
 
 
 def test_the_document_the_docs_show_is_what_the_example_generates() -> None:
@@ -514,7 +515,7 @@ def test_the_document_the_docs_show_is_what_the_example_generates() -> None:
     assert yaml.safe_load(EXAMPLE_YAML.read_text()) == document
     assert EXAMPLE_YAML.read_text() == as_yaml(document), (
         "regenerate it: python -c 'import yaml; from docs.examples.asyncapi_example import dapr; "
-        'print(yaml.safe_dump(dapr.asyncapi(), sort_keys=False, width=80, allow_unicode=True), end="")\' '
+        'print(yaml.safe_dump(dapr.asyncapi(), sort_keys=False, width=72, allow_unicode=True), end="")\' '
         "> docs/examples/asyncapi_example.yaml"
     )
 
