@@ -45,7 +45,7 @@ REFUSED_FLAGS = {
     "--unix-domain-socket": "the Dapr API is served on a TCP port only",
     "--control-plane-address": "there is no control plane",
     "--sentry-address": "there is no control plane",
-    "--allowed-origins": "browsers are refused on the API without a token (docs/standalone.md)",
+    "--allowed-origins": "browsers are refused on the API without a token (docs: The standalone sidecar)",
     "--dapr-public-port": "there is no public port",
     "--app-max-concurrency": "deliveries are bounded per subscription (64 in flight), not per app",
 }
@@ -191,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     sidecar.add_argument(
         "--name-resolution",
         metavar="FILE",
-        help="ours: a name-resolution file shared by the sidecars of this machine (docs/standalone.md)",
+        help="ours: a name-resolution file shared by the sidecars of this machine (docs: standalone)",
     )
     sidecar.add_argument(
         "--app-wait-timeout",
