@@ -16,6 +16,6 @@ async def on_order(event: CloudEvent) -> Status:
     return DROP
 
 
-@app.post("/publish", status_code=204)
+@app.post("/publish", status_code=204, response_model=None)
 async def publish() -> None:
     await dapr.publish("pubsub", "orders", {"n": 1})
