@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +52,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 # Every benchmark script in bench/, in the order they run (tests check that none is missing).
 BENCHMARKS = (
-    "publish_deliver", "invoke_proxy", "http1_parser", "redis_pubsub", "metrics_overhead", "grpc_publish",
+    "publish_deliver", "invoke_proxy", "http1_parser", "redis_pubsub", "rabbitmq_pubsub", "kafka_pubsub",
+    "jetstream_pubsub", "metrics_overhead", "grpc_publish",
 )  # fmt: skip
 TAKE_BASELINE = ("invoke_proxy", "metrics_overhead")  # run another checkout too, with --baseline
 NORMAL_OUTPUT = BENCH / "report"
@@ -61,7 +63,8 @@ STDERR_TAIL_LINES = 40
 TIMEOUT_S = {"normal": 1800.0, "quick": 600.0}  # per script; far above their usual time
 PACKAGES = (
     "fastapi-dapr", "fastapi", "starlette", "pydantic", "uvicorn", "httptools", "uvloop",
-    "redis", "hiredis", "faststream", "aiohttp", "httpx", "grpcio", "protobuf", "dapr",
+    "redis", "hiredis", "aio-pika", "aiormq", "aiokafka", "nats-py", "faststream", "aiohttp", "httpx",
+    "grpcio", "protobuf", "dapr",
 )  # fmt: skip
 
 MET, MISSED, NOT_JUDGED, NO_TARGET = "met", "missed", "not judged (quick)", "—"
@@ -195,6 +198,9 @@ def runner_environment() -> dict[str, Any]:
         "tools": {
             "wrk": _tool_version(["wrk", "-v"], r"wrk\s+(?:debian/)?([\w.\-+~]+)"),
             "redis-server": _tool_version(["redis-server", "--version"], r"v=([\w.]+)"),
+            "nats-server": _tool_version(
+                [shutil.which("nats-server") or "/usr/sbin/nats-server", "--version"], r"v([\w.]+)"
+            ),
         },
         "commit": commit or "unknown",
     }

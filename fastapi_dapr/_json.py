@@ -80,13 +80,32 @@ def loads(body: bytes | str, limit: int = MAX_DEPTH) -> Any:
     return json.loads(body)
 
 
+def _reused_encoder() -> Any:
+    """The C encoder that `_encoder.encode` makes anew on every call, made once, without
+    the dictionary of the containers being encoded (`markers`): it keeps no state then
+    (a circular value recurses to Python's limit instead; `go_dumps` says it as before)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has it
+        return None
+    try:
+        return make(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    except TypeError:  # pragma: no cover - another signature: the encoder's own path
+        return None
+
+
+_one_shot = _reused_encoder()
+
+
 def go_dumps(value: Any) -> bytes:
     """`json.Marshal` of Go maps: sorted keys, compact, HTML characters escaped.
 
     The escaped characters can only occur inside JSON strings, so replacing
     them after encoding is exact.
     """
-    text = _encoder.encode(value)
+    try:
+        text = "".join(_one_shot(value, 0)) if _one_shot is not None else _encoder.encode(value)
+    except RecursionError:  # circular, or too deep: the encoder's own error
+        text = _encoder.encode(value)
     if _NEEDS_ESCAPE.search(text):
         text = _NEEDS_ESCAPE.sub(lambda match: _GO_ESCAPES[match.group()], text)
     try:

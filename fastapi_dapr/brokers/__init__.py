@@ -31,6 +31,9 @@ BROKER_TYPES: dict[str, tuple[str, str | None]] = {
     # spec.type: (import string, the extra that installs its client)
     "pubsub.in-memory": ("fastapi_dapr.brokers.memory:MemoryBroker", None),
     "pubsub.redis": ("fastapi_dapr.brokers.redis:RedisBroker", "redis"),
+    "pubsub.rabbitmq": ("fastapi_dapr.brokers.rabbitmq:RabbitMQBroker", "rabbitmq"),
+    "pubsub.jetstream": ("fastapi_dapr.brokers.jetstream:JetStreamBroker", "nats"),
+    "pubsub.kafka": ("fastapi_dapr.brokers.kafka:KafkaBroker", "kafka"),
 }
 
 
@@ -182,8 +185,9 @@ class Broker:
         """`consumerID` from the metadata, else the app id (reference 4.3, 5.2)."""
         return self.metadata.get("consumerID", "").strip() or self.app_id
 
-    async def subscribe(self, topic: str) -> Consumer:
-        """Join this component's consumer group on `topic`."""
+    async def subscribe(self, topic: str, metadata: Mapping[str, str] | None = None) -> Consumer:
+        """Join this component's consumer group on `topic`; `metadata` is the subscription's
+        (a broker may read names of its own there: RabbitMQ's `queueName`, `routingKey`...)."""
         raise NotImplementedError
 
     def subscriptions_started(self) -> None:

@@ -208,7 +208,7 @@ class MemoryBroker(Broker):
             self._queues.setdefault(topic, {})[queue.group] = queue
         return queue
 
-    async def subscribe(self, topic: str) -> Consumer:
+    async def subscribe(self, topic: str, metadata: Mapping[str, str] | None = None) -> Consumer:
         group = self.consumer_group
         self._unclaimed.pop(topic, None)  # its messages are this subscription's
         groups = self._queues.setdefault(topic, {})

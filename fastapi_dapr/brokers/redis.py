@@ -201,9 +201,12 @@ class RedisBroker(Broker):
         try:
             while self._adds or self._acking:
                 adds, self._adds = self._adds, []
-                acks = [(consumer, *consumer.ack_command()) for consumer in self._acking]
+                # A consumer's next read may have taken its acks meanwhile.
+                acks = [(consumer, *consumer.ack_command()) for consumer in self._acking if consumer.has_acks]
                 self._acking = {}
                 commands = [command for command, _ in adds] + [command for _, command, _ in acks]
+                if not commands:
+                    break
                 replies: list[Any] | None = None
                 try:
                     replies = await line.execute(commands)
@@ -238,7 +241,7 @@ class RedisBroker(Broker):
         for index, (consumer, _, ids) in enumerate(acks):
             consumer.acked(ids, unanswered if replies is None else replies[len(adds) + index])
 
-    async def subscribe(self, topic: str) -> Consumer:
+    async def subscribe(self, topic: str, metadata: Mapping[str, str] | None = None) -> Consumer:
         consumer = StreamConsumer(
             topic,
             pubsub=self.name,

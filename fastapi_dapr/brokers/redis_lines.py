@@ -101,9 +101,19 @@ class CommandLine:
         self._connection: Connection | None = None
         self._used = 0.0  # when last used (monotonic)
 
-    async def execute(self, packed: Sequence[bytes], *, blocking: float = 0.0) -> list[Any]:
+    async def execute(
+        self,
+        packed: Sequence[bytes],
+        *,
+        blocking: float = 0.0,
+        ahead: int = 0,
+        answered: Callable[[list[Any]], None] | None = None,
+    ) -> list[Any]:
         """The reply of each command (a `ResponseError` for one Redis refused);
-        raises `RedisError` or `OSError` when the connection fails or is too slow."""
+        raises `RedisError` or `OSError` when the connection fails or is too slow.
+
+        `answered`, when given, gets the replies of the first `ahead` commands as soon
+        as they are read, before the others' (a blocking read's) come."""
         limit = self._timeout + blocking
         connection = self._connection
         try:
@@ -120,7 +130,11 @@ class CommandLine:
                 self._used = time.monotonic()
                 await connection.send_packed_command(b"".join(packed), check_health=False)
                 read = _reply_reader(connection)
-                return [await read() for _ in packed]
+                if answered is None:
+                    return [await read() for _ in packed]
+                replies = [await read() for _ in range(ahead)]
+                answered(replies)
+                return replies + [await read() for _ in range(len(packed) - ahead)]
         except asyncio.TimeoutError:
             if connection is not None:
                 await connection.disconnect(nowait=True)

@@ -154,6 +154,10 @@ class StreamConsumer(Consumer):
                 continue
             for entry_id, fields in entries:
                 self._add(entry_id.decode(), *_data_and_metadata(fields))
+            if entries:
+                # A turn for the runners: the acks of what they settle at once go out with
+                # the next read, in the same write, instead of in a write of their own.
+                await asyncio.sleep(0)
 
     async def _back_off(self, error: Exception, delay: float) -> None:
         logger.warning(
@@ -166,13 +170,35 @@ class StreamConsumer(Consumer):
         await asyncio.sleep(delay)
 
     async def _read(self, count: int) -> list[_Entry]:
-        """New entries for this group (`XREADGROUP ... >`), waiting up to `block_ms` for some."""
+        """New entries for this group (`XREADGROUP ... >`), waiting up to `block_ms` for some.
+
+        The acks gathered and not sent yet go first, in the same write (their reply
+        comes at once, before the read's)."""
         block = self._settings.block_ms
         command = pack(
             *("XREADGROUP", "GROUP", self.group, self.name, "COUNT", count, "BLOCK", block),
             *("STREAMS", self.topic, ">"),
         )
-        (reply,) = await self._reads.execute([command], blocking=block / 1000)
+        if not self._acks:
+            (reply,) = await self._reads.execute([command], blocking=block / 1000)
+        else:
+            ack, ids = self.ack_command()
+            sent: list[bool] = []
+
+            def answered(replies: list[Any]) -> None:
+                sent.append(True)
+                self.acked(ids, replies[0])
+
+            try:
+                _, reply = await self._reads.execute(
+                    [ack, command], blocking=block / 1000, ahead=1, answered=answered
+                )
+            except BaseException:
+                if not sent:  # not answered: they go again, with the broker's next write
+                    self._acks_out -= len(ids)
+                    self._acks[:0] = ids
+                    self._want_ack(self)
+                raise
         if isinstance(reply, ResponseError):
             raise reply
         return list(reply[0][1]) if reply else []  # RESP2: [[stream, [[id, fields], ...]]], or nil
@@ -268,6 +294,11 @@ class StreamConsumer(Consumer):
         """
         self._acks.extend(delivery.message.id for delivery in deliveries)
         self._want_ack(self)
+
+    @property
+    def has_acks(self) -> bool:
+        """Whether acks are gathered and not sent yet (a read may have taken them)."""
+        return bool(self._acks)
 
     def ack_command(self) -> tuple[bytes, list[str]]:
         """The XACK of every id gathered so far, for the broker's next write."""

@@ -91,7 +91,7 @@ class Dynamic:
                 f"failed to create subscription for {route.pubsub}: subscription to topic "
                 f"'{route.topic}' on pubsub '{route.pubsub}' is not allowed"
             )
-        consumer = await broker.subscribe(route.topic)
+        consumer = await broker.subscribe(route.topic, route.metadata)
         runners = min(runtime.concurrency, broker.concurrency or runtime.concurrency)
         worker = Worker(runtime.engine(app), route, consumer, runners)
         worker.start()

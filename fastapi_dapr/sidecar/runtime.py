@@ -249,7 +249,7 @@ class Runtime:
             if broker.concurrency is not None and sum(b is broker for _, b in starting) > 1
         }
         for route, broker in starting:
-            consumer = await broker.subscribe(route.topic)
+            consumer = await broker.subscribe(route.topic, route.metadata)
             runners = min(self.concurrency, broker.concurrency or self.concurrency)
             worker = Worker(engine, route, consumer, runners, limits.get(broker.name))
             worker.start()

@@ -50,7 +50,7 @@ def write_resources(folder: Path, redis_port: int) -> Path:
             metadata:
               name: events
             spec:
-              type: pubsub.kafka
+              type: pubsub.pulsar
               version: v1
               metadata:
                 - name: brokers
@@ -152,13 +152,13 @@ def test_a_swap_by_name_leaves_the_others_alone(tmp_path: Path, closed_port: int
     resources = tmp_path / "resources"
     write_resources(resources, closed_port)
     text = (resources / "pubsub.yaml").read_text()
-    (resources / "pubsub.yaml").write_text(text.replace("type: pubsub.kafka", "type: pubsub.in-memory"))
+    (resources / "pubsub.yaml").write_text(text.replace("type: pubsub.pulsar", "type: pubsub.in-memory"))
     app = shop(resources)
     with DaprTestClient(app, memory_pubsub=["orders-bus"]) as client:
         assert client.publish_and_wait("orders-bus", "orders", {"id": "o-3"}).outcome == "delivered"
     # Named alone, a component of a type not served here is still refused.
     (resources / "pubsub.yaml").write_text(text)
-    unsupported = "Component 'events': spec: unsupported pub/sub type 'pubsub.kafka'"
+    unsupported = "Component 'events': spec: unsupported pub/sub type 'pubsub.pulsar'"
     with pytest.raises(ResourceError, match=unsupported), DaprTestClient(app, memory_pubsub="orders-bus"):
         pass
 

@@ -238,7 +238,7 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 
 def test_unknown_component_type_stops_the_start(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.yaml", COMPONENT.format(name="k", type="pubsub.kafka", metadata="[]"))
+    path = write(tmp_path, "c.yaml", COMPONENT.format(name="k", type="pubsub.pulsar", metadata="[]"))
     app = FastAPI()
     Dapr(app, resources_path=tmp_path)
     with (
@@ -267,7 +267,7 @@ def test_ignore_errors_skips_the_component(tmp_path: Path) -> None:
     write(
         tmp_path,
         "c.yaml",
-        COMPONENT.format(name="k", type="pubsub.kafka", metadata="[]") + "  ignoreErrors: true\n",
+        COMPONENT.format(name="k", type="pubsub.pulsar", metadata="[]") + "  ignoreErrors: true\n",
     )
     app = FastAPI()
     Dapr(app, resources_path=tmp_path)
