@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,17 +20,16 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from fastapi_dapr import CloudEvent, Dapr, DaprAPIError
+from fastapi_dapr import CloudEvent, Dapr
 from fastapi_dapr.testing import DaprTest
 
 from ..nats_server import NatsServer, add_stream, nats_server
-from ..processes import ChildProcess
+from .faults import Replica, Tally, numbered_event, paused, replicas, run_fault, survived_line
 
 nats = pytest.importorskip("nats", reason="the nats extra is not installed")
 
 pytestmark = [pytest.mark.nats, pytest.mark.process]
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_ACK_PENDING = 20
 FAST = (
     "  - name: ackWait\n    value: 2s\n"
@@ -74,51 +70,8 @@ async def consumer_info(server: NatsServer, durable: str, stream: str = "JOBS") 
 # -- the server restarted, crashed or paused while an app publishes and consumes -----------------
 
 
-async def publish_until_taken(dapr: Dapr, n: int, refusals: list[tuple[int, str]]) -> None:
-    """Publish message `n`; while the server is away the publish fails, and the caller tries again."""
-    while True:
-        try:
-            await dapr.publish("pubsub", "load", {"n": n})
-            return
-        except DaprAPIError as exc:
-            refusals.append((exc.status_code, exc.error_code))
-            await asyncio.sleep(0.05)  # the publisher's own back-off
-
-
-async def run_fault(app: FastAPI, dapr: Dapr, fault: Callable[[], Any], report: Any) -> dict[int, int]:
-    """Publish and deliver numbered messages before, during and after `fault`: every one taken
-    must be delivered at least once. Duplicates are counted and reported."""
-    counts: dict[int, int] = {}
-    arrived = asyncio.Condition()
-
-    @dapr.subscribe("pubsub", "load")
-    async def on_load(event: CloudEvent[dict[str, int]]) -> None:
-        counts[event.data["n"]] = counts.get(event.data["n"], 0) + 1
-        async with arrived:
-            arrived.notify_all()
-
-    refusals: list[tuple[int, str]] = []
-    async with DaprTest(app):
-        n = 0
-        for n in range(50):
-            await publish_until_taken(dapr, n, refusals)
-        faulting = asyncio.create_task(fault())  # while publishing and delivering go on
-        while not faulting.done():
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        await faulting
-        last = n + 50
-        while n < last:
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        total = n + 1
-        async with arrived:
-            await asyncio.wait_for(arrived.wait_for(lambda: len(counts) == total), 60)
-    assert sorted(counts) == list(range(total))
-    assert set(refusals) <= {(500, "ERR_PUBSUB_PUBLISH_MESSAGE")}
-    duplicates = sum(count - 1 for count in counts.values())
-    report(f"{total} messages, {len(refusals)} publishes refused during the fault, {duplicates} duplicates")
-    return counts
+def new_replica(server: NatsServer, resources: Path) -> Replica:
+    return Replica("jetstream", "FASTAPI_DAPR_TEST_NATS", server.url, resources)
 
 
 def app_on(folder: Path, server: NatsServer) -> tuple[FastAPI, Dapr]:
@@ -147,52 +100,20 @@ async def test_a_paused_nats_is_waited_for_and_nothing_is_lost(
 ) -> None:
     app, dapr = app_on(tmp_path, server)
 
-    async def pause() -> None:
-        server.pause()
-        try:
-            await asyncio.sleep(3.0)  # the fault's length: longer than ackWait (2s)
-        finally:
-            server.resume()
-
-    await run_fault(app, dapr, pause, fault_report)
+    # Paused longer than ackWait (2s).
+    await run_fault(app, dapr, paused(server, 3.0), fault_report)
 
 
 # -- replicas in processes of their own, killed with SIGKILL -------------------------------------
 
 
-class Replica(ChildProcess):
-    """`tests/apps/jetstream_replica.py` under uvicorn, in its own process."""
-
-    def __init__(self, server: NatsServer, resources: Path, work: float = 0.05) -> None:
-        environment = {
-            **os.environ,
-            "FASTAPI_DAPR_TEST_NATS": server.url,
-            "FASTAPI_DAPR_TEST_RESOURCES": str(resources),
-            "FASTAPI_DAPR_TEST_WORK": str(work),
-        }
-        argv = [sys.executable, "-m", "uvicorn", "tests.apps.jetstream_replica:app", "--port", "0"]
-        # Ready once the lifespan, and so the consumers, started.
-        super().__init__(argv, ready=b"Application startup complete", env=environment, cwd=ROOT)
-
-
-@contextlib.asynccontextmanager
-async def replicas(count: int, server: NatsServer, resources: Path) -> AsyncIterator[list[Replica]]:
-    started = [Replica(server, resources) for _ in range(count)]
-    try:
-        yield started
-    finally:
-        for replica in started:
-            await replica.stop()
-
-
-class HandledLog:
+class HandledLog(Tally):
     """The `HANDLED` stream the replicas write, read in order: how often each message was
     handled, by whom."""
 
     def __init__(self, client: Any) -> None:
+        super().__init__()
         self.client = client
-        self.counts: collections.Counter[int] = collections.Counter()
-        self.by_pid: collections.Counter[int] = collections.Counter()
         self.read_up_to = 0  # the stream sequence of the last record read
         self._changed = asyncio.Condition()
 
@@ -205,8 +126,7 @@ class HandledLog:
     async def _on_record(self, msg: Any) -> None:
         record = json.loads(msg.data)
         async with self._changed:
-            self.counts[record["n"]] += 1
-            self.by_pid[record["pid"]] += 1
+            self.count(record)
             self.read_up_to = msg.metadata.sequence.stream
             self._changed.notify_all()
 
@@ -219,10 +139,6 @@ class HandledLog:
         last = (await self.client.jetstream().stream_info("HANDLED")).state.last_seq
         await self.until(lambda: self.read_up_to >= last)
 
-    @property
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.counts.values())
-
     async def close(self) -> None:
         await self.client.close()
 
@@ -234,11 +150,7 @@ async def publish_numbered(server: NatsServer, total: int) -> None:
     await publisher.start()
     try:
         for n in range(total):
-            envelope = {
-                "specversion": "1.0", "id": str(n), "source": "test", "type": "com.dapr.event.sent",
-                "datacontenttype": "application/json", "data": {"n": n},
-            }  # fmt: skip
-            await publisher.publish("jobs", json.dumps(envelope).encode(), {})
+            await publisher.publish("jobs", numbered_event(n), {})
     finally:
         await publisher.close()
 
@@ -248,7 +160,8 @@ async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_not
 ) -> None:
     total = 1000  # 2.5 s of work at 20 in flight: the kill comes with maxAckPending full
     log = await HandledLog.open(server)
-    async with replicas(1, server, resources_for(tmp_path, server)) as (replica,):
+    resources = resources_for(tmp_path, server)
+    async with replicas(1, lambda: new_replica(server, resources)) as (replica,):
         first = await replica.start()  # its consumer is made: what is published next waits for it
         await publish_numbered(server, total)
         await log.until(lambda: log.by_pid[first] >= 30)
@@ -278,7 +191,8 @@ async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
 ) -> None:
     total = 1000
     log = await HandledLog.open(server)
-    async with replicas(2, server, resources_for(tmp_path, server)) as (victim, survivor):
+    resources = resources_for(tmp_path, server)
+    async with replicas(2, lambda: new_replica(server, resources)) as (victim, survivor):
         doomed, lasting = await victim.start(), await survivor.start()
         await publish_numbered(server, total)
         await log.until(lambda: log.by_pid[doomed] >= 20 and log.by_pid[lasting] >= 20)  # shared
@@ -294,9 +208,7 @@ async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
     info = await consumer_info(server, "checkout-jobs")
     await log.close()
     assert (info["num_ack_pending"], info["num_pending"]) == (0, 0)
-    fault_report(
-        f"{total} messages; the killed replica handled {handled_before}; {log.duplicates} handled twice"
-    )
+    fault_report(survived_line(total, handled_before, log.duplicates))
 
 
 # -- a handler that fails its first attempts ------------------------------------------------------

@@ -11,12 +11,8 @@ consumers go on from their committed offsets (docs/kafka.md).
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,17 +20,15 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from fastapi_dapr import CloudEvent, Dapr, DaprAPIError
-from fastapi_dapr.testing import DaprTest
+from fastapi_dapr import Dapr
 
 from ..kafka_server import KafkaServer, kafka_server
-from ..processes import ChildProcess
+from .faults import Replica, Tally, numbered_event, paused, replicas, restarted_line, run_fault, survived_line
 
 aiokafka = pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
 
 pytestmark = [pytest.mark.kafka, pytest.mark.process]
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = {"heartbeatInterval": "100ms", "sessionTimeout": "6s", "initialOffset": "oldest"}
 BUFFERED = 256  # what a replica holds at most beyond what it committed (kafka_consumer._DEPTH)
 
@@ -62,97 +56,30 @@ def resources_for(folder: Path, server: KafkaServer) -> Path:
 # -- the broker paused while an app publishes and consumes --------------------------------------
 
 
-async def publish_until_taken(dapr: Dapr, n: int, refusals: list[tuple[int, str]]) -> None:
-    while True:
-        try:
-            await dapr.publish("pubsub", "load", {"n": n})
-            return
-        except DaprAPIError as exc:
-            refusals.append((exc.status_code, exc.error_code))
-            await asyncio.sleep(0.05)  # the publisher's own back-off
-
-
 async def test_a_paused_broker_is_waited_for_and_nothing_is_lost(
     server: KafkaServer, tmp_path: Path, fault_report: Any
 ) -> None:
     app = FastAPI()
     dapr = Dapr(app, app_id="checkout", resources_path=resources_for(tmp_path, server))
-    counts: dict[int, int] = collections.Counter()
-    arrived = asyncio.Condition()
 
-    @dapr.subscribe("pubsub", "load")
-    async def on_load(event: CloudEvent[dict[str, int]]) -> None:
-        counts[event.data["n"]] += 1
-        async with arrived:
-            arrived.notify_all()
-
-    async def pause() -> None:
-        server.pause()
-        try:
-            await asyncio.sleep(2.0)  # the fault's length: publishes wait, or time out and are refused
-        finally:
-            server.resume()
-
-    refusals: list[tuple[int, str]] = []
-    async with DaprTest(app):
-        n = 0
-        for n in range(50):
-            await publish_until_taken(dapr, n, refusals)
-        faulting = asyncio.create_task(pause())
-        while not faulting.done():
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        await faulting
-        for _ in range(50):
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        total = n + 1
-        async with arrived:
-            await asyncio.wait_for(arrived.wait_for(lambda: len(counts) == total), 60)
-    assert sorted(counts) == list(range(total))
-    assert set(refusals) <= {(500, "ERR_PUBSUB_PUBLISH_MESSAGE")}
-    duplicates = sum(count - 1 for count in counts.values())
-    fault_report(
-        f"{total} messages, {len(refusals)} publishes refused during the pause, {duplicates} duplicates"
-    )
+    # While it is paused, publishes wait, or time out and are refused.
+    await run_fault(app, dapr, paused(server, 2.0), fault_report, during="the pause")
 
 
 # -- replicas in processes of their own, killed with SIGKILL -------------------------------------
 
 
-class Replica(ChildProcess):
-    """`tests/apps/kafka_replica.py` under uvicorn, in its own process."""
-
-    def __init__(self, server: KafkaServer, resources: Path, work: float = 0.05) -> None:
-        environment = {
-            **os.environ,
-            "FASTAPI_DAPR_TEST_KAFKA": server.url,
-            "FASTAPI_DAPR_TEST_RESOURCES": str(resources),
-            "FASTAPI_DAPR_TEST_WORK": str(work),
-        }
-        argv = [sys.executable, "-m", "uvicorn", "tests.apps.kafka_replica:app", "--port", "0"]
-        # Ready once the lifespan, and so the consumers (their partitions assigned), started.
-        super().__init__(argv, ready=b"Application startup complete", env=environment, cwd=ROOT)
+def new_replica(server: KafkaServer, resources: Path) -> Replica:
+    return Replica("kafka", "FASTAPI_DAPR_TEST_KAFKA", server.url, resources)
 
 
-@contextlib.asynccontextmanager
-async def replicas(count: int, server: KafkaServer, resources: Path) -> AsyncIterator[list[Replica]]:
-    started = [Replica(server, resources) for _ in range(count)]
-    try:
-        yield started
-    finally:
-        for replica in started:
-            await replica.stop()
-
-
-class HandledLog:
+class HandledLog(Tally):
     """The `handled` topic the replicas write to: how often each message was handled, by whom."""
 
     def __init__(self, server: KafkaServer) -> None:
+        super().__init__()
         self.server = server
         self.reader = aiokafka.AIOKafkaConsumer(bootstrap_servers=server.url, auto_offset_reset="earliest")
-        self.counts: collections.Counter[int] = collections.Counter()
-        self.by_pid: collections.Counter[int] = collections.Counter()
 
     async def open(self) -> HandledLog:
         await self.reader.start()
@@ -167,8 +94,7 @@ class HandledLog:
         async def follow() -> None:
             while not done():
                 for record in await self._read():
-                    self.counts[record["n"]] += 1
-                    self.by_pid[record["pid"]] += 1
+                    self.count(record)
 
         await asyncio.wait_for(follow(), timeout)
 
@@ -190,14 +116,9 @@ class HandledLog:
                     if record["n"] == -1:
                         marked = True
                     else:
-                        self.counts[record["n"]] += 1
-                        self.by_pid[record["pid"]] += 1
+                        self.count(record)
 
         await asyncio.wait_for(follow(), 30)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.counts.values())
 
     async def close(self) -> None:
         await self.reader.stop()
@@ -210,11 +131,7 @@ async def publish_numbered(server: KafkaServer, total: int) -> None:
     await publisher.start()
     try:
         for n in range(total):
-            envelope = {
-                "specversion": "1.0", "id": str(n), "source": "test", "type": "com.dapr.event.sent",
-                "datacontenttype": "application/json", "data": {"n": n},
-            }  # fmt: skip
-            await publisher.publish("jobs", json.dumps(envelope).encode(), {"partitionKey": str(n)})
+            await publisher.publish("jobs", numbered_event(n), {"partitionKey": str(n)})
     finally:
         await publisher.close()
 
@@ -224,7 +141,8 @@ async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_not
 ) -> None:
     total = 1000
     log = await HandledLog(server).open()
-    async with replicas(1, server, resources_for(tmp_path, server)) as (replica,):
+    resources = resources_for(tmp_path, server)
+    async with replicas(1, lambda: new_replica(server, resources)) as (replica,):
         first = await replica.start()
         publishing = asyncio.create_task(publish_numbered(server, total))  # the kill comes meanwhile
         await log.until(lambda: log.by_pid[first] >= 30)
@@ -240,9 +158,7 @@ async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_not
         assert log.by_pid[second] > 0
         await replica.stop()  # graceful: the last commits go out
     await log.close()
-    fault_report(
-        f"{total} messages; {handled_before} handled before the kill; {log.duplicates} handled twice"
-    )
+    fault_report(restarted_line(total, handled_before, log.duplicates))
 
 
 async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
@@ -250,7 +166,8 @@ async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
 ) -> None:
     total = 1000
     log = await HandledLog(server).open()
-    async with replicas(2, server, resources_for(tmp_path, server)) as (victim, survivor):
+    resources = resources_for(tmp_path, server)
+    async with replicas(2, lambda: new_replica(server, resources)) as (victim, survivor):
         doomed, lasting = await victim.start(), await survivor.start()
         publishing = asyncio.create_task(publish_numbered(server, total))  # the kill comes meanwhile
         await log.until(lambda: log.by_pid[doomed] >= 20 and log.by_pid[lasting] >= 20)  # shared
@@ -266,6 +183,4 @@ async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
         assert log.duplicates <= BUFFERED
         await survivor.stop()
     await log.close()
-    fault_report(
-        f"{total} messages; the killed replica handled {handled_before}; {log.duplicates} handled twice"
-    )
+    fault_report(survived_line(total, handled_before, log.duplicates))

@@ -9,12 +9,8 @@ is deleted, with what it holds, when its last consumer goes, which no component 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,17 +18,15 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from fastapi_dapr import CloudEvent, Dapr, DaprAPIError
-from fastapi_dapr.testing import DaprTest
+from fastapi_dapr import Dapr
 
-from ..processes import ChildProcess
 from ..rabbitmq_server import RabbitMQServer, rabbitmq_server
+from .faults import Replica, Tally, numbered_event, paused, replicas, restarted_line, run_fault, survived_line
 
 aio_pika = pytest.importorskip("aio_pika", reason="the rabbitmq extra is not installed")
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.process]
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = (
     "  - name: deletedWhenUnused\n    value: 'false'\n"
     "  - name: reconnectWaitSeconds\n    value: 200ms\n"
@@ -61,51 +55,8 @@ def resources_for(folder: Path, server: RabbitMQServer, extra: str = FAST) -> Pa
 # -- RabbitMQ restarted or crashed while an app publishes and consumes ---------------------------
 
 
-async def publish_until_taken(dapr: Dapr, n: int, refusals: list[tuple[int, str]]) -> None:
-    """Publish message `n`; while RabbitMQ is away the publish fails, and the caller tries again."""
-    while True:
-        try:
-            await dapr.publish("pubsub", "load", {"n": n})
-            return
-        except DaprAPIError as exc:
-            refusals.append((exc.status_code, exc.error_code))
-            await asyncio.sleep(0.05)  # the publisher's own back-off
-
-
-async def run_fault(app: FastAPI, dapr: Dapr, fault: Callable[[], Any], report: Any) -> dict[int, int]:
-    """Publish and deliver numbered messages before, during and after `fault`: every one taken
-    must be delivered at least once. Duplicates are counted and reported."""
-    counts: dict[int, int] = {}
-    arrived = asyncio.Condition()
-
-    @dapr.subscribe("pubsub", "load")
-    async def on_load(event: CloudEvent[dict[str, int]]) -> None:
-        counts[event.data["n"]] = counts.get(event.data["n"], 0) + 1
-        async with arrived:
-            arrived.notify_all()
-
-    refusals: list[tuple[int, str]] = []
-    async with DaprTest(app):
-        n = 0
-        for n in range(50):
-            await publish_until_taken(dapr, n, refusals)
-        faulting = asyncio.create_task(fault())  # while publishing and delivering go on
-        while not faulting.done():
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        await faulting
-        last = n + 50
-        while n < last:
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        total = n + 1
-        async with arrived:
-            await asyncio.wait_for(arrived.wait_for(lambda: len(counts) == total), 60)
-    assert sorted(counts) == list(range(total))
-    assert set(refusals) <= {(500, "ERR_PUBSUB_PUBLISH_MESSAGE")}
-    duplicates = sum(count - 1 for count in counts.values())
-    report(f"{total} messages, {len(refusals)} publishes refused during the fault, {duplicates} duplicates")
-    return counts
+def new_replica(server: RabbitMQServer, resources: Path) -> Replica:
+    return Replica("rabbitmq", "FASTAPI_DAPR_TEST_RABBITMQ", server.url(), resources)
 
 
 def app_on(folder: Path, server: RabbitMQServer) -> tuple[FastAPI, Dapr]:
@@ -134,53 +85,21 @@ async def test_a_paused_rabbitmq_is_waited_for_and_nothing_is_lost(
 ) -> None:
     app, dapr = app_on(tmp_path, server)
 
-    async def pause() -> None:
-        server.pause()
-        try:
-            await asyncio.sleep(2.0)  # the fault's length: publishes wait, or time out and are refused
-        finally:
-            server.resume()
-
-    await run_fault(app, dapr, pause, fault_report)
+    # While it is paused, publishes wait, or time out and are refused.
+    await run_fault(app, dapr, paused(server, 2.0), fault_report)
 
 
 # -- replicas in processes of their own, killed with SIGKILL -------------------------------------
 
 
-class Replica(ChildProcess):
-    """`tests/apps/rabbitmq_replica.py` under uvicorn, in its own process."""
-
-    def __init__(self, server: RabbitMQServer, resources: Path, work: float = 0.05) -> None:
-        environment = {
-            **os.environ,
-            "FASTAPI_DAPR_TEST_RABBITMQ": server.url(),
-            "FASTAPI_DAPR_TEST_RESOURCES": str(resources),
-            "FASTAPI_DAPR_TEST_WORK": str(work),
-        }
-        argv = [sys.executable, "-m", "uvicorn", "tests.apps.rabbitmq_replica:app", "--port", "0"]
-        # Ready once the lifespan, and so the consumers, started.
-        super().__init__(argv, ready=b"Application startup complete", env=environment, cwd=ROOT)
-
-
-@contextlib.asynccontextmanager
-async def replicas(count: int, server: RabbitMQServer, resources: Path) -> AsyncIterator[list[Replica]]:
-    started = [Replica(server, resources) for _ in range(count)]
-    try:
-        yield started
-    finally:
-        for replica in started:
-            await replica.stop()
-
-
-class HandledLog:
+class HandledLog(Tally):
     """The `handled` queue the replicas write to: how often each message was handled, by whom."""
 
     def __init__(self, connection: Any, channel: Any, queue: Any) -> None:
+        super().__init__()
         self.connection = connection
         self.channel = channel
         self.queue = queue
-        self.counts: collections.Counter[int] = collections.Counter()
-        self.by_pid: collections.Counter[int] = collections.Counter()
         self._records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     @classmethod
@@ -195,14 +114,10 @@ class HandledLog:
     async def _on_record(self, message: Any) -> None:
         await self._records.put(json.loads(message.body))
 
-    def _count(self, record: dict[str, Any]) -> None:
-        self.counts[record["n"]] += 1
-        self.by_pid[record["pid"]] += 1
-
     async def until(self, done: Callable[[], bool], timeout: float = 60) -> None:
         async def follow() -> None:
             while not done():
-                self._count(await self._records.get())
+                self.count(await self._records.get())
 
         await asyncio.wait_for(follow(), timeout)
 
@@ -212,11 +127,7 @@ class HandledLog:
         marker = {"n": -1, "pid": 0}
         await self.channel.default_exchange.publish(aio_pika.Message(json.dumps(marker).encode()), "handled")
         while (record := await asyncio.wait_for(self._records.get(), 30)) != marker:
-            self._count(record)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.counts.values())
+            self.count(record)
 
     async def close(self) -> None:
         await self.connection.close()
@@ -231,11 +142,7 @@ async def publish_numbered(server: RabbitMQServer, total: int) -> None:
     await publisher.start()
     try:
         for n in range(total):
-            envelope = {
-                "specversion": "1.0", "id": str(n), "source": "test", "type": "com.dapr.event.sent",
-                "datacontenttype": "application/json", "data": {"n": n},
-            }  # fmt: skip
-            await publisher.publish("jobs", json.dumps(envelope).encode(), {})
+            await publisher.publish("jobs", numbered_event(n), {})
     finally:
         await publisher.close()
 
@@ -257,7 +164,8 @@ async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_not
 ) -> None:
     total = 1000  # 2.5 s of work at 20 in flight: the kill comes with the prefetch full
     log = await HandledLog.open(server.url())
-    async with replicas(1, server, resources_for(tmp_path, server)) as (replica,):
+    resources = resources_for(tmp_path, server)
+    async with replicas(1, lambda: new_replica(server, resources)) as (replica,):
         first = await replica.start()  # its queue is declared: what is published next waits there
         publishing = asyncio.create_task(publish_numbered(server, total))
         await log.until(lambda: log.by_pid[first] >= 30)
@@ -276,9 +184,7 @@ async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_not
         await replica.stop()  # graceful: the last acks go out
     assert await queued(server, "checkout-jobs") == 0
     await log.close()
-    fault_report(
-        f"{total} messages; {handled_before} handled before the kill; {log.duplicates} handled twice"
-    )
+    fault_report(restarted_line(total, handled_before, log.duplicates))
 
 
 async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
@@ -286,7 +192,8 @@ async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
 ) -> None:
     total = 1000
     log = await HandledLog.open(server.url())
-    async with replicas(2, server, resources_for(tmp_path, server)) as (victim, survivor):
+    resources = resources_for(tmp_path, server)
+    async with replicas(2, lambda: new_replica(server, resources)) as (victim, survivor):
         doomed, lasting = await victim.start(), await survivor.start()
         publishing = asyncio.create_task(publish_numbered(server, total))
         await log.until(lambda: log.by_pid[doomed] >= 20 and log.by_pid[lasting] >= 20)  # shared
@@ -301,6 +208,4 @@ async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
         await survivor.stop()
     assert await queued(server, "checkout-jobs") == 0
     await log.close()
-    fault_report(
-        f"{total} messages; the killed replica handled {handled_before}; {log.duplicates} handled twice"
-    )
+    fault_report(survived_line(total, handled_before, log.duplicates))

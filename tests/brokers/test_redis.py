@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import json
 import logging
-import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +19,8 @@ from fastapi_dapr.brokers import Broker, BrokerError
 from fastapi_dapr.brokers.memory import MemoryBroker
 from fastapi_dapr.testing import DaprTest
 
-from ..processes import ChildProcess
 from ..redis_server import RedisServer, redis_server
+from .faults import Replica, Tally, paused, replicas, run_fault
 
 redis = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
 
@@ -275,55 +271,6 @@ def cloudevent(event_id: str, data: Any) -> bytes:
     return json.dumps(envelope).encode()
 
 
-async def publish_until_taken(dapr: Dapr, n: int, refusals: list[tuple[int, str]]) -> None:
-    """Publish message `n`; while Redis is away the publish fails, and the caller tries again."""
-    from fastapi_dapr import DaprAPIError
-
-    while True:
-        try:
-            await dapr.publish("pubsub", "load", {"n": n})
-            return
-        except DaprAPIError as exc:
-            refusals.append((exc.status_code, exc.error_code))
-            await asyncio.sleep(0.05)  # the publisher's own back-off
-
-
-async def run_fault(dapr: Dapr, app: FastAPI, fault: Any, report: Any) -> dict[int, int]:
-    """Publish and deliver numbered messages before, during and after `fault`; every one of
-    them must be delivered at least once. Duplicates are counted and reported."""
-    counts: dict[int, int] = {}
-    arrived = asyncio.Condition()
-
-    @dapr.subscribe("pubsub", "load")
-    async def on_load(event: CloudEvent[dict[str, int]]) -> None:
-        counts[event.data["n"]] = counts.get(event.data["n"], 0) + 1
-        async with arrived:
-            arrived.notify_all()
-
-    refusals: list[tuple[int, str]] = []
-    async with DaprTest(app):
-        n = 0
-        for n in range(50):
-            await publish_until_taken(dapr, n, refusals)
-        faulting = asyncio.create_task(fault())  # while publishing and delivering go on
-        while not faulting.done():
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        await faulting
-        last = n + 50
-        while n < last:
-            n += 1
-            await publish_until_taken(dapr, n, refusals)
-        total = n + 1
-        async with arrived:
-            await asyncio.wait_for(arrived.wait_for(lambda: len(counts) == total), 60)
-    assert sorted(counts) == list(range(total))
-    assert set(refusals) <= {(500, "ERR_PUBSUB_PUBLISH_MESSAGE")}
-    duplicates = sum(count - 1 for count in counts.values())
-    report(f"{total} messages, {len(refusals)} publishes refused during the fault, {duplicates} duplicates")
-    return counts
-
-
 FAST = (
     "  - name: processingTimeout\n    value: 2s\n  - name: redeliverInterval\n    value: 500ms\n"
     "  - name: readTimeout\n    value: 1s\n  - name: dialTimeout\n    value: 1s\n"
@@ -333,7 +280,7 @@ FAST = (
 async def test_nothing_is_lost_when_redis_restarts_under_load(tmp_path: Path, fault_report: Any) -> None:
     async with redis_server(tmp_path, persistent=True) as server:
         app, dapr, _ = redis_app(tmp_path, server, FAST)
-        await run_fault(dapr, app, server.restart, fault_report)
+        await run_fault(app, dapr, server.restart, fault_report)
 
 
 async def test_nothing_is_lost_when_redis_is_paused_longer_than_the_timeouts(
@@ -341,14 +288,8 @@ async def test_nothing_is_lost_when_redis_is_paused_longer_than_the_timeouts(
 ) -> None:
     app, dapr, _ = redis_app(tmp_path, server, FAST)
 
-    async def pause() -> None:
-        server.pause()
-        try:
-            await asyncio.sleep(2.5)  # the fault's length: longer than readTimeout (1s)
-        finally:
-            server.resume()
-
-    await run_fault(dapr, app, pause, fault_report)
+    # Paused longer than readTimeout (1s).
+    await run_fault(app, dapr, paused(server, 2.5), fault_report)
 
 
 async def test_a_message_being_handled_is_not_claimed_by_another_replica(server: RedisServer) -> None:
@@ -398,38 +339,16 @@ CLAIMING = (
 )
 
 
-class Replica(ChildProcess):
-    """`tests/apps/redis_replica.py` under uvicorn, in its own process."""
-
-    def __init__(self, server: RedisServer, resources: Path, work: float = 0.02) -> None:
-        environment = {
-            **os.environ,
-            "FASTAPI_DAPR_TEST_REDIS": server.url,
-            "FASTAPI_DAPR_TEST_RESOURCES": str(resources),
-            "FASTAPI_DAPR_TEST_WORK": str(work),
-        }
-        argv = [sys.executable, "-m", "uvicorn", "tests.apps.redis_replica:app", "--port", "0"]
-        # Ready once the lifespan, and so the consumers, started.
-        super().__init__(argv, ready=b"Application startup complete", env=environment, cwd=ROOT)
+def new_replica(server: RedisServer, resources: Path) -> Replica:
+    return Replica("redis", "FASTAPI_DAPR_TEST_REDIS", server.url, resources, work=0.02)
 
 
-@contextlib.asynccontextmanager
-async def replicas(count: int, server: RedisServer, resources: Path) -> AsyncIterator[list[Replica]]:
-    started = [Replica(server, resources) for _ in range(count)]
-    try:
-        yield started
-    finally:
-        for replica in started:
-            await replica.stop()
-
-
-class HandledLog:
+class HandledLog(Tally):
     """The `handled` stream the replicas write: how often each message was handled, by whom."""
 
     def __init__(self, client: Any) -> None:
+        super().__init__()
         self.client = client
-        self.counts: collections.Counter[int] = collections.Counter()
-        self.by_pid: collections.Counter[int] = collections.Counter()
         self._last = "0-0"
 
     def _count(self, answer: Any) -> int:
@@ -437,8 +356,7 @@ class HandledLog:
         for _, entries in answer:
             for entry_id, fields in entries:
                 self._last = entry_id
-                self.counts[int(fields[b"n"])] += 1
-                self.by_pid[int(fields[b"pid"])] += 1
+                self.count({"n": int(fields[b"n"]), "pid": int(fields[b"pid"])})
                 read += 1
         return read
 
@@ -453,10 +371,6 @@ class HandledLog:
         """Read all that is in the stream now (what a killed replica wrote before it died)."""
         while self._count(await self.client.xread({"handled": self._last}, count=1000)):
             pass
-
-    @property
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.counts.values())
 
 
 def resources_for(tmp_path: Path, server: RedisServer, extra: str) -> Path:
@@ -480,7 +394,8 @@ async def test_a_replica_killed_with_messages_in_flight_then_restarted_loses_not
     total = 300
     client = redis.Redis(host="127.0.0.1", port=server.port)
     log = HandledLog(client)
-    async with replicas(1, server, resources_for(tmp_path, server, CLAIMING)) as (replica,):
+    resources = resources_for(tmp_path, server, CLAIMING)
+    async with replicas(1, lambda: new_replica(server, resources)) as (replica,):
         first = await replica.start()
         await publish_numbered(server, total)
         await log.until(lambda: log.by_pid[first] >= 30)
@@ -507,7 +422,8 @@ async def test_two_replicas_share_a_topic_and_one_killed_loses_nothing(
     total = 400
     client = redis.Redis(host="127.0.0.1", port=server.port)
     log = HandledLog(client)
-    async with replicas(2, server, resources_for(tmp_path, server, CLAIMING)) as (victim, survivor):
+    resources = resources_for(tmp_path, server, CLAIMING)
+    async with replicas(2, lambda: new_replica(server, resources)) as (victim, survivor):
         doomed, lasting = await victim.start(), await survivor.start()
         await publish_numbered(server, total)
         await log.until(lambda: log.by_pid[doomed] >= 20 and log.by_pid[lasting] >= 20)  # shared
