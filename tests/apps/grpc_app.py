@@ -1,9 +1,10 @@
-"""An app with the embedded sidecar serving Dapr's gRPC API too (`Dapr(app, grpc_port=0)`), run
+"""An app with the embedded sidecar serving Dapr's gRPC API too (`Dapr(app, grpc_port=...)`), run
 by uvicorn in a process of its own (tests/grpc): the official SDKs' gRPC clients, in processes
 of their own, call it. It prints the gRPC port once it listens, records what its subscriptions
 receive (`GET /received`, tests/apps/received.py), and has an invocable route.
 
-Environment: RESOURCES (a resources folder, optional), APP_API_TOKEN and DAPR_API_TOKEN as usual.
+Environment: RESOURCES (a resources folder, optional), GRPC_PORT (the gRPC port; 0 or unset: any
+free one), APP_API_TOKEN and DAPR_API_TOKEN as usual.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(lifespan=lifespan)
 app.include_router(router)
-dapr = Dapr(app, app_id="grpcapp", grpc_port=0, resources_path=os.environ.get("RESOURCES") or None)
+dapr = Dapr(
+    app,
+    app_id="grpcapp",
+    grpc_port=int(os.environ.get("GRPC_PORT") or 0),  # the test's choice (tests/grpc/kit.py), else any
+    resources_path=os.environ.get("RESOURCES") or None,
+)
 _attempts: dict[str, int] = {}
 
 

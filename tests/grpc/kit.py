@@ -45,10 +45,14 @@ class GrpcApp(ChildProcess):
 
     def __init__(self, *, resources: Path | None = None, **env: str | None) -> None:
         self.port = free_port()
-        self.grpc_port = 0
+        # Chosen here, not by the app's own port 0: the app binds its gRPC port in its lifespan,
+        # before uvicorn binds the HTTP one, and the system could hand it `port` again.
+        self.grpc_port = free_port()
+        while self.grpc_port == self.port:
+            self.grpc_port = free_port()
         argv = [sys.executable, "-m", "uvicorn", "tests.apps.grpc_app:app"]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
-        values = {"RESOURCES": str(resources) if resources else None, **env}
+        values = {"RESOURCES": str(resources) if resources else None, "GRPC_PORT": str(self.grpc_port), **env}
         super().__init__(argv, ready=b"Uvicorn running on", env=environment(**values), cwd=ROOT)
 
     async def start(self) -> int:
