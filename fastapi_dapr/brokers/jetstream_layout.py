@@ -26,6 +26,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .._json import loads
+
 __all__: list[str] = []
 
 MSG_ID = "Nats-Msg-Id"
@@ -106,8 +108,8 @@ def delivery_metadata(headers: Mapping[str, str] | None, subject: str) -> dict[s
     if raw == "{}":
         return {}
     try:
-        parsed = json.loads(raw)
-    except ValueError:
+        parsed = loads(raw)  # bounded in depth: the header is whatever the broker holds
+    except ValueError:  # TooDeep included
         return {"Topic": subject}
     if not isinstance(parsed, dict):
         return {"Topic": subject}
