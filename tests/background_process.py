@@ -19,10 +19,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .processes import Faults
+
 __all__ = ["BackgroundProcess"]
 
 
-class BackgroundProcess:
+class BackgroundProcess(Faults):
     """One run of `argv` at a time; `start()` again after `stop()` runs it anew."""
 
     def __init__(

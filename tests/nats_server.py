@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -75,22 +74,6 @@ class NatsServer(ChildProcess):
     @property
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
-
-    def pause(self) -> None:
-        self.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.send_signal(signal.SIGCONT)
-
-    async def restart(self) -> None:
-        """Stopped gracefully (SIGTERM) and started again on its port and store."""
-        await self.stop()
-        await self.start()
-
-    async def crash(self) -> None:
-        """Killed (SIGKILL), then started again: what it had not written is gone."""
-        await self.stop(signal.SIGKILL)
-        await self.start()
 
 
 @contextlib.asynccontextmanager

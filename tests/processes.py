@@ -11,7 +11,37 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-class ChildProcess:
+class Faults:
+    """The faults a test makes a server it runs go through, by signals to its PID."""
+
+    async def start(self) -> int:
+        raise NotImplementedError
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        raise NotImplementedError
+
+    def send_signal(self, sig: int) -> None:
+        raise NotImplementedError
+
+    def pause(self) -> None:
+        """Stopped where it is (SIGSTOP): its connections stay open and nothing answers."""
+        self.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.send_signal(signal.SIGCONT)
+
+    async def restart(self) -> None:
+        """Stopped gracefully (SIGTERM) and started again, on its port and its data."""
+        await self.stop()
+        await self.start()
+
+    async def crash(self) -> None:
+        """Killed (SIGKILL), then started again: what it had not stored is gone."""
+        await self.stop(signal.SIGKILL)
+        await self.start()
+
+
+class ChildProcess(Faults):
     """One run of `argv` at a time; `start()` again after `stop()` runs it anew."""
 
     def __init__(

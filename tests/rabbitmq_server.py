@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import secrets
-import signal
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -175,22 +174,6 @@ class RabbitMQServer(BackgroundProcess):
         if self.epmd.process is None:
             self.epmd.start_sync()
         return super().start_sync()
-
-    async def restart(self) -> None:
-        """Stopped gracefully and started again on its data, ports and node name."""
-        await self.stop()
-        await self.start()
-
-    async def crash(self) -> None:
-        """Killed (SIGKILL), then started again: what was not on disk is gone."""
-        await self.stop(signal.SIGKILL)
-        await self.start()
-
-    def pause(self) -> None:
-        self.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.send_signal(signal.SIGCONT)
 
     def close_sync(self) -> None:
         """The broker and its epmd stopped (`stop()` leaves the epmd, for a restart)."""

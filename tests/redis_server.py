@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,16 +55,6 @@ class RedisServer(ChildProcess):
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def pause(self) -> None:
-        self.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.send_signal(signal.SIGCONT)
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
 
 
 @contextlib.asynccontextmanager

