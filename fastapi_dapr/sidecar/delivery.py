@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Mapping
 from typing import Literal
 
 from .._go import path_clean
-from .._headers import not_passed_on
+from .._headers import BAD_VALUE_RE, TOKEN_RE, not_passed_on
 from .._status import Status
 from .._subscription import BulkSubscribe, is_raw
 from .cel import Rules
 
 __all__: list[str] = []  # Attempt and DeliveryReport are public in fastapi_dapr.testing
+
+logger = logging.getLogger("fastapi_dapr")
 
 ZERO_TRACEPARENT = "00-00000000000000000000000000000000-0000000000000000-00"
 
@@ -102,7 +105,12 @@ def clean_path(path: str) -> str:
 
 
 def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """Message metadata as delivery headers (reference 3.2)."""
+    """Message metadata as delivery headers (reference 3.2).
+
+    An entry that cannot be an HTTP header (its name not a token, its value with CR, LF, NUL
+    or another control character but HTAB) is left out, with a warning: a publish through the
+    API refuses such metadata, but another client may write it to the broker. daprd's HTTP
+    client refuses the whole request, so such a message fails every attempt."""
     headers = []
     dropped = not_passed_on(())  # metadata names no connection: only the hop-by-hop names
     for key, value in metadata.items():
@@ -113,7 +121,13 @@ def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
             or name in dropped
         ):
             continue
+        if not TOKEN_RE.fullmatch(name) or BAD_VALUE_RE.search(value):
+            logger.warning(
+                "the message metadata %r cannot be an HTTP header: left out of the delivery's headers",
+                key[:80],
+            )
+            continue
         if name.startswith("grpc-"):
             name = "dapr-" + name
-        headers.append((name.encode("latin-1", errors="replace"), value.encode()))
+        headers.append((name.encode(), value.encode()))
     return headers

@@ -181,6 +181,25 @@ async def open_broker(server: KafkaServer, **metadata: str) -> KafkaBroker:
     return broker
 
 
+async def written_and_delivered(
+    server: KafkaServer, topic: str, value: bytes, **record: Any
+) -> tuple[Any, Any]:
+    """A record another client wrote (aiokafka's `send_and_wait(topic, value, **record)`), and
+    its delivery by the component, acknowledged."""
+    broker = await open_broker(server, initialOffset="oldest")
+    writer = aiokafka.AIOKafkaProducer(bootstrap_servers=server.url)
+    await writer.start()
+    try:
+        sent = await writer.send_and_wait(topic, value, **record)
+        consumer = await broker.subscribe(topic)
+        (delivery,) = await asyncio.wait_for(consumer.receive(10), 10)
+        await delivery.ack()
+    finally:
+        await writer.stop()
+        await broker.close()
+    return sent, delivery
+
+
 @pytest.mark.kafka
 @pytest.mark.process
 async def test_what_we_write_is_what_daprds_component_writes(server: KafkaServer) -> None:
@@ -281,19 +300,9 @@ async def test_a_record_written_as_daprd_writes_it_is_delivered_with_daprds_meta
 @pytest.mark.process
 async def test_a_delivery_carries_daprds_metadata(server: KafkaServer) -> None:
     await server.create_topics(["orders"], partitions=4)
-    broker = await open_broker(server, initialOffset="oldest")
-    writer = aiokafka.AIOKafkaProducer(bootstrap_servers=server.url)
-    await writer.start()
-    try:
-        sent = await writer.send_and_wait(
-            "orders", b"{}", key=b"k 1", partition=1, headers=[("tenant", b"acme & co")]
-        )
-        consumer = await broker.subscribe("orders")
-        (delivery,) = await asyncio.wait_for(consumer.receive(10), 10)
-        await delivery.ack()
-    finally:
-        await writer.stop()
-        await broker.close()
+    sent, delivery = await written_and_delivered(
+        server, "orders", b"{}", key=b"k 1", partition=1, headers=[("tenant", b"acme & co")]
+    )
     assert delivery.message.data == b"{}"
     assert delivery.message.id == f"1-{sent.offset}"
     assert dict(delivery.message.metadata) == {
@@ -304,6 +313,36 @@ async def test_a_delivery_carries_daprds_metadata(server: KafkaServer) -> None:
         "__partition": "1",
         "tenant": "acme & co",
     }
+
+
+@pytest.mark.kafka
+@pytest.mark.process
+async def test_hostile_keys_and_headers_are_read_and_never_become_http_headers_as_they_are(
+    server: KafkaServer,
+) -> None:
+    # Written by another client: bytes that are not UTF-8, a header without a value, CR and LF,
+    # a header named like the delivery metadata daprd adds (daprd's order: the header wins),
+    # and many headers.
+    from fastapi_dapr.sidecar.delivery import message_headers
+
+    await server.create_topics(["orders"], partitions=1)
+    many = [(f"x-{n}", b"v") for n in range(500)]
+    headers = [("x-bytes", b"\xff\xfe ok"), ("x-none", None), ("x-crlf", b"a\r\nx-evil: 1")]
+    headers += [("__partition", b"forged"), ("bad name", b"v"), *many]
+    _, delivery = await written_and_delivered(
+        server, "orders", b"{}", key=b"\xc3\x28", partition=0, headers=headers
+    )
+    metadata = delivery.message.metadata
+    assert metadata["__key"] == "\ufffd("
+    assert (metadata["x-bytes"], metadata["x-none"]) == ("\ufffd\ufffd ok", "")
+    assert metadata["x-crlf"] == "a\r\nx-evil: 1"  # kept as metadata, as daprd keeps it
+    assert metadata["__partition"] == "forged"
+    assert len(metadata) == 5 + 4 + 500  # the forged __partition replaced ours
+    sent = dict(message_headers(metadata))
+    assert b"x-crlf" not in sent
+    assert b"bad name" not in sent
+    assert sent[b"x-bytes"] == "\ufffd\ufffd ok".encode()
+    assert sent[b"x-499"] == b"v"
 
 
 @pytest.mark.kafka

@@ -10,7 +10,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.types import Message
@@ -18,6 +20,7 @@ from starlette.types import Message
 from fastapi_dapr import BulkSubscribe, SubscriptionError
 from fastapi_dapr._subscription import parse_subscribe_answer
 from fastapi_dapr.sidecar.app_channel import AppChannel
+from fastapi_dapr.sidecar.delivery import message_headers
 from fastapi_dapr.sidecar.name_resolution import NameResolutionError, NameResolutionFile, Registration
 from fastapi_dapr.sidecar.standalone import SidecarOptions, StandaloneSidecar
 
@@ -292,6 +295,31 @@ def test_a_file_others_may_write_is_refused(tmp_path: Path) -> None:
 # -- the app channel -------------------------------------------------------------------------
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def through_the_app_channel(handle: Handler, scope: dict[str, Any], body: bytes = b"") -> list[Message]:
+    """What the app channel sends back of one request (`scope` and `body`) to an app that is
+    `handle`, a raw HTTP/1.1 server on loopback."""
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    channel = AppChannel("127.0.0.1", listener.sockets[0].getsockname()[1])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "query_string": b"", "raw_path": scope["path"].encode(), **scope}
+    try:
+        async with listener:
+            await channel(scope, receive, send)
+    finally:
+        await channel.close()
+    return sent
+
+
 async def test_the_app_channel_drops_the_headers_the_apps_connection_header_names() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -302,34 +330,35 @@ async def test_the_app_channel_drops_the_headers_the_apps_connection_header_name
         await writer.drain()
         writer.close()
 
-    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
-    channel = AppChannel("127.0.0.1", listener.sockets[0].getsockname()[1])
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/x",
-        "raw_path": b"/x",
-        "query_string": b"",
-        "headers": [],
-    }
-    try:
-        async with listener:
-            await channel(scope, receive, send)
-    finally:
-        await channel.close()
+    sent = await through_the_app_channel(handle, {"method": "GET", "path": "/x", "headers": []})
     start, body = sent[0], sent[-1]
     assert (start["status"], body["body"]) == (200, b"ok")
     names = [name for name, _ in start["headers"]]
     assert b"x-kept" in names
     assert not {b"x-hop", b"connection", b"keep-alive"} & set(names)
+
+
+async def test_metadata_that_cannot_be_a_header_does_not_stop_a_delivery_to_an_app_over_http() -> None:
+    # Written to the broker by another client (tests/sidecar/test_delivery_headers.py).
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    metadata = {"x-injected": "a\r\nx-evil: 1", "bad name": "v", "x-kept": "yes", "x-tab": "a\tb"}
+    headers = [(b"content-type", b"application/cloudevents+json"), *message_headers(metadata)]
+    scope = {"method": "POST", "path": "/orders", "headers": headers}
+    sent = await through_the_app_channel(handle, scope, b"{}")
+    assert sent[0]["status"] == 200
+    (head,) = heads
+    assert b"x-kept: yes\r\n" in head
+    assert b"x-tab: a\tb\r\n" in head
+    assert b"x-evil" not in head
+    assert b"bad name" not in head
 
 
 # -- without the event loop's signal handlers (Windows) ---------------------------------------

@@ -1,0 +1,57 @@
+"""Metadata a broker holds that cannot be an HTTP header (written there by another client: a
+Kafka record header, an AMQP header, a Redis entry's `metadata`, a NATS header) is left out
+of the delivery's headers, and the message is delivered with the rest, in process here and
+to an app behind the standalone sidecar's HTTP app channel alike (test_standalone_parts.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+
+from fastapi_dapr import CloudEvent, Dapr
+from fastapi_dapr.sidecar.delivery import message_headers
+from fastapi_dapr.testing import DaprTest
+
+HOSTILE = {
+    "x-injected": "a\r\nx-evil: 1",
+    "x-lf": "a\nb",
+    "x-nul": "a\x00b",
+    "x-del": "a\x7fb",
+    "bad name": "v",
+    "bad:name": "v",
+    "x-\u00e9": "v",
+    "": "empty name",
+}
+KEPT = {"x-kept": "yes", "x-tab": "a\tb", "x-utf8": "caf\u00e9"}
+
+
+def test_entries_that_cannot_be_headers_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fastapi_dapr")
+    headers = message_headers({**HOSTILE, **KEPT})
+    assert headers == [(b"x-kept", b"yes"), (b"x-tab", b"a\tb"), (b"x-utf8", "caf\u00e9".encode())]
+    assert any("left out of the delivery's headers" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_message_with_such_metadata_is_delivered_in_process_without_them(tmp_path: Path) -> None:
+    app = FastAPI()
+    dapr = Dapr(app, app_id="orders")
+    seen: list[dict[str, str]] = []
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent[dict[str, Any]], request: Request) -> None:
+        seen.append(dict(request.headers))
+
+    async with DaprTest(app) as test:
+        broker = test.dapr.backend.running().brokers["pubsub"]
+        event = b'{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"n":1}}'
+        await broker.publish("orders", event, {**HOSTILE, **KEPT})
+        report = await test.wait_for_delivery(topic="orders")
+    assert report.outcome == "delivered"
+    (headers,) = seen
+    assert headers["x-kept"] == "yes"
+    assert headers["x-tab"] == "a\tb"
+    assert not {"x-injected", "x-evil", "x-lf", "x-nul", "x-del"} & set(headers)
