@@ -18,6 +18,8 @@ arguments, so these must be daprd's exactly.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,17 +169,63 @@ def delivery_metadata(
             if value:
                 metadata[key] = value
         for key, value in (headers or {}).items():
-            metadata[f"metadata.{key}"] = _text(value) or str(value)
+            if value is not None:  # daprd leaves out a header without a value
+                metadata[f"metadata.{key}"] = _text(value) or ""
     return metadata
 
 
 def _text(value: Any) -> str | None:
+    """A header's value as daprd's component makes it a metadata value: a string as it is,
+    bytes as text (not UTF-8: replaced), anything else as Go's `fmt.Sprintf("%v")` writes
+    what its AMQP library decoded; None for no value."""
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", errors="replace")
     if value is None:
         return None
+    return go_value(value)
+
+
+def go_value(value: Any) -> str:
+    """Go's `%v` of an AMQP field value as amqp091-go decodes it: `map[a:1 b:[x y]]` (keys
+    sorted), `<nil>`, `true`, a decimal as its struct `{scale value}`, a timestamp in UTC as
+    `time.Time` prints, bytes inside a table or an array as their numbers."""
+    if value is None:
+        return "<nil>"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return "[" + " ".join(str(byte) for byte in value) + "]"
+    if isinstance(value, Mapping):
+        return "map[" + " ".join(f"{key}:{go_value(value[key])}" for key in sorted(value)) + "]"
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(go_value(item) for item in value) + "]"
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        exponent = int(value.as_tuple().exponent)
+        scale = max(0, -exponent)
+        return f"{{{scale} {int(value.scaleb(scale))}}}"
+    if isinstance(value, datetime.datetime):
+        moment = value.astimezone(datetime.timezone.utc) if value.tzinfo else value
+        return moment.strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    if isinstance(value, float):
+        return _go_float(value)
     return str(value)
+
+
+def _go_float(value: float) -> str:
+    """`%v` of a float64: the shortest digits, in exponent form below 1e-4 or from 1e21 on."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
+    text = repr(value)
+    if "e" not in text:
+        return text[:-2] if text.endswith(".0") else text
+    mantissa, _, power = text.partition("e")
+    exponent = int(power)
+    if -4 <= exponent < 21:  # Python writes 1e16 to 1e20 with an exponent, Go does not
+        sign = "-" if mantissa.startswith("-") else ""
+        digits = mantissa.lstrip("-").replace(".", "")
+        return sign + digits + "0" * (exponent + 1 - len(digits))
+    return f"{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"

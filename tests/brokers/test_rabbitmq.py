@@ -245,6 +245,55 @@ async def test_daprds_message_properties_reach_the_metadata_when_asked(open_brok
     await delivery.ack()
 
 
+async def test_hostile_headers_and_properties_are_read_and_never_become_http_headers_as_they_are(
+    open_broker: Any, amqp: Any
+) -> None:
+    # Written by another client: every AMQP field type in the headers, tables and arrays nested,
+    # bytes that are not UTF-8, CR and LF, long strings, and properties with control characters.
+    import datetime
+    import decimal
+
+    from fastapi_dapr.sidecar.delivery import message_headers
+
+    broker = await open_broker(publishMessagePropertiesToMetadata="true")
+    consumer = await broker.subscribe("orders")
+    exchange = await amqp.get_exchange("orders")
+    headers: dict[str, Any] = {
+        "x-bytes": bytearray(b"\xff\xfe ok"),
+        "x-crlf": "a\r\nx-evil: 1",
+        "x-int": 7,
+        "x-bool": True,
+        "x-none": None,
+        "x-decimal": decimal.Decimal("1.25"),
+        "x-time": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+        "x-table": {"b": [1, "two", {"c": None}], "a": False},
+        "x-long": "v" * 100_000,
+        "bad name": "v",
+    }
+    message = aio_pika.Message(b"{}", message_id="m\r\n9", correlation_id="c\x00", headers=headers)
+    await exchange.publish(message, routing_key="")
+    (delivery,) = await asyncio.wait_for(consumer.receive(1), 10)
+    await delivery.ack()
+    metadata = delivery.message.metadata
+    assert all(isinstance(key, str) and isinstance(value, str) for key, value in metadata.items())
+    assert metadata["x-bytes"] == metadata["metadata.x-bytes"] == "\ufffd\ufffd ok"
+    assert (metadata["x-int"], metadata["x-bool"], metadata["x-crlf"]) == ("7", "true", "a\r\nx-evil: 1")
+    assert "x-none" not in metadata
+    assert "metadata.x-none" not in metadata
+    assert (metadata["metadata.messageid"], metadata["metadata.correlationid"]) == ("m\r\n9", "c\x00")
+    assert len(metadata["x-long"]) == 100_000
+    # Other types as daprd's fmt.Sprintf("%v") writes what amqp091-go decoded.
+    assert metadata["metadata.x-table"] == "map[a:false b:[1 two map[c:<nil>]]]"
+    assert (metadata["metadata.x-decimal"], metadata["metadata.x-time"]) == (
+        "{2 125}",
+        "2026-01-02 03:04:05 +0000 UTC",
+    )
+    sent = dict(message_headers(metadata))
+    assert not {b"x-crlf", b"metadata.x-crlf", b"metadata.messageid", b"metadata.correlationid"} & set(sent)
+    assert b"bad name" not in sent
+    assert sent[b"x-int"] == b"7"
+
+
 # -- through an app ------------------------------------------------------------------------------
 
 

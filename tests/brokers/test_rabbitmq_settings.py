@@ -4,6 +4,8 @@ properties, the routing of messages kept for a queue to come."""
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import logging
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from fastapi_dapr.brokers.rabbitmq_layout import (
     dead_letter_queue_arguments,
     delivery_metadata,
+    go_value,
     message_properties,
     queue_arguments,
     queue_name,
@@ -153,3 +156,27 @@ def test_messages_kept_for_a_queue_to_come_are_routed_as_its_bindings_would() ->
     assert _routes("topic", "eu.fr", ["*.fr"])
     assert not _routes("topic", "eu.fr.paris", ["eu.*"])
     assert not _routes("topic", "us.fr", ["eu.*", "#.de"])
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        (1.5, "1.5"),
+        (2.0, "2"),
+        (1e16, "10000000000000000"),  # Go keeps the digits up to 1e21, Python does not
+        (-2.5e20, "-250000000000000000000"),
+        (1e21, "1e+21"),
+        (1.5e-7, "1.5e-07"),
+        (float("nan"), "NaN"),
+        (float("-inf"), "-Inf"),
+        (decimal.Decimal("-0.05"), "{2 -5}"),
+        ([bytearray(b"ab"), None, True], "[[97 98] <nil> true]"),
+        ({"z": {}, "a": []}, "map[a:[] z:map[]]"),
+        (
+            datetime.datetime(2026, 1, 2, 4, 4, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+            "2026-01-02 03:04:05 +0000 UTC",
+        ),
+    ],
+)
+def test_header_values_are_written_as_gos_v_writes_them(value: object, written: str) -> None:
+    assert go_value(value) == written
