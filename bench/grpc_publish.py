@@ -137,13 +137,15 @@ def bare_server(workdir: Path, env: dict[str, str]) -> Iterator[Server]:
 
 @contextlib.contextmanager
 def embedded_server(workdir: Path, env: dict[str, str], target: str) -> Iterator[Server]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
+    while grpc_port == port:
+        grpc_port = free_port()
     command = [
         sys.executable, "-m", "uvicorn", target, "--app-dir", str(BENCH),
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     log = workdir / "embedded.log"
-    with process(command, log, env) as server:
+    with process(command, log, {**env, "GRPC_PORT": str(grpc_port)}) as server:
         found = _ready_line(log, r"gRPC API on 127\.0\.0\.1:(\d+)", server)
         wait_ready(port, "/delivered", server)
         yield Server(server.pid, int(found.group(1)), port)

@@ -1,5 +1,7 @@
 """The subject of bench/grpc_publish.py: an app with the embedded sidecar serving Dapr's gRPC
-API (`Dapr(app, grpc_port=0)`) and one subscription that counts, run by uvicorn.
+API (`Dapr(app, grpc_port=...)`, the port in GRPC_PORT: the benchmark picks it, as a port the
+app bound itself before uvicorn binds the HTTP port could be that very port) and one
+subscription that counts, run by uvicorn.
 
 The official SDK publishes to `pubsub`/`bench` over gRPC (and a client over HTTP, to
 `POST /v1.0/publish/pubsub/bench` on the same port); `GET /delivered?reach=K` answers with
@@ -81,7 +83,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(lifespan=lifespan)
-dapr = Dapr(app, app_id="bench", grpc_port=0, resources_path=str(RESOURCES), metrics=METRICS)
+GRPC_PORT = int(os.environ.get("GRPC_PORT") or 0)  # 0 or unset: any free one
+dapr = Dapr(app, app_id="bench", grpc_port=GRPC_PORT, resources_path=str(RESOURCES), metrics=METRICS)
 
 
 @dapr.subscribe("pubsub", "bench")
