@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Message",
     "WaitingLine",
     "load_broker_class",
+    "one_at_a_time",
 ]
 
 BROKER_TYPES: dict[str, tuple[str, str | None]] = {
@@ -126,6 +127,10 @@ class WaitingLine:
 class Consumer:
     """A consumer group's view of one topic."""
 
+    concurrency: int | None = None
+    """Messages of this subscription handled at once (daprd's `concurrencyMode: single`: 1,
+    which `receive` enforces too); None: the engine's limit."""
+
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         """Wait for at least one message; return at most `max_count`."""
         raise NotImplementedError
@@ -138,6 +143,19 @@ class Consumer:
 
     async def close(self) -> None:
         raise NotImplementedError
+
+
+async def one_at_a_time(
+    turn: asyncio.Semaphore, take: Callable[[int], Awaitable[Sequence[Delivery]]]
+) -> Sequence[Delivery]:
+    """One message, once `turn` is free (`concurrencyMode: single`): the consumer gives the
+    turn back when that message is settled, or here when none was taken."""
+    await turn.acquire()
+    try:
+        return await take(1)
+    except BaseException:
+        turn.release()
+        raise
 
 
 class Broker:

@@ -58,8 +58,6 @@ class JetStreamBroker(Broker):
     def __init__(self, name: str, metadata: Mapping[str, str], *, app_id: str) -> None:
         super().__init__(name, metadata, app_id=app_id)
         self.settings = JetStreamSettings.read(name, self.metadata)
-        # concurrencyMode single (daprd's default): one message at a time.
-        self.concurrency = 1 if self.settings.single else None
         self._client: nats.aio.client.Client | None = None
         self._consumers: list[JetStreamConsumer] = []
         self._publisher: Publisher | None = None

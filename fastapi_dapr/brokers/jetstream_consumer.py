@@ -29,7 +29,7 @@ import nats.aio.client
 import nats.aio.msg
 import nats.errors
 
-from . import BrokerError, Consumer, Delivery, Message, WaitingLine
+from . import BrokerError, Consumer, Delivery, Message, WaitingLine, one_at_a_time
 from .jetstream_layout import delivery_metadata, stream_sequence
 from .jetstream_settings import JetStreamSettings
 
@@ -114,6 +114,11 @@ class JetStreamConsumer(Consumer):
         self._check_now = asyncio.Event()
         self._closed = False
         self.ack_wait = settings.ack_wait or 30.0  # the consumer's, once bound
+        # concurrencyMode single (daprd's default): one message of this subscription at a time,
+        # as daprd handles each subscription's messages; a turn is taken by each receive and
+        # given back when its message is settled.
+        self._turn = asyncio.Semaphore(1) if settings.single else None
+        self.concurrency = 1 if settings.single else None
 
     # -- the consumer --------------------------------------------------------------------------
 
@@ -267,6 +272,11 @@ class JetStreamConsumer(Consumer):
             await self._client.publish(answer, b"")
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
+        if self._turn is None:
+            return await self._take(max_count)
+        return await one_at_a_time(self._turn, self._take)
+
+    async def _take(self, max_count: int) -> list[JetStreamDelivery]:
         while not self._buffer:
             await self._waiting.wait()
         batch = [self._buffer.popleft() for _ in range(min(max_count, len(self._buffer)))]
@@ -286,6 +296,8 @@ class JetStreamConsumer(Consumer):
         """`+ACK` each, sent with the other writes of this event-loop turn. A process that dies
         first has them delivered again after `ackWait` (at least once)."""
         for delivery in deliveries:
+            if self._turn is not None:
+                self._turn.release()
             reply = self._release(delivery)
             if reply is not None:
                 await self._send(reply, b"+ACK")
@@ -293,6 +305,8 @@ class JetStreamConsumer(Consumer):
     async def nack(self, delivery: Delivery, *, redeliver: bool) -> None:
         """Handed back: `-NAK`, delivered again at once (here or to another replica). Given up:
         `-NAK` with the delay `ackWait`, then again, up to the consumer's `maxDeliver`."""
+        if self._turn is not None:
+            self._turn.release()
         reply = self._release(delivery)
         if reply is None:
             return

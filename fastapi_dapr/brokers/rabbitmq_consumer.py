@@ -24,7 +24,7 @@ import aiormq.abc
 from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
 
-from . import BrokerError, Consumer, Delivery, Message, WaitingLine
+from . import BrokerError, Consumer, Delivery, Message, WaitingLine, one_at_a_time
 from .rabbitmq_layout import (
     dead_letter_names,
     dead_letter_queue_arguments,
@@ -159,6 +159,7 @@ class QueueConsumer(Consumer):
         # concurrencyMode single: one message of this subscription at a time, as daprd: a
         # turn is taken by each receive and given back when its message is settled.
         self._turn = asyncio.Semaphore(1) if settings.single else None
+        self.concurrency = 1 if settings.single else None
 
     # -- the channel ---------------------------------------------------------------------------
 
@@ -277,12 +278,7 @@ class QueueConsumer(Consumer):
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         if self._turn is None:
             return await self._take(max_count)
-        await self._turn.acquire()
-        try:
-            return await self._take(1)
-        except BaseException:
-            self._turn.release()
-            raise
+        return await one_at_a_time(self._turn, self._take)
 
     async def _take(self, max_count: int) -> list[Delivery]:
         while not self._buffer:

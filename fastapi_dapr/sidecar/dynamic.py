@@ -25,7 +25,7 @@ from starlette.types import ASGIApp
 from .._error_codes import PubSubErrors
 from .cel import Rules
 from .delivery import Route
-from .worker import Worker
+from .worker import Worker, runners
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -92,8 +92,7 @@ class Dynamic:
                 f"'{route.topic}' on pubsub '{route.pubsub}' is not allowed"
             )
         consumer = await broker.subscribe(route.topic, route.metadata)
-        runners = min(runtime.concurrency, broker.concurrency or runtime.concurrency)
-        worker = Worker(runtime.engine(app), route, consumer, runners)
+        worker = Worker(runtime.engine(app), route, consumer, runners(runtime.concurrency, broker, consumer))
         worker.start()
         subscription = DynamicSubscription(route, worker, on_stop)
         self.running.append(subscription)

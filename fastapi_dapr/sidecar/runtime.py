@@ -32,7 +32,7 @@ from .policy import Policy
 from .publisher import Envelope, Publisher
 from .resiliency import Resiliency
 from .resources import Resources
-from .worker import Worker
+from .worker import Worker, runners
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -250,8 +250,8 @@ class Runtime:
         }
         for route, broker in starting:
             consumer = await broker.subscribe(route.topic, route.metadata)
-            runners = min(self.concurrency, broker.concurrency or self.concurrency)
-            worker = Worker(engine, route, consumer, runners, limits.get(broker.name))
+            count = runners(self.concurrency, broker, consumer)
+            worker = Worker(engine, route, consumer, count, limits.get(broker.name))
             worker.start()
             self.workers.append(worker)
         self.subscriptions_started()

@@ -17,7 +17,7 @@ from typing import Any
 
 from .._status import NOTE, HandlerNote, Status
 from .._trace import CURRENT, context
-from ..brokers import Consumer, Delivery
+from ..brokers import Broker, Consumer, Delivery
 from .answers import answered, classify, drop_reason, given_up, noted
 from .asgi import AppUnreachable
 from .bulk_delivery import BulkDelivery
@@ -32,6 +32,12 @@ from .settlement import Settlement
 __all__: list[str] = []
 
 logger = logging.getLogger("fastapi_dapr")
+
+
+def runners(limit: int, broker: Broker, consumer: Consumer) -> int:
+    """The runners of a subscription: the engine's `limit`, or less if its component or its
+    consumer hands out fewer messages at once."""
+    return min(limit, broker.concurrency or limit, consumer.concurrency or limit)
 
 
 class Worker:

@@ -345,7 +345,10 @@ async def test_a_closed_consumer_hands_back_what_it_had_not_given_out(server: Na
         later = await second.subscribe("orders")
         received = []
         while len(received) < 4:
-            received += await asyncio.wait_for(later.receive(10), 5)
+            batch = await asyncio.wait_for(later.receive(10), 5)
+            for delivery in batch:
+                await delivery.ack()  # single mode: the next comes once this one is settled
+            received += batch
         assert sorted(d.message.data for d in received) == [b"1", b"2", b"3", b"4"]
     finally:
         await first.close()
@@ -383,13 +386,49 @@ async def test_failed_messages_are_retried_until_processed(server: NatsServer, t
 
 
 async def test_concurrency_mode_single_is_daprds_default_one_message_at_a_time(server: NatsServer) -> None:
-    single = await open_broker(server)
-    parallel = await open_broker(server, concurrencyMode="parallel")
+    broker = await open_broker(server)
     try:
-        assert (single.concurrency, parallel.concurrency) == (1, None)
+        consumer = await broker.subscribe("orders")
+        for n in range(3):
+            await broker.publish("orders", str(n).encode(), {})
+        (first,) = await asyncio.wait_for(consumer.receive(10), WAIT)  # one, however many are asked
+        second = asyncio.ensure_future(consumer.receive(10))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(second), 0.3)  # not before the first is settled
+        await first.ack()
+        (next_one,) = await asyncio.wait_for(second, WAIT)
+        assert (first.message.data, next_one.message.data) == (b"0", b"1")
+        await next_one.nack(redeliver=True)  # a nack gives the turn back too
+        (again,) = await asyncio.wait_for(consumer.receive(10), WAIT)
+        await again.ack()
     finally:
-        await single.close()
-        await parallel.close()
+        await broker.close()
+
+
+async def test_concurrency_mode_single_is_per_subscription_as_in_daprd(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    # daprd handles each subscription's messages one at a time: a slow one holds up its own.
+    app, dapr = jetstream_app(tmp_path, server.url)
+    other_handled = asyncio.Event()
+    order: list[str] = []
+
+    @dapr.subscribe("pubsub", "orders")
+    async def on_order(event: CloudEvent[dict[str, int]]) -> None:
+        await asyncio.wait_for(other_handled.wait(), WAIT)  # held until the other topic's is handled
+        order.append("orders")
+
+    @dapr.subscribe("pubsub", "orders.audit")
+    async def on_audit(event: CloudEvent[dict[str, int]]) -> None:
+        order.append("orders.audit")
+        other_handled.set()
+
+    async with DaprTest(app) as test:
+        await test.client.post("/v1.0/publish/pubsub/orders", json={"n": 1})
+        await test.client.post("/v1.0/publish/pubsub/orders.audit", json={"n": 2})
+        first = await test.wait_for_delivery(topic="orders", timeout=WAIT + 5)
+    assert first.outcome == "delivered"
+    assert order == ["orders.audit", "orders"]
 
 
 async def test_publishing_while_nats_is_down_is_a_500(server: NatsServer, tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ class TestJetStreamBroker(BrokerContract):
             await add_stream(server.url, "EVENTS", ["*"])
 
             async def open_broker(**metadata: str) -> Broker:
-                broker = JetStreamBroker("pubsub", {"natsURL": server.url, **metadata}, app_id="app")
+                # Parallel: the contract holds several deliveries unsettled at once, which
+                # daprd's default (single: one at a time per subscription) does not hand out.
+                metadata = {"natsURL": server.url, "concurrencyMode": "parallel", **metadata}
+                broker = JetStreamBroker("pubsub", metadata, app_id="app")
                 await broker.start()
                 return broker
 
