@@ -24,8 +24,6 @@ pytest.importorskip("aiokafka", reason="the kafka extra is not installed")
 pytestmark = [pytest.mark.kafka, pytest.mark.process]
 
 TOPICS = ("orders", "raw", "t", "a", "b", "early")
-# What daprd's component adds to the headers of every delivery (consumer.go, GetEventMetadata).
-DELIVERY_KEYS = {"__offset", "__topic", "__timestamp", "__partition"}
 
 # Quick group membership for the tests (daprd's names; its defaults are 3s and 10s).
 FAST = {"heartbeatInterval": "100ms", "sessionTimeout": "6s"}
@@ -33,6 +31,8 @@ FAST = {"heartbeatInterval": "100ms", "sessionTimeout": "6s"}
 
 class TestKafkaBroker(BrokerContract):
     instances_share = True  # replicas, on any host, are members of one consumer group
+    # What daprd's component adds to the headers of every delivery (consumer.go, GetEventMetadata).
+    delivery_keys = frozenset({"__offset", "__topic", "__timestamp", "__partition"})
 
     @pytest.fixture
     async def open_broker(self) -> AsyncIterator[OpenBroker]:
@@ -49,45 +49,14 @@ class TestKafkaBroker(BrokerContract):
 
             yield open_broker
 
-    async def test_messages_arrive_in_order_with_their_id_topic_data_and_metadata(
-        self, broker: Broker
-    ) -> None:
-        # The contract's test, but for the entries daprd's Kafka component adds to every
-        # delivery's metadata (the published entries come back as headers, unchanged).
+    async def test_a_delivery_has_its_offset_and_partition(self, broker: Broker) -> None:
         consumer = await broker.subscribe("orders")
-        ids = [await broker.publish("orders", f"m{n}".encode(), {"n": str(n)}) for n in range(5)]
-        assert len(set(ids)) == 5
-        assert all(ids)
-        received = await receive(consumer, 5)
-        assert [d.message.id for d in received] == ids
-        assert [d.message.data for d in received] == [f"m{n}".encode() for n in range(5)]
-        published = [
-            {k: v for k, v in d.message.metadata.items() if k not in DELIVERY_KEYS} for d in received
-        ]
-        assert published == [{"n": str(n)} for n in range(5)]
-        assert all(set(d.message.metadata) == DELIVERY_KEYS | {"n"} for d in received)
-        assert [d.message.metadata["__offset"] for d in received] == [str(n) for n in range(5)]
-        assert {d.message.topic for d in received} == {"orders"}
+        for n in range(3):
+            await broker.publish("orders", f"m{n}".encode(), {})
+        received = await receive(consumer, 3)
+        assert [d.message.metadata["__offset"] for d in received] == ["0", "1", "2"]
+        assert {(d.message.metadata["__topic"], d.message.metadata["__partition"]) for d in received} == {
+            ("orders", "0")
+        }
         for delivery in received:
             await delivery.ack()
-
-    async def test_data_is_bytes_kept_as_published(self, broker: Broker) -> None:
-        consumer = await broker.subscribe("raw")
-        data = bytes(range(256)) * 4
-        await broker.publish("raw", data, {})
-        await broker.publish("raw", b"", {})
-        first, empty = await receive(consumer, 2)
-        assert (first.message.data, set(first.message.metadata)) == (data, DELIVERY_KEYS)
-        assert empty.message.data == b""
-
-    async def test_a_message_handed_back_comes_again(self, broker: Broker) -> None:
-        consumer = await broker.subscribe("t")
-        await broker.publish("t", b"once", {"k": "v"})
-        (delivery,) = await receive(consumer, 1)
-        await delivery.nack(redeliver=True)  # RETRY, or a stop with the message in hand
-        (again,) = await receive(consumer, 1)
-        assert (again.message.id, again.message.data) == (delivery.message.id, b"once")
-        assert dict(again.message.metadata) == dict(delivery.message.metadata)
-        assert again.message.metadata["k"] == "v"
-        await again.ack()
-        await self.nothing_comes(consumer)
