@@ -152,13 +152,15 @@ async def faststream(brokers: str, total: int, rate: float, seconds: float) -> d
 
 
 async def fastapi_dapr(brokers: str, total: int, rate: float, seconds: float, folder: Path) -> dict[str, Any]:
+    topic = f"fd-{time.time_ns()}"
     component = (
         "  type: pubsub.kafka\n  version: v1\n  metadata:\n"
         f"  - name: brokers\n    value: {brokers}\n"
         "  - name: authType\n    value: none\n"
         "  - name: initialOffset\n    value: oldest\n"
+        # A fresh group each round, as the other two subjects have (the app id's otherwise).
+        f"  - name: consumerGroup\n    value: {topic}\n"
     )
-    topic = f"fd-{time.time_ns()}"
     return await fastapi_dapr_round(folder, component, topic, total, rate, seconds, first=True)
 
 

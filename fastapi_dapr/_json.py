@@ -106,7 +106,13 @@ def go_dumps(value: Any) -> bytes:
         text = "".join(_one_shot(value, 0)) if _one_shot is not None else _encoder.encode(value)
     except RecursionError:  # circular, or too deep: the encoder's own error
         text = _encoder.encode(value)
-    if _NEEDS_ESCAPE.search(text):
+    # An ASCII text (known without a scan) can hold only the first three: three substring
+    # searches are several times quicker than the pattern's.
+    if (
+        ("<" in text or ">" in text or "&" in text)
+        if text.isascii()
+        else _NEEDS_ESCAPE.search(text) is not None
+    ):
         text = _NEEDS_ESCAPE.sub(lambda match: _GO_ESCAPES[match.group()], text)
     try:
         return text.encode()

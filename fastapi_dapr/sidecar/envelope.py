@@ -105,6 +105,8 @@ def is_raw_payload(metadata: Mapping[str, str]) -> bool:
 
 
 def _lookup(metadata: Mapping[str, str], *keys: str) -> str:
+    if not metadata:  # most publishes: nothing to look through
+        return ""
     lowered = {key.lower() for key in keys}
     for key, value in metadata.items():
         if key.lower() in lowered:
