@@ -191,8 +191,8 @@ class TopicConsumer(Consumer):
         self._waiting.wake_one()
 
     def _metadata(self, record: Any) -> dict[str, str]:
-        """daprd's delivery metadata: the headers, `__key`, `__offset`, `__topic`,
-        `__timestamp` (milliseconds) and `__partition`."""
+        """daprd's delivery metadata: the headers (but those `excludeHeaderMetaRegex` finds),
+        `__key`, `__offset`, `__topic`, `__timestamp` (milliseconds) and `__partition`."""
         escape: Callable[[str], str] = urllib.parse.quote_plus if self._settings.escape_headers else str
         metadata: dict[str, str] = {}
         if record.key is not None:
@@ -201,7 +201,10 @@ class TopicConsumer(Consumer):
         metadata["__topic"] = record.topic
         metadata["__timestamp"] = str(record.timestamp)
         metadata["__partition"] = str(record.partition)
+        excluded = self._settings.excluded_headers
         for name, value in record.headers or ():
+            if excluded is not None and excluded.search(name):
+                continue  # excludeHeaderMetaRegex
             metadata[name] = escape(value.decode(errors="replace") if value is not None else "")
         return metadata
 

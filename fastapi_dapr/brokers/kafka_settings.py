@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 
@@ -40,7 +41,7 @@ _UNUSED_SETTINGS = (
     "clientConnectionTopicMetadataRefreshInterval", "clientConnectionKeepAliveInterval", "readTimeout",
     "writeTimeout", "metadataTimeout", "producerRetryMax", "schemaRegistryURL", "schemaRegistryAPIKey",
     "schemaRegistryAPISecret", "schemaCachingEnabled", "schemaLatestVersionCacheTTL", "useAvroJSON",
-    "excludeHeaderMetaRegex", "consumeRetryInterval",
+    "consumeRetryInterval",
 )  # fmt: skip
 
 # Every metadata name daprd's `pubsub.kafka` documents (its metadata.yaml, with the
@@ -54,7 +55,7 @@ METADATA_KEYS = frozenset(
         "oidcTokenEndpoint", "oidcClientID", "oidcClientSecret", "oidcScopes", "oidcExtensions",
         "oidcClientAssertionCert", "oidcClientAssertionKey", "oidcResource", "oidcAudience", "oidcKid",
         "awsAccessKey", "awsSecretKey", "awsSessionToken", "awsIamRoleArn", "awsStsSessionName", "awsRegion",
-        *_UNUSED_SETTINGS,
+        "excludeHeaderMetaRegex", *_UNUSED_SETTINGS,
     )
 )  # fmt: skip
 
@@ -121,6 +122,7 @@ class KafkaSettings:
     compression: str | None
     assignor: str
     escape_headers: bool
+    excluded_headers: re.Pattern[str] | None  # excludeHeaderMetaRegex: headers left out of the metadata
 
     @classmethod
     def read(cls, name: str, metadata: Mapping[str, str], *, group: str) -> KafkaSettings:
@@ -171,6 +173,13 @@ class KafkaSettings:
         if unused:
             logger.warning("kafka pubsub %s: %s not used here; ignored", name, ", ".join(unused))
         retry = metadata.get("consumeRetryEnabled", "").strip()
+        excluded = metadata.get("excludeHeaderMetaRegex", "")
+        try:
+            # Go's regexp (RE2) finds the pattern anywhere in the name, as `search` does here;
+            # daprd panics on a pattern it cannot compile.
+            excluded_headers = re.compile(excluded) if excluded else None
+        except re.error as exc:
+            raise ValueError(f"excludeHeaderMetaRegex is not a regular expression: {exc}") from None
         return cls(
             brokers=brokers,
             group=metadata.get("consumerGroup", "").strip() or group,
@@ -194,6 +203,7 @@ class KafkaSettings:
             compression=_COMPRESSION[compression_text],
             assignor=assignor,
             escape_headers=truthy(metadata.get("escapeHeaders", "")),
+            excluded_headers=excluded_headers,
         )
 
     def sasl(self) -> tuple[str | None, str]:

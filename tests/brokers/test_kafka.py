@@ -115,6 +115,12 @@ def test_settings_read_as_daprd_reads_them() -> None:
     )
     assert settings(consumerGroupRebalanceStrategy="roundrobin").assignor == "roundrobin"
     assert settings(producerRequiredAcks="local").acks == 1
+    assert settings().excluded_headers is None
+    excluded = settings(excludeHeaderMetaRegex="^valueSchemaType|rawPayload$").excluded_headers
+    assert excluded is not None
+    assert [bool(excluded.search(name)) for name in ("valueSchemaType", "x-rawPayload", "tenant")] == [
+        True, True, False
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -131,6 +137,7 @@ def test_settings_read_as_daprd_reads_them() -> None:
         ({"authType": "mtls", "disableTls": "true"}, "mtls cannot be used with disableTls"),
         ({"sessionTimeout": "ten"}, "sessionTimeout is not a duration"),
         ({"producerRequiredAcks": "some"}, "producerRequiredAcks"),
+        ({"excludeHeaderMetaRegex": "(unclosed"}, "excludeHeaderMetaRegex is not a regular expression"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_field(metadata: dict[str, str], problem: str) -> None:
@@ -182,11 +189,11 @@ async def open_broker(server: KafkaServer, **metadata: str) -> KafkaBroker:
 
 
 async def written_and_delivered(
-    server: KafkaServer, topic: str, value: bytes, **record: Any
+    server: KafkaServer, topic: str, value: bytes, component: dict[str, str] | None = None, **record: Any
 ) -> tuple[Any, Any]:
     """A record another client wrote (aiokafka's `send_and_wait(topic, value, **record)`), and
-    its delivery by the component, acknowledged."""
-    broker = await open_broker(server, initialOffset="oldest")
+    its delivery by the component (with the metadata `component` besides), acknowledged."""
+    broker = await open_broker(server, initialOffset="oldest", **(component or {}))
     writer = aiokafka.AIOKafkaProducer(bootstrap_servers=server.url)
     await writer.start()
     try:
@@ -313,6 +320,21 @@ async def test_a_delivery_carries_daprds_metadata(server: KafkaServer) -> None:
         "__partition": "1",
         "tenant": "acme & co",
     }
+
+
+@pytest.mark.kafka
+@pytest.mark.process
+async def test_headers_exclude_header_meta_regex_finds_are_left_out_of_the_metadata(
+    server: KafkaServer,
+) -> None:
+    await server.create_topics(["orders"])
+    headers = [("valueSchemaType", b"avro"), ("x-rawPayload", b"true"), ("tenant", b"acme")]
+    _, delivery = await written_and_delivered(
+        server, "orders", b"{}", {"excludeHeaderMetaRegex": "^valueSchemaType|rawPayload$"}, headers=headers
+    )
+    assert delivery.message.metadata["tenant"] == "acme"
+    assert not {"valueSchemaType", "x-rawPayload"} & set(delivery.message.metadata)
+    assert "__offset" in delivery.message.metadata  # daprd's own entries are never left out
 
 
 @pytest.mark.kafka
