@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -187,22 +188,32 @@ def _text(value: Any) -> str | None:
     return go_value(value)
 
 
-def go_value(value: Any) -> str:
+GO_VALUE_DEPTH = 32  # tables and arrays written deeper than this are written `...`
+
+
+def go_value(value: Any, depth: int = 0) -> str:
     """Go's `%v` of an AMQP field value as amqp091-go decodes it: `map[a:1 b:[x y]]` (keys
     sorted), `<nil>`, `true`, a decimal as its struct `{scale value}`, a timestamp in UTC as
-    `time.Time` prints, bytes inside a table or an array as their numbers."""
+    `time.Time` prints, a byte array inside a table or an array as its numbers (a string that
+    is not UTF-8, which pamqp gives as bytes, as text). Below `GO_VALUE_DEPTH` levels of
+    tables and arrays, `...`: a header nested hundreds deep must not break the delivery."""
     if value is None:
         return "<nil>"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return value
-    if isinstance(value, (bytes, bytearray)):
+    if isinstance(value, bytearray):  # pamqp's byte array ('x')
         return "[" + " ".join(str(byte) for byte in value) + "]"
+    if isinstance(value, bytes):  # pamqp's long string ('S') that is not UTF-8
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (Mapping, list, tuple)) and depth >= GO_VALUE_DEPTH:
+        return "..."
     if isinstance(value, Mapping):
-        return "map[" + " ".join(f"{key}:{go_value(value[key])}" for key in sorted(value)) + "]"
+        items = (f"{key}:{go_value(value[key], depth + 1)}" for key in sorted(value))
+        return "map[" + " ".join(items) + "]"
     if isinstance(value, (list, tuple)):
-        return "[" + " ".join(go_value(item) for item in value) + "]"
+        return "[" + " ".join(go_value(item, depth + 1) for item in value) + "]"
     if isinstance(value, decimal.Decimal) and value.is_finite():
         exponent = int(value.as_tuple().exponent)
         scale = max(0, -exponent)
@@ -216,16 +227,22 @@ def go_value(value: Any) -> str:
 
 
 def _go_float(value: float) -> str:
-    """`%v` of a float64: the shortest digits, in exponent form below 1e-4 or from 1e21 on."""
+    """`%v` of a float64 (strconv's `'g'`, shortest): the shortest digits that read back as
+    the value, in exponent form when the exponent is below -4 or 6 and more (`1e+06`)."""
     if value != value or value in (float("inf"), float("-inf")):
         return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
-    text = repr(value)
-    if "e" not in text:
-        return text[:-2] if text.endswith(".0") else text
-    mantissa, _, power = text.partition("e")
-    exponent = int(power)
-    if -4 <= exponent < 21:  # Python writes 1e16 to 1e20 with an exponent, Go does not
-        sign = "-" if mantissa.startswith("-") else ""
-        digits = mantissa.lstrip("-").replace(".", "")
-        return sign + digits + "0" * (exponent + 1 - len(digits))
-    return f"{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    negative, numerals, exponent = decimal.Decimal(repr(value)).normalize().as_tuple()
+    digits = "".join(map(str, numerals))
+    point = len(digits) + int(exponent)  # where the decimal point goes among the digits
+    sign = "-" if negative else ""
+    power = point - 1
+    if power < -4 or power >= 6:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{sign}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"

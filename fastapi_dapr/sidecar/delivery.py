@@ -104,30 +104,40 @@ def clean_path(path: str) -> str:
     return path_clean("/" + path)
 
 
+# Names a delivery's POST sets itself: the body's framing, the trace (re-derived), and the
+# request's own target (Go's HTTP client takes no `Host` header from daprd's metadata either).
+_NOT_FROM_METADATA = frozenset(
+    {"content-type", "content-length", "traceparent", "tracestate", "host", "expect"}
+)
+_WARNED_LIMIT = 256  # metadata names warned about once each, at most this many
+
+
 def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     """Message metadata as delivery headers (reference 3.2).
 
     An entry that cannot be an HTTP header (its name not a token, its value with CR, LF, NUL
-    or another control character but HTAB) is left out, with a warning: a publish through the
-    API refuses such metadata, but another client may write it to the broker. daprd's HTTP
-    client refuses the whole request, so such a message fails every attempt."""
+    or another control character but HTAB) is left out, with a warning the first time its
+    name is seen: a publish through the API refuses such metadata, but another client may
+    write it to the broker. daprd's HTTP client refuses the whole request, so such a message
+    fails every attempt."""
     headers = []
     dropped = not_passed_on(())  # metadata names no connection: only the hop-by-hop names
     for key, value in metadata.items():
         name = key.lower()
-        if (
-            name in ("content-type", "content-length", "traceparent", "tracestate")
-            or name.endswith("-bin")
-            or name in dropped
-        ):
+        if name in _NOT_FROM_METADATA or name.endswith("-bin") or name in dropped:
             continue
         if not TOKEN_RE.fullmatch(name) or BAD_VALUE_RE.search(value):
-            logger.warning(
-                "the message metadata %r cannot be an HTTP header: left out of the delivery's headers",
-                key[:80],
-            )
+            if key not in _warned and len(_warned) < _WARNED_LIMIT:
+                _warned.add(key)
+                logger.warning(
+                    "the message metadata %r cannot be an HTTP header: left out of the delivery's headers",
+                    key[:80],
+                )
             continue
         if name.startswith("grpc-"):
             name = "dapr-" + name
         headers.append((name.encode(), value.encode()))
     return headers
+
+
+_warned: set[str] = set()

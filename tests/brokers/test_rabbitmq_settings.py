@@ -163,14 +163,21 @@ def test_messages_kept_for_a_queue_to_come_are_routed_as_its_bindings_would() ->
     [
         (1.5, "1.5"),
         (2.0, "2"),
-        (1e16, "10000000000000000"),  # Go keeps the digits up to 1e21, Python does not
-        (-2.5e20, "-250000000000000000000"),
-        (1e21, "1e+21"),
+        (-0.0, "-0"),
+        (100000.0, "100000"),
+        (123456.7, "123456.7"),
+        (1e6, "1e+06"),  # strconv's shortest 'g': an exponent from 6 on, where Python's is 16
+        (1234567.0, "1.234567e+06"),
+        (-2.5e20, "-2.5e+20"),
+        (0.0001, "0.0001"),
+        (0.00012, "0.00012"),
         (1.5e-7, "1.5e-07"),
+        (5e-324, "5e-324"),
         (float("nan"), "NaN"),
         (float("-inf"), "-Inf"),
         (decimal.Decimal("-0.05"), "{2 -5}"),
         ([bytearray(b"ab"), None, True], "[[97 98] <nil> true]"),
+        ({"s": b"\xffok"}, "map[s:\ufffdok]"),  # a long string that is not UTF-8: text
         ({"z": {}, "a": []}, "map[a:[] z:map[]]"),
         (
             datetime.datetime(2026, 1, 2, 4, 4, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
@@ -180,3 +187,14 @@ def test_messages_kept_for_a_queue_to_come_are_routed_as_its_bindings_would() ->
 )
 def test_header_values_are_written_as_gos_v_writes_them(value: object, written: str) -> None:
     assert go_value(value) == written
+
+
+def test_a_header_nested_deeper_than_python_recurses_is_written_without_failing() -> None:
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    headers = {"deep": deep, "table": {"a": deep}}
+    metadata = delivery_metadata(headers, object(), daprd_properties=False)
+    assert metadata["deep"].startswith("[[[")
+    assert "..." in metadata["deep"]
+    assert metadata["table"].startswith("map[a:[[")
