@@ -57,6 +57,7 @@ NOT_SETTABLE = HOP_BY_HOP | CLIENT_SET | {"expect"}
 
 TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110's token: a method, a header name
 TOKEN_RE = re.compile(TOKEN)
+NAMES_RE = re.compile(rf"{TOKEN}(?:\n{TOKEN})*")  # names joined by "\n": one match for all
 BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (Go's ValidHeaderFieldValue)
 IDENTITY = frozenset({"dapr-caller-app-id", "dapr-callee-app-id", "dapr-caller-namespace"})
 # Never sent to a network target: re-derived (trace), set by the sidecar (identity), or a

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from .._go import path_clean
-from .._headers import BAD_VALUE_RE, TOKEN_RE, not_passed_on
+from .._headers import BAD_VALUE_RE, NAMES_RE, TOKEN_RE, not_passed_on
 from .._status import Status
 from .._subscription import BulkSubscribe, is_raw
 from .cel import Rules
@@ -110,6 +110,7 @@ _NOT_FROM_METADATA = frozenset(
     {"content-type", "content-length", "traceparent", "tracestate", "host", "expect"}
 )
 _WARNED_LIMIT = 256  # metadata names warned about once each, at most this many
+_warned: set[str] = set()
 
 
 def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
@@ -122,11 +123,16 @@ def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     fails every attempt."""
     headers = []
     dropped = not_passed_on(())  # metadata names no connection: only the hop-by-hop names
+    # One match over all the names and one search over all the values, as the client's
+    # `request_head` checks them; entry by entry only when one of them fails.
+    names = "\n".join(metadata)
+    suspect = not (NAMES_RE.fullmatch(names) and names.count("\n") == len(metadata) - 1)
+    suspect = suspect or BAD_VALUE_RE.search("\t".join(metadata.values())) is not None
     for key, value in metadata.items():
         name = key.lower()
         if name in _NOT_FROM_METADATA or name.endswith("-bin") or name in dropped:
             continue
-        if not TOKEN_RE.fullmatch(name) or BAD_VALUE_RE.search(value):
+        if suspect and (not TOKEN_RE.fullmatch(name) or BAD_VALUE_RE.search(value)):
             if key not in _warned and len(_warned) < _WARNED_LIMIT:
                 _warned.add(key)
                 logger.warning(
@@ -138,6 +144,3 @@ def message_headers(metadata: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
             name = "dapr-" + name
         headers.append((name.encode(), value.encode()))
     return headers
-
-
-_warned: set[str] = set()

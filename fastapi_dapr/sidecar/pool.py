@@ -23,7 +23,7 @@ import ssl
 import typing
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from .._headers import BAD_VALUE_RE, CLIENT_SET, TOKEN, TOKEN_RE
+from .._headers import BAD_VALUE_RE, CLIENT_SET, NAMES_RE, TOKEN_RE
 from .addresses import ip_literal
 from .http1 import (
     ConnectTimeout,
@@ -47,7 +47,6 @@ class Refused(Exception):
 _STOP_UPLOAD = 1.0  # seconds an upload stopped by an early answer is given to end
 _READ_AHEAD = 256 * 1024  # bytes of a body read ahead while the upstream reads none
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # Go's isReplayable
-_NAMES_RE = re.compile(rf"{TOKEN}(?:\n{TOKEN})*")  # names joined by "\n"
 _TARGET_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, no CTL, nothing to re-encode
 
 
@@ -346,7 +345,7 @@ def request_head(
         )
     if headers:
         names = "\n".join(name for name, _ in headers)
-        if not _NAMES_RE.fullmatch(names) or names.count("\n") != len(headers) - 1:
+        if not NAMES_RE.fullmatch(names) or names.count("\n") != len(headers) - 1:
             bad = next(name for name, _ in headers if not TOKEN_RE.fullmatch(name))
             raise RequestError(f"the header name {bad[:40]!r} is not an HTTP token")
         if BAD_VALUE_RE.search("\t".join(value for _, value in headers)):

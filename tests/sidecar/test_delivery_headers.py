@@ -26,6 +26,7 @@ HOSTILE = {
     "bad:name": "v",
     "x-\u00e9": "v",
     "": "empty name",
+    "x-a\nx-b": "v",  # two tokens joined by a line break: the joined names must not pass it
 }
 KEPT = {"x-kept": "yes", "x-tab": "a\tb", "x-utf8": "caf\u00e9"}
 
@@ -46,6 +47,13 @@ def test_entries_that_cannot_be_headers_are_left_out_with_one_warning_a_name(
 def test_names_the_post_sets_itself_are_not_taken_from_the_metadata() -> None:
     metadata = {"Host": "evil.example", "Expect": "100-continue", "Content-Length": "9", "x-kept": "yes"}
     assert message_headers(metadata) == [(b"x-kept", b"yes")]
+
+
+def test_one_bad_entry_among_good_ones_is_found() -> None:
+    # The names are checked joined by line breaks, the values joined by tabs: a name holding a
+    # line break, or a value alone in being bad, must still be found.
+    assert message_headers({"x-a\nx-b": "v", "ok": "1"}) == [(b"ok", b"1")]
+    assert message_headers({"ok": "1", "x-v": "a\rb"}) == [(b"ok", b"1")]
 
 
 async def test_a_message_with_such_metadata_is_delivered_in_process_without_them(tmp_path: Path) -> None:
