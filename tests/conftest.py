@@ -2,18 +2,26 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+
+
+def missing(in_ci: str, locally: str) -> NoReturn:
+    """What a test needs is not there: a failure in CI (`in_ci`), skipped locally (`locally`)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(in_ci)
+    pytest.skip(locally)
 
 
 def require_tool(name: str) -> str:
     """The path of a command the test needs: skipped locally when missing, a failure in CI."""
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed: .ci/run installs it")
-        pytest.skip(f"{name} is not installed (apt-get install -y {name})")
+        missing(
+            f"{name} is not installed: .ci/run installs it",
+            f"{name} is not installed (apt-get install -y {name})",
+        )
     return path
 
 

